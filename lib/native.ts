@@ -1,0 +1,118 @@
+// native.ts — loads the compiled addon and declares exactly what it exports.
+// This file is the contract between lib/ and native/binding.cpp: keep the two in step.
+import { createRequire } from 'node:module';
+import { packageRoot } from './paths.js';
+
+export type BackendName = 'cpu' | 'cuda';
+export type NativeDType = 'F32' | 'F16' | 'BF16';
+
+export interface NativeCudaDevice {
+  index: number;
+  name: string;
+  computeCapability: string; // "9.0"
+  totalMemory: number; // bytes
+  freeMemory: number; // bytes
+  multiprocessors: number;
+}
+
+export interface NativeInfo {
+  backends: BackendName[]; // built backends ("cpu" always)
+  cpuThreads: number;
+  cuda: {
+    built: boolean;
+    available: boolean;
+    reason: string; // why CUDA is unavailable ('' when available)
+    driverVersion: number; // e.g. 13000 (0 when there is no driver)
+    runtimeVersion: number;
+    devices: NativeCudaDevice[];
+  };
+}
+
+/** One tensor to read natively from a safetensors file (offsets are absolute file offsets). */
+export interface NativeTensorSpec {
+  name: string; // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  file: string;
+  offset: number;
+  nbytes: number;
+  dtype: NativeDType;
+  shape: number[];
+}
+
+/** What the runtime needs of the architecture (validated in TS, re-checked natively). */
+export interface NativeArch {
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  maxPositions: number; // context length the KV cache is sized for
+  rmsNormEps: number;
+  invFreq: Float32Array; // [headDim/2] RoPE inverse frequencies, already scaled (llama3 etc.)
+  tieEmbeddings: boolean; // lm_head = embed_tokens
+  qkvBias: boolean; // Qwen2: q/k/v projections have biases
+}
+
+export interface NativeModelSpec {
+  backend: BackendName;
+  device: number;
+  threads?: number; // CPU backend threads (0 = all)
+  arch: NativeArch;
+  tensors: NativeTensorSpec[];
+}
+
+export interface NativeGenerateOptions {
+  reset: boolean; // clear the KV cache before feeding `ids`
+  maxTokens: number; // sample at most this many tokens in this call
+  temperature: number; // 0 = greedy (argmax, ties to the lowest id)
+  topK: number; // 0 = off
+  topP: number; // 1 = off
+  seed: number; // uint32
+  step0: number; // index of the first token sampled by this call (RNG counter; makes chunking invisible)
+  eos: Int32Array; // stop after sampling one of these (it is included in the result)
+}
+
+export interface NativeModel {
+  /** Read every tensor from disk and upload it to the backend. */
+  load(): Promise<void>;
+  /**
+   * Batched forward without state. tokens: [B*T] left-padded (pad[b] = number of pad positions at the
+   * start of row b; positions restart at 0 at the first real token). logitRows: flat indices b*T+t of
+   * the positions whose logits are returned, in that order. Returns Float32Array [logitRows.length * vocab].
+   */
+  forward(tokens: Int32Array, B: number, T: number, pad: Int32Array, logitRows: Int32Array): Promise<Float32Array>;
+  /** Batch-1 generation with a persistent KV cache (see NativeGenerateOptions). Returns the sampled ids. */
+  generate(ids: Int32Array, opts: NativeGenerateOptions): Promise<Int32Array>;
+  /** Ask the running call (if any) to stop at its next check; it then rejects with ERR_ABORTED. */
+  abort(): void;
+  /** Number of tokens currently in the generation KV cache. */
+  cacheLength(): number;
+  /** Backend memory held by this model (weights + caches), in bytes. */
+  memoryBytes(): number;
+  /** Free everything now (waits for nothing: a running call finishes first, then memory is freed). */
+  dispose(): void;
+}
+
+/** Op-level access for CPU-vs-CUDA tests: runs one backend op on host inputs. */
+export interface NativeOpResult {
+  [output: string]: Float32Array | boolean | number;
+  guardOk: boolean; // the guard regions around every output were left untouched
+}
+
+export interface NativeAddon {
+  info(): NativeInfo;
+  NativeModel: new (spec: NativeModelSpec) => NativeModel;
+  runOp(backend: BackendName, op: string, args: Record<string, Float32Array | Int32Array | Uint16Array | number | string>): NativeOpResult;
+}
+
+let cached: NativeAddon | undefined;
+
+export function native(): NativeAddon {
+  if (!cached) {
+    const require = createRequire(import.meta.url);
+    const load = require('node-gyp-build') as (dir: string) => NativeAddon;
+    cached = load(packageRoot());
+  }
+  return cached;
+}

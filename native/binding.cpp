@@ -1,0 +1,470 @@
+// binding.cpp — the N-API surface (see lib/native.ts for the JS contract).
+// One ObjectWrap (NativeModel) per loaded model; every long call is an AsyncWorker that resolves or
+// rejects a Promise. Native failures are re::Error values that become JS Errors with a `code`.
+#include <napi.h>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "backend.h"
+#include "cpu/cpu_backend.h"
+#include "model.h"
+#include "optest.h"
+
+namespace {
+
+using re::Error;
+
+Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& msg) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+[[noreturn]] void throw_js(Napi::Env env, const std::string& code, const std::string& msg) {
+  throw make_error(env, code, msg);
+}
+
+// ---- argument helpers (validate before anything reaches the runtime) ------------------------------
+double num_field(Napi::Env env, const Napi::Object& o, const char* key, const char* what) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw_js(env, RE_ERR_ARG, std::string(what) + "." + key + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+int int_field(Napi::Env env, const Napi::Object& o, const char* key, const char* what, int lo = 0,
+              int hi = 1 << 30) {
+  double d = num_field(env, o, key, what);
+  if (!(d >= lo && d <= hi) || d != (double)(int64_t)d)
+    throw_js(env, RE_ERR_ARG, std::string(what) + "." + key + " must be an integer in [" + std::to_string(lo) + ", " +
+                                  std::to_string(hi) + "]");
+  return (int)d;
+}
+std::vector<int32_t> int32_vec(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_js(env, RE_ERR_ARG, std::string(what) + " must be an Int32Array");
+  auto a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+int int_arg(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsNumber()) throw_js(env, RE_ERR_ARG, std::string(what) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= (1 << 30)) || d != (double)(int64_t)d)
+    throw_js(env, RE_ERR_ARG, std::string(what) + " must be a non-negative integer");
+  return (int)d;
+}
+
+// ---- async worker base ---------------------------------------------------------------------------
+class Worker : public Napi::AsyncWorker {
+ public:
+  explicit Worker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  virtual void Run() = 0;
+  virtual Napi::Value Result(Napi::Env env) { return env.Undefined(); }
+  virtual void Done() {}
+
+  void Execute() override {
+    try {
+      Run();
+    } catch (const Error& e) {
+      code_ = e.code();
+      msg_ = e.what();
+    } catch (const std::bad_alloc&) {
+      code_ = RE_ERR_OOM;
+      msg_ = "out of host memory";
+    } catch (const std::exception& e) {
+      code_ = RE_ERR_INTERNAL;
+      msg_ = e.what();
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Done();
+    if (!code_.empty()) {
+      deferred_.Reject(make_error(env, code_, msg_).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(Result(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    Done();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::string code_, msg_;
+};
+
+// ---- NativeModel -------------------------------------------------------------------------------------
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeModel",
+                       {InstanceMethod("load", &NativeModel::Load), InstanceMethod("forward", &NativeModel::Forward),
+                        InstanceMethod("generate", &NativeModel::Generate), InstanceMethod("abort", &NativeModel::Abort),
+                        InstanceMethod("cacheLength", &NativeModel::CacheLength),
+                        InstanceMethod("memoryBytes", &NativeModel::MemoryBytes),
+                        InstanceMethod("dispose", &NativeModel::Dispose)});
+  }
+
+  NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsObject()) throw_js(env, RE_ERR_ARG, "NativeModel: a spec object is required");
+    Napi::Object spec = info[0].As<Napi::Object>();
+    std::string backend = spec.Get("backend").IsString() ? spec.Get("backend").As<Napi::String>().Utf8Value() : "cpu";
+    int device = spec.Has("device") && spec.Get("device").IsNumber() ? int_field(env, spec, "device", "spec", 0, 1024) : 0;
+    int threads = spec.Has("threads") && spec.Get("threads").IsNumber() ? int_field(env, spec, "threads", "spec", 0, 4096) : 0;
+    if (!spec.Get("arch").IsObject()) throw_js(env, RE_ERR_ARG, "spec.arch must be an object");
+    Napi::Object a = spec.Get("arch").As<Napi::Object>();
+    re::Arch arch;
+    arch.D = int_field(env, a, "hiddenSize", "arch", 1);
+    arch.F = int_field(env, a, "intermediateSize", "arch", 1);
+    arch.L = int_field(env, a, "numLayers", "arch", 1, 10000);
+    arch.Hq = int_field(env, a, "numHeads", "arch", 1, 100000);
+    arch.Hkv = int_field(env, a, "numKvHeads", "arch", 1, 100000);
+    arch.hd = int_field(env, a, "headDim", "arch", 2, 100000);
+    arch.V = int_field(env, a, "vocabSize", "arch", 1);
+    arch.S = int_field(env, a, "maxPositions", "arch", 1);
+    arch.eps = (float)num_field(env, a, "rmsNormEps", "arch");
+    arch.tie = a.Get("tieEmbeddings").ToBoolean();
+    arch.qkv_bias = a.Get("qkvBias").ToBoolean();
+    Napi::Value inv = a.Get("invFreq");
+    if (!inv.IsTypedArray() || inv.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw_js(env, RE_ERR_ARG, "arch.invFreq must be a Float32Array");
+    auto invf = inv.As<Napi::Float32Array>();
+    arch.inv_freq.assign(invf.Data(), invf.Data() + invf.ElementLength());
+
+    if (!spec.Get("tensors").IsArray()) throw_js(env, RE_ERR_ARG, "spec.tensors must be an array");
+    Napi::Array ts = spec.Get("tensors").As<Napi::Array>();
+    std::vector<re::TensorSpec> specs;
+    for (uint32_t i = 0; i < ts.Length(); ++i) {
+      if (!ts.Get(i).IsObject()) throw_js(env, RE_ERR_ARG, "spec.tensors[" + std::to_string(i) + "] must be an object");
+      Napi::Object t = ts.Get(i).As<Napi::Object>();
+      re::TensorSpec s;
+      if (!t.Get("name").IsString() || !t.Get("file").IsString() || !t.Get("dtype").IsString() || !t.Get("shape").IsArray())
+        throw_js(env, RE_ERR_ARG, "spec.tensors[" + std::to_string(i) + "] needs name, file, dtype and shape");
+      s.name = t.Get("name").As<Napi::String>().Utf8Value();
+      s.file = t.Get("file").As<Napi::String>().Utf8Value();
+      double off = num_field(env, t, "offset", "tensor"), nb = num_field(env, t, "nbytes", "tensor");
+      if (!(off >= 0 && nb >= 0 && off <= 9.0e15 && nb <= 9.0e15))
+        throw_js(env, RE_ERR_SAFETENSORS, "tensor " + s.name + ": bad offset or size");
+      s.offset = (uint64_t)off;
+      s.nbytes = (uint64_t)nb;
+      std::string dt = t.Get("dtype").As<Napi::String>().Utf8Value();
+      if (dt == "F32") s.dt = re::DType::F32;
+      else if (dt == "F16") s.dt = re::DType::F16;
+      else if (dt == "BF16") s.dt = re::DType::BF16;
+      else throw_js(env, RE_ERR_SAFETENSORS, "tensor " + s.name + ": unsupported dtype " + dt);
+      Napi::Array sh = t.Get("shape").As<Napi::Array>();
+      for (uint32_t j = 0; j < sh.Length(); ++j) {
+        Napi::Value d = sh.Get(j);
+        if (!d.IsNumber() || d.As<Napi::Number>().DoubleValue() < 0)
+          throw_js(env, RE_ERR_SAFETENSORS, "tensor " + s.name + ": bad shape");
+        s.shape.push_back((int64_t)d.As<Napi::Number>().DoubleValue());
+      }
+      specs.push_back(std::move(s));
+    }
+    try {
+      std::unique_ptr<re::Backend> be =
+          backend == "cuda" ? re::make_cuda_backend(device)
+          : backend == "cpu" ? re::make_cpu_backend(threads)
+                             : (throw Error(RE_ERR_ARG, "unknown backend '" + backend + "' (cpu | cuda)"), nullptr);
+      model_ = std::make_unique<re::Model>(std::move(be), std::move(arch), std::move(specs));
+    } catch (const Error& e) {
+      throw_js(env, e.code(), e.what());
+    }
+  }
+
+  ~NativeModel() override { release(); }
+
+  // Called on the JS thread when a worker finishes: frees memory if dispose() came while it ran.
+  void worker_done() {
+    busy_ = false;
+    if (dispose_pending_) release();
+    Unref();
+  }
+
+ private:
+  friend class ModelWorker;
+
+  re::Model* begin_call(Napi::Env env) {
+    if (!model_ || dispose_pending_) throw_js(env, RE_ERR_DISPOSED, "the model has been disposed");
+    if (busy_) throw_js(env, "ERR_BUSY", "another call is running on this model (calls must be serialised)");
+    busy_ = true;
+    abort_ = false;
+    Ref();
+    return model_.get();
+  }
+
+  void release() {
+    if (model_) {
+      reported_ = 0;
+      model_.reset();
+    }
+  }
+
+  Napi::Value Load(const Napi::CallbackInfo& info);
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Generate(const Napi::CallbackInfo& info);
+  Napi::Value Abort(const Napi::CallbackInfo& info) {
+    abort_ = true;
+    return info.Env().Undefined();
+  }
+  Napi::Value CacheLength(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), model_ ? model_->cache_length() : 0);
+  }
+  Napi::Value MemoryBytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), model_ ? (double)model_->memory_bytes() : 0.0);
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (reported_) Napi::MemoryManagement::AdjustExternalMemory(env, -(int64_t)reported_);
+    reported_ = 0;
+    if (busy_) {
+      abort_ = true;
+      dispose_pending_ = true;
+    } else {
+      release();
+      dispose_pending_ = true;
+    }
+    return env.Undefined();
+  }
+
+ public:
+  void report_memory(Napi::Env env) {
+    if (!model_ || dispose_pending_) return;
+    int64_t now = (int64_t)model_->memory_bytes();
+    if (now != reported_) {
+      Napi::MemoryManagement::AdjustExternalMemory(env, now - reported_);
+      reported_ = now;
+    }
+  }
+
+  std::unique_ptr<re::Model> model_;
+  std::atomic<bool> abort_{false};
+  bool busy_ = false;
+  bool dispose_pending_ = false;
+  int64_t reported_ = 0;
+};
+
+class ModelWorker : public Worker {
+ public:
+  ModelWorker(Napi::Env env, NativeModel* owner, re::Model* m) : Worker(env), owner_(owner), m_(m) {}
+
+ protected:
+  void Done() override {
+    owner_->report_memory(Env());
+    owner_->worker_done();
+  }
+  NativeModel* owner_;
+  re::Model* m_;
+  const std::atomic<bool>* abort_flag() const { return &owner_->abort_; }
+};
+
+class LoadWorker : public ModelWorker {
+ public:
+  using ModelWorker::ModelWorker;
+  void Run() override { m_->load(abort_flag()); }
+};
+
+class ForwardWorker : public ModelWorker {
+ public:
+  ForwardWorker(Napi::Env env, NativeModel* o, re::Model* m, std::vector<int32_t> tokens, int B, int T,
+                std::vector<int32_t> pad, std::vector<int32_t> rows)
+      : ModelWorker(env, o, m), tokens_(std::move(tokens)), pad_(std::move(pad)), rows_(std::move(rows)), B_(B), T_(T) {}
+  void Run() override { out_ = m_->forward(tokens_, B_, T_, pad_, rows_, abort_flag()); }
+  Napi::Value Result(Napi::Env env) override {
+    auto a = Napi::Float32Array::New(env, out_.size());
+    std::memcpy(a.Data(), out_.data(), out_.size() * 4);
+    return a;
+  }
+
+ private:
+  std::vector<int32_t> tokens_, pad_, rows_;
+  int B_, T_;
+  std::vector<float> out_;
+};
+
+class GenerateWorker : public ModelWorker {
+ public:
+  GenerateWorker(Napi::Env env, NativeModel* o, re::Model* m, std::vector<int32_t> ids, re::SampleOptions so)
+      : ModelWorker(env, o, m), ids_(std::move(ids)), so_(std::move(so)) {}
+  void Run() override { out_ = m_->generate(ids_, so_, abort_flag()); }
+  Napi::Value Result(Napi::Env env) override {
+    auto a = Napi::Int32Array::New(env, out_.size());
+    if (!out_.empty()) std::memcpy(a.Data(), out_.data(), out_.size() * 4);
+    return a;
+  }
+
+ private:
+  std::vector<int32_t> ids_;
+  re::SampleOptions so_;
+  std::vector<int32_t> out_;
+};
+
+Napi::Value NativeModel::Load(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  re::Model* m = begin_call(env);
+  auto* w = new LoadWorker(env, this, m);
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!model_ || dispose_pending_) throw_js(env, RE_ERR_DISPOSED, "the model has been disposed");
+  auto tokens = int32_vec(env, info[0], "tokens");
+  int B = int_arg(env, info[1], "B"), T = int_arg(env, info[2], "T");
+  auto pad = int32_vec(env, info[3], "pad");
+  auto rows = int32_vec(env, info[4], "logitRows");
+  re::Model* m = begin_call(env);
+  auto* w = new ForwardWorker(env, this, m, std::move(tokens), B, T, std::move(pad), std::move(rows));
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!model_ || dispose_pending_) throw_js(env, RE_ERR_DISPOSED, "the model has been disposed");
+  auto ids = int32_vec(env, info[0], "ids");
+  if (!info[1].IsObject()) throw_js(env, RE_ERR_ARG, "generate: options object required");
+  Napi::Object o = info[1].As<Napi::Object>();
+  re::SampleOptions so;
+  so.reset = o.Get("reset").ToBoolean();
+  so.max_tokens = int_field(env, o, "maxTokens", "options", 0);
+  so.temperature = (float)num_field(env, o, "temperature", "options");
+  so.top_k = int_field(env, o, "topK", "options", 0);
+  so.top_p = (float)num_field(env, o, "topP", "options");
+  double seed = num_field(env, o, "seed", "options"), step0 = num_field(env, o, "step0", "options");
+  if (!(so.temperature >= 0) || !(so.top_p > 0 && so.top_p <= 1) || !(seed >= 0) || !(step0 >= 0))
+    throw_js(env, RE_ERR_ARG, "generate: temperature >= 0, 0 < topP <= 1, seed >= 0 and step0 >= 0 are required");
+  so.seed = (uint64_t)seed;
+  so.step0 = (uint64_t)step0;
+  so.eos = int32_vec(env, o.Get("eos"), "options.eos");
+  re::Model* m = begin_call(env);
+  auto* w = new GenerateWorker(env, this, m, std::move(ids), std::move(so));
+  w->Queue();
+  return w->promise();
+}
+
+// ---- info() and runOp() ----------------------------------------------------------------------------
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  re::CudaInfo ci = re::cuda_info();
+  Napi::Array backends = Napi::Array::New(env);
+  backends.Set(0u, Napi::String::New(env, "cpu"));
+  if (ci.built) backends.Set(1u, Napi::String::New(env, "cuda"));
+  o.Set("backends", backends);
+  o.Set("cpuThreads", Napi::Number::New(env, std::max(1u, std::thread::hardware_concurrency())));
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("built", Napi::Boolean::New(env, ci.built));
+  c.Set("available", Napi::Boolean::New(env, ci.available));
+  c.Set("reason", Napi::String::New(env, ci.reason));
+  c.Set("driverVersion", Napi::Number::New(env, ci.driver_version));
+  c.Set("runtimeVersion", Napi::Number::New(env, ci.runtime_version));
+  Napi::Array devs = Napi::Array::New(env);
+  for (size_t i = 0; i < ci.devices.size(); ++i) {
+    const auto& d = ci.devices[i];
+    Napi::Object dv = Napi::Object::New(env);
+    dv.Set("index", Napi::Number::New(env, d.index));
+    dv.Set("name", Napi::String::New(env, d.name));
+    dv.Set("computeCapability", Napi::String::New(env, std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor)));
+    dv.Set("totalMemory", Napi::Number::New(env, (double)d.total_mem));
+    dv.Set("freeMemory", Napi::Number::New(env, (double)d.free_mem));
+    dv.Set("multiprocessors", Napi::Number::New(env, d.sm_count));
+    devs.Set((uint32_t)i, dv);
+  }
+  c.Set("devices", devs);
+  o.Set("cuda", c);
+  return o;
+}
+
+Napi::Value RunOp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsString() || !info[2].IsObject())
+    throw_js(env, RE_ERR_ARG, "runOp(backend, op, args)");
+  std::string backend = info[0].As<Napi::String>().Utf8Value(), op = info[1].As<Napi::String>().Utf8Value();
+  Napi::Object args = info[2].As<Napi::Object>();
+  re::OpArgs a;
+  Napi::Array keys = args.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+    Napi::Value v = args.Get(k);
+    if (v.IsNumber()) {
+      a.num[k] = v.As<Napi::Number>().DoubleValue();
+    } else if (v.IsString()) {
+      a.str[k] = v.As<Napi::String>().Utf8Value();
+    } else if (v.IsTypedArray()) {
+      auto t = v.As<Napi::TypedArray>();
+      switch (t.TypedArrayType()) {
+        case napi_float32_array: {
+          auto f = v.As<Napi::Float32Array>();
+          a.f32[k].assign(f.Data(), f.Data() + f.ElementLength());
+          break;
+        }
+        case napi_int32_array: {
+          auto f = v.As<Napi::Int32Array>();
+          a.i32[k].assign(f.Data(), f.Data() + f.ElementLength());
+          break;
+        }
+        case napi_uint16_array: {
+          auto f = v.As<Napi::Uint16Array>();
+          a.u16[k].assign(f.Data(), f.Data() + f.ElementLength());
+          break;
+        }
+        default: throw_js(env, RE_ERR_ARG, "runOp: argument " + k + " has an unsupported typed array type");
+      }
+    } else {
+      throw_js(env, RE_ERR_ARG, "runOp: argument " + k + " must be a number, string or typed array");
+    }
+  }
+  try {
+    static std::unique_ptr<re::Backend> cpu;
+    static std::unique_ptr<re::Backend> cuda;
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lk(mu);
+    re::Backend* be;
+    if (backend == "cpu") {
+      if (!cpu) cpu = re::make_cpu_backend(0);
+      be = cpu.get();
+    } else if (backend == "cuda") {
+      if (!cuda) cuda = re::make_cuda_backend(0);
+      be = cuda.get();
+    } else {
+      throw Error(RE_ERR_ARG, "unknown backend " + backend);
+    }
+    re::OpResult r = re::run_op(*be, op, a);
+    Napi::Object o = Napi::Object::New(env);
+    for (auto& [name, vec] : r.out) {
+      auto f = Napi::Float32Array::New(env, vec.size());
+      if (!vec.empty()) std::memcpy(f.Data(), vec.data(), vec.size() * 4);
+      o.Set(name, f);
+    }
+    o.Set("guardOk", Napi::Boolean::New(env, r.guard_ok));
+    return o;
+  } catch (const Error& e) {
+    throw_js(env, e.code(), e.what());
+  } catch (const std::exception& e) {
+    throw_js(env, RE_ERR_INTERNAL, e.what());
+  }
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("runOp", Napi::Function::New(env, RunOp));
+  exports.Set("NativeModel", NativeModel::Init(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(repair_edit, Init)

@@ -1,0 +1,66 @@
+// cpu_backend.h — the CPU backend: the reference implementation of every op in backend.h.
+// Plain host memory; ops are multithreaded through a ThreadPool; the matmul is cache-blocked and
+// uses SIMD through GCC vector extensions compiled for AVX2/FMA and baseline (target_clones).
+#pragma once
+#include <atomic>
+#include <cstring>
+#include <memory>
+
+#include "backend.h"
+#include "cpu/threadpool.h"
+
+namespace re {
+
+// Exact f16/bf16 -> f32 conversions (table for f16, shift for bf16).
+float f16_to_f32(uint16_t h);
+inline float bf16_to_f32(uint16_t b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// Element i of a weight tensor as f32.
+inline float weight_at(WeightRef w, size_t i) {
+  switch (w.dt) {
+    case DType::F32: return static_cast<const float*>(w.p)[i];
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(w.p)[i]);
+    default: return bf16_to_f32(static_cast<const uint16_t*>(w.p)[i]);
+  }
+}
+// dst[0..n) = weight elements [off, off+n) as f32.
+void weight_row_to_f32(float* dst, WeightRef w, size_t off, size_t n);
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int nthreads);
+  const char* name() const override { return "cpu"; }
+  int threads() const { return pool_.size(); }
+
+  void* alloc(size_t bytes) override;
+  void free(void* p) override;
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
+  void memset0(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+  void sync() override {}
+  size_t bytes_in_use() const override { return in_use_.load(); }
+
+  void linear(float* y, const float* x, WeightRef W, WeightRef bias, int M, int N, int K, bool accumulate) override;
+  void rmsnorm(float* y, const float* x, WeightRef w, int M, int D, float eps) override;
+  void embedding(float* y, const int32_t* ids, WeightRef table, int n, int D) override;
+  void rope(float* x, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override;
+  void kv_store(float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv, int hd, int S, int P) override;
+  void attention(float* out, const float* q, const float* kc, const float* vc, const int32_t* pad, int B, int Tn,
+                 int Hq, int Hkv, int hd, int S, int P, float scale) override;
+  void swiglu(float* y, const float* gate, const float* up, int n) override;
+  void add(float* y, const float* a, const float* b, int n) override;
+  void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;
+
+  ThreadPool& pool() { return pool_; }
+
+ private:
+  ThreadPool pool_;
+  std::atomic<size_t> in_use_{0};
+};
+
+}  // namespace re

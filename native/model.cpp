@@ -1,0 +1,370 @@
+// model.cpp — see model.h. The forward pass of a Llama-family decoder:
+//   x = embed(ids)
+//   per layer: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x);  x += down(silu(gate)·up) on rmsnorm(x)
+//   logits = lm_head(rmsnorm(x)) only at the rows asked for.
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <numeric>
+
+#include "philox.h"
+
+namespace re {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+struct File {
+  FILE* f = nullptr;
+  ~File() {
+    if (f) std::fclose(f);
+  }
+};
+
+void check_abort(const std::atomic<bool>* abort) {
+  if (abort && abort->load()) fail(RE_ERR_ABORTED, "the operation was aborted");
+}
+
+}  // namespace
+
+Model::Model(std::unique_ptr<Backend> be, Arch arch, std::vector<TensorSpec> specs)
+    : be_(std::move(be)), arch_(std::move(arch)), specs_(std::move(specs)) {
+  const Arch& a = arch_;
+  auto bad = [](const std::string& m) { fail(RE_ERR_ARG, "invalid model architecture: " + m); };
+  if (a.D <= 0 || a.F <= 0 || a.L <= 0 || a.Hq <= 0 || a.Hkv <= 0 || a.hd <= 0 || a.V <= 0 || a.S <= 0)
+    bad("every size must be positive");
+  if (a.Hq % a.Hkv) bad("num_attention_heads must be a multiple of num_key_value_heads");
+  if (a.hd % 2) bad("head_dim must be even");
+  if ((int)a.inv_freq.size() != a.hd / 2) bad("invFreq must have head_dim/2 entries");
+  if (!(a.eps > 0)) bad("rms_norm_eps must be positive");
+}
+
+Model::~Model() {
+  for (void* p : weights_) be_->free(p);
+  for (Buf* b : {&x_, &xn_, &q_, &k_, &v_, &att_, &gate_, &up_, &ids_, &pos_, &pad_, &rows_, &hrows_, &logits_,
+                 &kc_tmp_, &vc_tmp_})
+    be_->free(b->p);
+  for (float* p : kc_) be_->free(p);
+  for (float* p : vc_) be_->free(p);
+  be_->free(inv_freq_);
+}
+
+float* Model::ensure(Buf& b, size_t bytes) {
+  if (b.bytes < bytes) {
+    be_->free(b.p);
+    b.p = nullptr;
+    b.bytes = 0;
+    b.p = be_->alloc(bytes);
+    b.bytes = bytes;
+  }
+  return static_cast<float*>(b.p);
+}
+
+void Model::load(const std::atomic<bool>* abort) {
+  if (loaded_) return;
+  const Arch& a = arch_;
+  // The tensors this architecture needs, with their shapes.
+  std::map<std::string, std::vector<int64_t>> want;
+  want["model.embed_tokens.weight"] = {a.V, a.D};
+  want["model.norm.weight"] = {a.D};
+  if (!a.tie) want["lm_head.weight"] = {a.V, a.D};
+  const int64_t qd = (int64_t)a.Hq * a.hd, kd = (int64_t)a.Hkv * a.hd;
+  for (int l = 0; l < a.L; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    want[p + "input_layernorm.weight"] = {a.D};
+    want[p + "post_attention_layernorm.weight"] = {a.D};
+    want[p + "self_attn.q_proj.weight"] = {qd, a.D};
+    want[p + "self_attn.k_proj.weight"] = {kd, a.D};
+    want[p + "self_attn.v_proj.weight"] = {kd, a.D};
+    want[p + "self_attn.o_proj.weight"] = {a.D, qd};
+    if (a.qkv_bias) {
+      want[p + "self_attn.q_proj.bias"] = {qd};
+      want[p + "self_attn.k_proj.bias"] = {kd};
+      want[p + "self_attn.v_proj.bias"] = {kd};
+    }
+    want[p + "mlp.gate_proj.weight"] = {a.F, a.D};
+    want[p + "mlp.up_proj.weight"] = {a.F, a.D};
+    want[p + "mlp.down_proj.weight"] = {a.D, a.F};
+  }
+  std::map<std::string, const TensorSpec*> by_name;
+  for (const auto& s : specs_) by_name[s.name] = &s;
+  for (const auto& [name, shape] : want) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) fail("ERR_MISSING_TENSOR", "missing tensor " + name);
+    const TensorSpec& s = *it->second;
+    if (s.shape != shape)
+      fail("ERR_SHAPE", "tensor " + name + " has shape " + shape_str(s.shape) + ", expected " + shape_str(shape));
+    uint64_t n = 1;
+    for (int64_t d : s.shape) n *= (uint64_t)d;
+    if (n * dtype_size(s.dt) != s.nbytes)
+      fail(RE_ERR_SAFETENSORS, "tensor " + name + ": byte size " + std::to_string(s.nbytes) + " does not match " +
+                                   shape_str(s.shape) + " x " + dtype_name(s.dt));
+  }
+
+  // Read each tensor in chunks through a staging buffer, upload to the backend.
+  std::map<std::string, WeightRef> refs;
+  std::vector<char> stage;
+  std::map<std::string, std::unique_ptr<File>> files;
+  for (const auto& [name, shape] : want) {
+    check_abort(abort);
+    const TensorSpec& s = *by_name[name];
+    auto& fh = files[s.file];
+    if (!fh) {
+      fh = std::make_unique<File>();
+      fh->f = std::fopen(s.file.c_str(), "rb");
+      if (!fh->f) fail(RE_ERR_IO, "cannot open " + s.file);
+    }
+    if (std::fseek(fh->f, 0, SEEK_END) != 0) fail(RE_ERR_IO, "cannot seek in " + s.file);
+    const long long fsize = std::ftell(fh->f);
+    if (fsize < 0 || s.offset + s.nbytes > (uint64_t)fsize)
+      fail(RE_ERR_SAFETENSORS, "tensor " + name + " lies past the end of " + s.file);
+    void* dst = be_->alloc(s.nbytes);
+    weights_.push_back(dst);
+    if (std::fseek(fh->f, (long)s.offset, SEEK_SET) != 0) fail(RE_ERR_IO, "cannot seek in " + s.file);
+    const size_t chunk = 16u << 20;
+    stage.resize(std::min<uint64_t>(chunk, std::max<uint64_t>(s.nbytes, 1)));
+    for (uint64_t done = 0; done < s.nbytes;) {
+      const size_t n = (size_t)std::min<uint64_t>(chunk, s.nbytes - done);
+      if (std::fread(stage.data(), 1, n, fh->f) != n) fail(RE_ERR_IO, "short read of tensor " + name + " in " + s.file);
+      be_->upload(static_cast<char*>(dst) + done, stage.data(), n);
+      done += n;
+    }
+    refs[name] = WeightRef{dst, s.dt};
+  }
+  embed_ = refs["model.embed_tokens.weight"];
+  norm_ = refs["model.norm.weight"];
+  lm_head_ = a.tie ? embed_ : refs["lm_head.weight"];
+  layers_.resize(a.L);
+  for (int l = 0; l < a.L; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Layer& y = layers_[l];
+    y.ln1 = refs[p + "input_layernorm.weight"];
+    y.ln2 = refs[p + "post_attention_layernorm.weight"];
+    y.q = refs[p + "self_attn.q_proj.weight"];
+    y.k = refs[p + "self_attn.k_proj.weight"];
+    y.v = refs[p + "self_attn.v_proj.weight"];
+    y.o = refs[p + "self_attn.o_proj.weight"];
+    if (a.qkv_bias) {
+      y.qb = refs[p + "self_attn.q_proj.bias"];
+      y.kb = refs[p + "self_attn.k_proj.bias"];
+      y.vb = refs[p + "self_attn.v_proj.bias"];
+    }
+    y.gate = refs[p + "mlp.gate_proj.weight"];
+    y.up = refs[p + "mlp.up_proj.weight"];
+    y.down = refs[p + "mlp.down_proj.weight"];
+  }
+  inv_freq_ = static_cast<float*>(be_->alloc(a.inv_freq.size() * 4));
+  be_->upload(inv_freq_, a.inv_freq.data(), a.inv_freq.size() * 4);
+  be_->sync();
+  loaded_ = true;
+}
+
+void Model::check_tokens(const std::vector<int32_t>& ids) const {
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= arch_.V)
+      fail(RE_ERR_ARG, "token id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
+                           " is outside the vocabulary [0, " + std::to_string(arch_.V) + ")");
+}
+
+void Model::run_layers(int l0, int l1, float* x, int B, int T, int P, int S, const int32_t* d_pos,
+                       const int32_t* d_pad, bool per_layer_cache, const std::atomic<bool>* abort) {
+  const Arch& a = arch_;
+  const int BT = B * T, qd = a.Hq * a.hd, kd = a.Hkv * a.hd;
+  float* xn = ensure(xn_, (size_t)BT * a.D * 4);
+  float* q = ensure(q_, (size_t)BT * qd * 4);
+  float* k = ensure(k_, (size_t)BT * kd * 4);
+  float* v = ensure(v_, (size_t)BT * kd * 4);
+  float* att = ensure(att_, (size_t)BT * qd * 4);
+  float* gate = ensure(gate_, (size_t)BT * a.F * 4);
+  float* up = ensure(up_, (size_t)BT * a.F * 4);
+  float *kc = nullptr, *vc = nullptr;
+  if (!per_layer_cache) {
+    kc = ensure(kc_tmp_, (size_t)B * kd * S * 4);
+    vc = ensure(vc_tmp_, (size_t)B * kd * S * 4);
+  }
+  const float scale = (float)(1.0 / std::sqrt((double)a.hd));
+  for (int l = l0; l < l1; ++l) {
+    check_abort(abort);
+    const Layer& w = layers_[l];
+    if (per_layer_cache) {
+      kc = kc_[l];
+      vc = vc_[l];
+    }
+    be_->rmsnorm(xn, x, w.ln1, BT, a.D, a.eps);
+    be_->linear(q, xn, w.q, w.qb, BT, qd, a.D, false);
+    be_->linear(k, xn, w.k, w.kb, BT, kd, a.D, false);
+    be_->linear(v, xn, w.v, w.vb, BT, kd, a.D, false);
+    be_->rope(q, d_pos, inv_freq_, BT, a.Hq, a.hd);
+    be_->rope(k, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+    be_->kv_store(kc, vc, k, v, B, T, a.Hkv, a.hd, S, P);
+    be_->attention(att, q, kc, vc, d_pad, B, T, a.Hq, a.Hkv, a.hd, S, P, scale);
+    be_->linear(x, att, w.o, WeightRef{}, BT, a.D, qd, true);
+    be_->rmsnorm(xn, x, w.ln2, BT, a.D, a.eps);
+    be_->linear(gate, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
+    be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
+    be_->swiglu(gate, gate, up, BT * a.F);
+    be_->linear(x, gate, w.down, WeightRef{}, BT, a.D, a.F, true);
+  }
+}
+
+void Model::head(const float* x, const int32_t* d_rows, int R, std::vector<float>& out) {
+  const Arch& a = arch_;
+  float* h = ensure(hrows_, (size_t)R * a.D * 4);
+  float* lg = ensure(logits_, (size_t)R * a.V * 4);
+  be_->gather_rows(h, x, d_rows, R, a.D);
+  be_->rmsnorm(h, h, norm_, R, a.D, a.eps);
+  be_->linear(lg, h, lm_head_, WeightRef{}, R, a.V, a.D, false);
+  out.resize((size_t)R * a.V);
+  be_->download(out.data(), lg, out.size() * 4);
+  be_->sync();
+}
+
+std::vector<float> Model::forward(const std::vector<int32_t>& tokens, int B, int T, const std::vector<int32_t>& pad,
+                                  const std::vector<int32_t>& rows, const std::atomic<bool>* abort) {
+  if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
+  const Arch& a = arch_;
+  if (B <= 0 || T <= 0) fail(RE_ERR_ARG, "forward: B and T must be positive");
+  if ((size_t)B * T != tokens.size()) fail(RE_ERR_ARG, "forward: tokens must hold B*T ids");
+  if ((int)pad.size() != B) fail(RE_ERR_ARG, "forward: pad must hold B entries");
+  if (T > a.S)
+    fail(RE_ERR_CONTEXT, "sequence length " + std::to_string(T) + " exceeds the context length " + std::to_string(a.S));
+  for (int b = 0; b < B; ++b)
+    if (pad[b] < 0 || pad[b] >= T) fail(RE_ERR_ARG, "forward: pad[" + std::to_string(b) + "] must be in [0, T)");
+  for (int32_t r : rows)
+    if (r < 0 || r >= B * T) fail(RE_ERR_ARG, "forward: logit row " + std::to_string(r) + " is out of range");
+  check_tokens(tokens);
+  const int BT = B * T;
+  std::vector<int32_t> pos(BT);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) pos[b * T + t] = std::max(0, t - pad[b]);
+  int32_t* d_ids = reinterpret_cast<int32_t*>(ensure(ids_, (size_t)BT * 4));
+  int32_t* d_pos = reinterpret_cast<int32_t*>(ensure(pos_, (size_t)BT * 4));
+  int32_t* d_pad = reinterpret_cast<int32_t*>(ensure(pad_, (size_t)B * 4));
+  int32_t* d_rows = reinterpret_cast<int32_t*>(ensure(rows_, std::max<size_t>(rows.size(), 1) * 4));
+  be_->upload(d_ids, tokens.data(), (size_t)BT * 4);
+  be_->upload(d_pos, pos.data(), (size_t)BT * 4);
+  be_->upload(d_pad, pad.data(), (size_t)B * 4);
+  if (!rows.empty()) be_->upload(d_rows, rows.data(), rows.size() * 4);
+  float* x = ensure(x_, (size_t)BT * a.D * 4);
+  be_->embedding(x, d_ids, embed_, BT, a.D);
+  run_layers(0, a.L, x, B, T, 0, T, d_pos, d_pad, false, abort);
+  std::vector<float> out;
+  if (rows.empty()) {
+    be_->sync();
+    return out;
+  }
+  head(x, d_rows, (int)rows.size(), out);
+  return out;
+}
+
+void Model::feed(const std::vector<int32_t>& ids, std::vector<float>& logits, const std::atomic<bool>* abort) {
+  const Arch& a = arch_;
+  const int T = (int)ids.size(), P = cache_len_;
+  std::vector<int32_t> pos(T);
+  for (int t = 0; t < T; ++t) pos[t] = P + t;
+  const int32_t zero = 0, last = T - 1;
+  int32_t* d_ids = reinterpret_cast<int32_t*>(ensure(ids_, (size_t)T * 4));
+  int32_t* d_pos = reinterpret_cast<int32_t*>(ensure(pos_, (size_t)T * 4));
+  int32_t* d_pad = reinterpret_cast<int32_t*>(ensure(pad_, 4));
+  int32_t* d_rows = reinterpret_cast<int32_t*>(ensure(rows_, 4));
+  be_->upload(d_ids, ids.data(), (size_t)T * 4);
+  be_->upload(d_pos, pos.data(), (size_t)T * 4);
+  be_->upload(d_pad, &zero, 4);
+  be_->upload(d_rows, &last, 4);
+  float* x = ensure(x_, (size_t)T * a.D * 4);
+  be_->embedding(x, d_ids, embed_, T, a.D);
+  run_layers(0, a.L, x, 1, T, P, a.S, d_pos, d_pad, true, abort);
+  head(x, d_rows, 1, logits);
+  cache_len_ = P + T;
+}
+
+std::vector<int32_t> Model::generate(const std::vector<int32_t>& ids, const SampleOptions& o,
+                                     const std::atomic<bool>* abort) {
+  if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
+  const Arch& a = arch_;
+  if (ids.empty()) fail(RE_ERR_ARG, "generate: at least one input token is needed");
+  if (o.max_tokens < 0) fail(RE_ERR_ARG, "generate: maxTokens must be >= 0");
+  check_tokens(ids);
+  if (o.reset) cache_len_ = 0;
+  if (cache_len_ + (int64_t)ids.size() > a.S)
+    fail(RE_ERR_CONTEXT, "generate: " + std::to_string(cache_len_ + ids.size()) +
+                             " tokens exceed the context length " + std::to_string(a.S));
+  if (kc_.empty()) {
+    const size_t per = (size_t)a.Hkv * a.S * a.hd * 4;
+    for (int l = 0; l < a.L; ++l) {
+      kc_.push_back(static_cast<float*>(be_->alloc(per)));
+      vc_.push_back(static_cast<float*>(be_->alloc(per)));
+    }
+  }
+  std::vector<int32_t> out;
+  std::vector<float> logits;
+  try {
+    feed(ids, logits, abort);
+    for (int i = 0; i < o.max_tokens; ++i) {
+      check_abort(abort);
+      const int32_t tok = sample_token(logits.data(), a.V, o, o.step0 + i);
+      out.push_back(tok);
+      if (std::find(o.eos.begin(), o.eos.end(), tok) != o.eos.end()) break;
+      if (i + 1 == o.max_tokens || cache_len_ + 1 > a.S) break;
+      feed({tok}, logits, abort);
+    }
+  } catch (...) {
+    cache_len_ = 0;  // the cache may hold a half-written step: make the next call start over
+    throw;
+  }
+  return out;
+}
+
+int32_t sample_token(const float* logits, int V, const SampleOptions& o, uint64_t step) {
+  if (!(o.temperature > 0.f)) {
+    int best = 0;
+    for (int i = 1; i < V; ++i)
+      if (logits[i] > logits[best]) best = i;
+    return best;
+  }
+  std::vector<int32_t> idx(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  auto by_logit = [&](int32_t x, int32_t y) { return logits[x] > logits[y] || (logits[x] == logits[y] && x < y); };
+  int n = V;
+  if (o.top_k > 0 && o.top_k < V) {
+    std::nth_element(idx.begin(), idx.begin() + o.top_k, idx.end(), by_logit);
+    n = o.top_k;
+  }
+  std::sort(idx.begin(), idx.begin() + n, by_logit);
+  std::vector<double> p(n);
+  const double mx = logits[idx[0]];
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += (p[i] = std::exp(((double)logits[idx[i]] - mx) / o.temperature));
+  if (o.top_p < 1.f) {
+    double c = 0;
+    int keep = n;
+    for (int i = 0; i < n; ++i) {
+      c += p[i] / sum;
+      if (c >= o.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+    n = keep;
+    sum = 0;
+    for (int i = 0; i < n; ++i) sum += p[i];
+  }
+  const double u = (double)philox_uniform(o.seed, step) * sum;
+  double c = 0;
+  for (int i = 0; i < n; ++i) {
+    c += p[i];
+    if (u < c) return idx[i];
+  }
+  return idx[n - 1];
+}
+
+}  // namespace re
