@@ -103,6 +103,8 @@ export interface NativeOpResult {
 export interface NativeAddon {
   info(): NativeInfo;
   NativeModel: new (spec: NativeModelSpec) => NativeModel;
+  /** Seconds per backend linear() call of y[M,N] = x[M,K]·W[N,K]ᵀ (timed natively; for bench/). */
+  benchLinear(backend: BackendName, M: number, N: number, K: number, dtype: NativeDType, iters: number): number;
   runOp(backend: BackendName, op: string, args: Record<string, Float32Array | Int32Array | Uint16Array | number | string>): NativeOpResult;
 }
 

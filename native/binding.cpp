@@ -4,6 +4,8 @@
 #include <napi.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -458,7 +460,55 @@ Napi::Value RunOp(const Napi::CallbackInfo& info) {
   }
 }
 
+// benchLinear(backend, M, N, K, dtype, iters) -> seconds per linear() call (weights random, timed natively
+// after one warm-up call, with a sync after the last call). For the matmul GFLOP/s figures in bench/.
+Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[4].IsString()) throw_js(env, RE_ERR_ARG, "benchLinear(backend, M, N, K, dtype, iters)");
+  std::string backend = info[0].As<Napi::String>().Utf8Value(), dt = info[4].As<Napi::String>().Utf8Value();
+  const int M = int_arg(env, info[1], "M"), N = int_arg(env, info[2], "N"), K = int_arg(env, info[3], "K");
+  const int iters = std::max(1, int_arg(env, info[5], "iters"));
+  if (M < 1 || N < 1 || K < 1) throw_js(env, RE_ERR_ARG, "benchLinear: sizes must be positive");
+  try {
+    std::unique_ptr<re::Backend> be = backend == "cuda" ? re::make_cuda_backend(0) : re::make_cpu_backend(0);
+    re::DType t = dt == "F16" ? re::DType::F16 : dt == "BF16" ? re::DType::BF16 : re::DType::F32;
+    std::vector<float> hx((size_t)M * K);
+    std::vector<uint16_t> hw16((size_t)N * K);
+    std::vector<float> hw32((size_t)N * K);
+    uint32_t r = 12345;
+    auto rnd = [&] { r = r * 1664525u + 1013904223u; return ((r >> 8) * (1.0f / 16777216.0f)) - 0.5f; };
+    for (auto& v : hx) v = rnd();
+    for (size_t i = 0; i < hw32.size(); ++i) {
+      hw32[i] = rnd();
+      uint32_t u;
+      std::memcpy(&u, &hw32[i], 4);
+      hw16[i] = (uint16_t)(u >> 16);  // bf16 bits; also a valid (if odd-valued) f16 pattern mostly
+      if (t == re::DType::F16) hw16[i] = (uint16_t)(0x3000 | (u & 0x3ff) | ((u >> 16) & 0x8000));
+    }
+    void* x = be->alloc(hx.size() * 4);
+    void* w = be->alloc(t == re::DType::F32 ? hw32.size() * 4 : hw16.size() * 2);
+    void* y = be->alloc((size_t)M * N * 4);
+    be->upload(x, hx.data(), hx.size() * 4);
+    if (t == re::DType::F32) be->upload(w, hw32.data(), hw32.size() * 4);
+    else be->upload(w, hw16.data(), hw16.size() * 2);
+    re::WeightRef W{w, t};
+    be->linear((float*)y, (const float*)x, W, re::WeightRef{}, M, N, K, false);
+    be->sync();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) be->linear((float*)y, (const float*)x, W, re::WeightRef{}, M, N, K, false);
+    be->sync();
+    double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+    be->free(x);
+    be->free(w);
+    be->free(y);
+    return Napi::Number::New(env, sec);
+  } catch (const Error& e) {
+    throw_js(env, e.code(), e.what());
+  }
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("benchLinear", Napi::Function::New(env, BenchLinear));
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("runOp", Napi::Function::New(env, RunOp));
   exports.Set("NativeModel", NativeModel::Init(env));

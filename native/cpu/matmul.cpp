@@ -1,9 +1,13 @@
 // matmul.cpp — CPU linear: y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias[N]), W in F32/F16/BF16.
 //
-// Work is split into (64 rows of x) × (64 rows of W) output tiles across the thread pool. Each tile
-// walks K in chunks of 512 so the x and W panels stay in L2; 16-bit weights are widened to f32 once
-// per panel. The inner kernel computes 2×4 dot products at a time with 8-wide float vectors (GCC
-// vector extensions), compiled twice (AVX2+FMA and baseline x86-64) and picked at load time.
+// Two paths, both split into output tiles across the thread pool:
+//  - GEMM (M >= 8): BLIS-style. A 64-row slab of W is packed (and widened from f16/bf16) into
+//    [64/16][kc][16] panels for each K chunk; a 6×16 register-blocked outer-product kernel broadcasts
+//    x and accumulates into a (96 × 64) tile that stays in L1/L2.
+//  - GEMV-like (M < 8, decode): W rows are streamed once; 2×4 dot products at a time with 8-wide
+//    vectors, so the weight bytes are read exactly once.
+// Kernels use GCC vector extensions and are compiled for AVX-512, AVX2+FMA and baseline x86-64
+// (target_clones picks one at load time; no -march=native).
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -15,7 +19,9 @@ namespace re {
 namespace {
 
 typedef float v8f __attribute__((vector_size(32)));
-constexpr int MB = 64, NB = 64, KC = 512;
+typedef float v16f __attribute__((vector_size(64)));
+constexpr int MB = 64, NB = 64, KC = 512;          // dot path tiles
+constexpr int PMB = 96, PNB = 64, PKC = 256;       // packed GEMM tiles (PMB multiple of 6, PNB of 16)
 
 template <int MR, int NR>
 __attribute__((always_inline)) inline void micro(const float* x, size_t ldx, const float* w, size_t ldw, int L,
@@ -57,10 +63,87 @@ __attribute__((target_clones("arch=haswell", "default"))) void block_dots(const 
   }
 }
 
+template <int MR>
+__attribute__((always_inline)) inline void micro_packed(const float* x, size_t ldx, const float* wp, int kc, float* t,
+                                                        int ldt) {
+  v16f acc[MR];
+  for (int i = 0; i < MR; ++i) std::memcpy(&acc[i], t + i * ldt, 64);
+  for (int k = 0; k < kc; ++k) {
+    v16f w;
+    std::memcpy(&w, wp + (size_t)k * 16, 64);
+    for (int i = 0; i < MR; ++i) acc[i] += x[i * ldx + k] * w;
+  }
+  for (int i = 0; i < MR; ++i) std::memcpy(t + i * ldt, &acc[i], 64);
+}
+
+// tile[i*ldt + j] += Σ_k x[i*ldx + k] · wp[j/16][k][j%16]   for i < mb, j < nv*16, k < kc
+__attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default"))) void block_packed(
+    const float* x, size_t ldx, int mb, const float* wp, int nv, int kc, float* tile, int ldt) {
+  for (int jv = 0; jv < nv; ++jv) {
+    const float* w = wp + (size_t)jv * kc * 16;
+    int i = 0;
+    for (; i + 6 <= mb; i += 6) micro_packed<6>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt);
+    switch (mb - i) {
+      case 5: micro_packed<5>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
+      case 4: micro_packed<4>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
+      case 3: micro_packed<3>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
+      case 2: micro_packed<2>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
+      case 1: micro_packed<1>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
+      default: break;
+    }
+  }
+}
+
+// Pack W rows [n0, n0+nb) × cols [k0, k0+kc) as [ceil(nb/16)][kc][16] f32 (zero-filled past nb).
+void pack_w(float* dst, WeightRef W, int K, int n0, int nb, int k0, int kc) {
+  const int nv = (nb + 15) / 16;
+  std::vector<float> row(kc);
+  for (int jv = 0; jv < nv; ++jv)
+    for (int jj = 0; jj < 16; ++jj) {
+      const int j = jv * 16 + jj;
+      float* d = dst + (size_t)jv * kc * 16 + jj;
+      if (j < nb) {
+        weight_row_to_f32(row.data(), W, (size_t)(n0 + j) * K + k0, kc);
+        for (int k = 0; k < kc; ++k) d[(size_t)k * 16] = row[k];
+      } else {
+        for (int k = 0; k < kc; ++k) d[(size_t)k * 16] = 0.0f;
+      }
+    }
+}
+
 }  // namespace
 
 void CpuBackend::linear(float* y, const float* x, WeightRef W, WeightRef bias, int M, int N, int K, bool accumulate) {
   if (M <= 0 || N <= 0) return;
+  auto finish = [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
+    for (int i = 0; i < mb; ++i) {
+      float* yr = y + (size_t)(m0 + i) * N + n0;
+      const float* tr = tile + (size_t)i * ldt;
+      for (int j = 0; j < nb; ++j) {
+        float v = tr[j];
+        if (bias.p) v += weight_at(bias, (size_t)(n0 + j));
+        yr[j] = accumulate ? yr[j] + v : v;
+      }
+    }
+  };
+  if (M >= 8) {
+    const int mt = (M + PMB - 1) / PMB, nt = (N + PNB - 1) / PNB;
+    pool_.parallel_for(mt * nt, [&](int task) {
+      const int m0 = (task % mt) * PMB, n0 = (task / mt) * PNB;  // neighbouring tasks share the W slab
+      const int mb = std::min(PMB, M - m0), nb = std::min(PNB, N - n0), nv = (nb + 15) / 16;
+      alignas(64) float tile[PMB * PNB];
+      std::fill(tile, tile + (size_t)mb * PNB, 0.0f);
+      thread_local std::vector<float> wp;
+      wp.resize((size_t)PNB * PKC);
+      for (int k0 = 0; k0 < K; k0 += PKC) {
+        const int kc = std::min(PKC, K - k0);
+        pack_w(wp.data(), W, K, n0, nb, k0, kc);
+        block_packed(x + (size_t)m0 * K + k0, (size_t)K, mb, wp.data(), nv, kc, tile, PNB);
+      }
+      finish(tile, PNB, m0, mb, n0, nb);
+    }, (double)M * N * K);
+    return;
+  }
   const int mt = (M + MB - 1) / MB, nt = (N + NB - 1) / NB;
   pool_.parallel_for(mt * nt, [&](int task) {
     const int m0 = (task / nt) * MB, n0 = (task % nt) * NB;
