@@ -1,0 +1,275 @@
+// cuda_backend.cu — re::Backend on one CUDA device, plus cuda_info() / make_cuda_backend().
+//
+// One stream per backend; every op enqueues on it and returns (sync() waits). Memory comes from
+// cudaMalloc (cudaErrorMemoryAllocation -> ERR_OOM); each allocation's size is tracked for
+// bytes_in_use(). Host <-> device copies synchronise the stream before returning, so callers may
+// reuse or free their host buffers at once.
+//
+// Errors: every CUDA failure throws re::Error(ERR_CUDA, "...name (string) in <call> at file:line").
+// A sticky error (illegal address, launch failure, ...) leaves the context unusable: the backend
+// remembers it and every later call throws at once with the original message.
+//
+// The static CUDA runtime opens libcuda lazily, so with no driver cudaGetDeviceCount fails
+// (cudaErrorInsufficientDriver); cuda_info() treats any such error as "zero devices" and reports
+// the reason instead of failing.
+#include <mutex>
+#include <unordered_map>
+
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+#include "common.cuh"
+// defines: philox4x32 / philox_keep (no op uses it yet; included so it stays nvcc-clean on every build)
+#include "philox.h"
+
+namespace re {
+namespace cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    RE_CUDA_CHECK(cudaSetDevice(device_));
+    RE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    RE_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));
+  }
+
+  ~CudaBackend() override {
+    // Never throws: frees what is left, ignores errors (a broken context cannot free anyway).
+    cudaSetDevice(device_);
+    if (stream_) cudaStreamSynchronize(stream_);
+    for (auto& kv : sizes_) cudaFree(kv.first);
+    sizes_.clear();
+    if (stream_) cudaStreamDestroy(stream_);
+    cudaGetLastError();
+  }
+
+  const char* name() const override { return "cuda"; }
+
+  // ---- memory ----------------------------------------------------------------------------------
+  void* alloc(size_t bytes) override {
+    enter("alloc");
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);  // zero bytes still returns a valid pointer
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not sticky: clear it
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      throw Error(RE_ERR_OOM, "CUDA out of memory: cannot allocate " + std::to_string(bytes) + " bytes on device " +
+                                  std::to_string(device_) + " (" + std::to_string(free_b >> 20) + " MiB free of " +
+                                  std::to_string(total_b >> 20) + " MiB)");
+    }
+    check(e, "cudaMalloc");
+    std::lock_guard<std::mutex> lk(mu_);
+    sizes_[p] = bytes;
+    in_use_ += bytes;
+    return p;
+  }
+
+  void free(void* p) override {
+    if (!p) return;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      auto it = sizes_.find(p);
+      if (it == sizes_.end()) return;  // not ours (or already freed): ignore rather than corrupt
+      in_use_ -= it->second;
+      sizes_.erase(it);
+    }
+    cudaSetDevice(device_);
+    cudaError_t e = cudaFree(p);  // implicitly synchronises; errors only mark the context
+    if (e != cudaSuccess) note(e);
+  }
+
+  void upload(void* dst, const void* host_src, size_t bytes) override {
+    enter("upload");
+    if (!bytes) return;
+    check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_), "upload (cudaMemcpyAsync H2D)");
+    check(cudaStreamSynchronize(stream_), "upload (sync)");
+  }
+
+  void download(void* host_dst, const void* src, size_t bytes) override {
+    enter("download");
+    if (!bytes) return;
+    check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "download (cudaMemcpyAsync D2H)");
+    check(cudaStreamSynchronize(stream_), "download (sync)");
+  }
+
+  void copy(void* dst, const void* src, size_t bytes) override {
+    enter("copy");
+    if (!bytes) return;
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "copy (cudaMemcpyAsync D2D)");
+  }
+
+  void memset0(void* dst, size_t bytes) override {
+    enter("memset0");
+    if (!bytes) return;
+    check(cudaMemsetAsync(dst, 0, bytes, stream_), "memset0 (cudaMemsetAsync)");
+  }
+
+  void sync() override {
+    enter("sync");
+    check(cudaStreamSynchronize(stream_), "sync (cudaStreamSynchronize)");
+  }
+
+  size_t bytes_in_use() const override {
+    std::lock_guard<std::mutex> lk(mu_);
+    return in_use_;
+  }
+
+  // ---- ops -------------------------------------------------------------------------------------
+  void linear(float* y, const float* x, WeightRef W, WeightRef bias, int M, int N, int K, bool accumulate) override {
+    enter("linear");
+    run("linear", [&] { linear_forward(stream_, sm_count_, y, x, W, bias, M, N, K, accumulate); });
+  }
+  void rmsnorm(float* y, const float* x, WeightRef w, int M, int D, float eps) override {
+    enter("rmsnorm");
+    run("rmsnorm", [&] { rmsnorm_forward(stream_, y, x, w, M, D, eps); });
+  }
+  void embedding(float* y, const int32_t* ids, WeightRef table, int n, int D) override {
+    enter("embedding");
+    run("embedding", [&] { embedding_forward(stream_, y, ids, table, n, D); });
+  }
+  void rope(float* x, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override {
+    enter("rope");
+    run("rope", [&] { rope_forward(stream_, x, pos, inv_freq, n_tok, n_head, head_dim); });
+  }
+  void kv_store(float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv, int hd, int S,
+                int P) override {
+    enter("kv_store");
+    run("kv_store", [&] { kv_store_forward(stream_, kc, vc, k, v, B, Tn, Hkv, hd, S, P); });
+  }
+  void attention(float* out, const float* q, const float* kc, const float* vc, const int32_t* pad, int B, int Tn,
+                 int Hq, int Hkv, int hd, int S, int P, float scale) override {
+    enter("attention");
+    run("attention", [&] { attention_forward(stream_, out, q, kc, vc, pad, B, Tn, Hq, Hkv, hd, S, P, scale); });
+  }
+  void swiglu(float* y, const float* gate, const float* up, int n) override {
+    enter("swiglu");
+    run("swiglu", [&] { swiglu_forward(stream_, y, gate, up, n); });
+  }
+  void add(float* y, const float* a, const float* b, int n) override {
+    enter("add");
+    run("add", [&] { add_forward(stream_, y, a, b, n); });
+  }
+  void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override {
+    enter("gather_rows");
+    run("gather_rows", [&] { gather_rows_forward(stream_, y, x, idx, n, D); });
+  }
+
+ private:
+  // Every entry point: reject if the context is already broken, and bind this device to the
+  // calling thread (N-API async workers run on pool threads).
+  void enter(const char* what) {
+    if (broken_) throw Error(RE_ERR_CUDA, std::string("CUDA context unusable after an earlier error (") + sticky_msg_ +
+                                              "); refused: " + what);
+    check(cudaSetDevice(device_), "cudaSetDevice");
+  }
+
+  void note(cudaError_t e) {
+    if (is_sticky(e) && !broken_) {
+      sticky_msg_ = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+      broken_ = true;
+    }
+  }
+
+  void check(cudaError_t e, const char* what) {
+    if (e == cudaSuccess) return;
+    note(e);
+    if (!is_sticky(e)) cudaGetLastError();  // clear a non-sticky error so later calls are not blamed
+    throw_cuda(e, what, __FILE__, __LINE__);
+  }
+
+  // Runs a launcher; a CUDA error thrown from it marks the context if the error is sticky.
+  template <typename F> void run(const char* what, F&& f) {
+    try {
+      f();
+    } catch (const Error& err) {
+      if (err.code() == RE_ERR_CUDA) {
+        cudaError_t e = cudaPeekAtLastError();
+        if (e != cudaSuccess) note(e);
+        if (e == cudaSuccess || !is_sticky(e)) cudaGetLastError();
+      }
+      throw;
+    }
+    (void)what;
+  }
+
+  int device_ = 0;
+  int sm_count_ = 1;
+  cudaStream_t stream_ = nullptr;
+  mutable std::mutex mu_;
+  std::unordered_map<void*, size_t> sizes_;
+  size_t in_use_ = 0;
+  bool broken_ = false;
+  std::string sticky_msg_;
+};
+
+}  // namespace cuda
+
+// ---- info / factory --------------------------------------------------------------------------
+
+CudaInfo cuda_info() {
+  CudaInfo info;
+  info.built = true;
+  int v = 0;
+  if (cudaRuntimeGetVersion(&v) == cudaSuccess) info.runtime_version = v;
+  v = 0;
+  if (cudaDriverGetVersion(&v) == cudaSuccess) info.driver_version = v;  // 0 when no driver is installed
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    // No driver (cudaErrorInsufficientDriver), no device (cudaErrorNoDevice), broken install, ...:
+    // all mean "no usable device" here.
+    info.available = false;
+    info.reason = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+    cudaGetLastError();
+    return info;
+  }
+  if (count <= 0) {
+    info.available = false;
+    info.reason = "no CUDA device found";
+    return info;
+  }
+  int prev = 0;
+  bool have_prev = cudaGetDevice(&prev) == cudaSuccess;
+  for (int d = 0; d < count; ++d) {
+    CudaDeviceInfo di;
+    di.index = d;
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, d) == cudaSuccess) {
+      di.name = prop.name;
+      di.cc_major = prop.major;
+      di.cc_minor = prop.minor;
+      di.total_mem = prop.totalGlobalMem;
+      di.sm_count = prop.multiProcessorCount;
+    } else {
+      cudaGetLastError();
+      di.name = "(unreadable device)";
+    }
+    size_t free_b = 0, total_b = 0;
+    if (cudaSetDevice(d) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+      di.free_mem = free_b;
+      if (!di.total_mem) di.total_mem = total_b;
+    } else {
+      cudaGetLastError();
+    }
+    info.devices.push_back(std::move(di));
+  }
+  if (have_prev) cudaSetDevice(prev);
+  info.available = true;
+  return info;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(RE_ERR_CUDA_UNAVAILABLE, std::string("no CUDA device: cudaGetDeviceCount failed: ") +
+                                             cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+  }
+  if (count <= 0) throw Error(RE_ERR_CUDA_UNAVAILABLE, "no CUDA device found");
+  if (device < 0 || device >= count)
+    throw Error(RE_ERR_CUDA_UNAVAILABLE, "CUDA device " + std::to_string(device) + " does not exist (" +
+                                             std::to_string(count) + " device(s) present)");
+  return std::unique_ptr<Backend>(new cuda::CudaBackend(device));
+}
+
+}  // namespace re

@@ -1,0 +1,8 @@
+// cli/commands.ts — every subcommand of the CLI, in help order. Add a command: write lib/cli/<name>.ts
+// exporting a CliCommand and list it here.
+
+import type { CliCommand } from './common.js';
+import { generateCommand } from './generate.js';
+import { infoCommand } from './info.js';
+
+export const commands: CliCommand[] = [infoCommand, generateCommand];

@@ -1,0 +1,40 @@
+// cli/info.ts — `repair-edit info [--json]`.
+
+import type { Command } from 'commander';
+import { info } from '../info.js';
+import { writeOut, type CliCommand } from './common.js';
+
+function gib(bytes: number): string {
+  return `${(bytes / 1024 ** 3).toFixed(1)} GiB`;
+}
+
+export const infoCommand: CliCommand = {
+  name: 'info',
+  register(program: Command): void {
+    program
+      .command('info')
+      .description('show the version, the built backends, the CPU threads and the CUDA devices')
+      .option('--json', 'print JSON')
+      .action(async (opts: { json?: boolean }) => {
+        const i = info();
+        if (opts.json) {
+          await writeOut(`${JSON.stringify(i, null, 2)}\n`);
+          return;
+        }
+        const lines = [
+          `repair-edit ${i.version}`,
+          `backends built:  ${i.backends.join(', ')}`,
+          `default backend: ${i.defaultBackend}`,
+          `cpu threads:     ${i.cpu.threads}`,
+          `cuda:            ${i.cuda.available ? 'available' : `unavailable (${i.cuda.reason})`}`,
+        ];
+        if (i.cuda.driverVersion || i.cuda.runtimeVersion) {
+          lines.push(`cuda driver:     ${i.cuda.driver || 'none'}   runtime: ${i.cuda.runtime || 'none'}`);
+        }
+        for (const d of i.cuda.devices) {
+          lines.push(`  [${d.index}] ${d.name}  sm_${d.computeCapability.replace('.', '')}  ${d.multiprocessors} SMs  ${gib(d.freeMemory)} free / ${gib(d.totalMemory)}`);
+        }
+        await writeOut(`${lines.join('\n')}\n`);
+      });
+  },
+};

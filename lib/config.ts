@@ -1,0 +1,420 @@
+// config.ts — read and validate a Hugging Face config.json (+ generation_config.json), compute the RoPE
+// inverse frequencies, and check the checkpoint's tensors against the architecture.
+
+import { readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { RepairError } from './errors.js';
+import type { NativeArch, NativeTensorSpec } from './native.js';
+import { toNativeSpec, type SafetensorsTensor } from './safetensors.js';
+
+export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2'] as const;
+export type ModelType = (typeof SUPPORTED_MODEL_TYPES)[number];
+
+/** Architectures we know of and plan to support (refused with "not supported yet"). */
+const PLANNED_MODEL_TYPES = new Set(['gpt2']);
+
+export const DEFAULT_CONTEXT_LENGTH = 4096;
+
+/** Upper bounds past which a config is considered corrupt, not merely large. */
+export const CONFIG_LIMITS = {
+  hidden_size: 1_000_000,
+  intermediate_size: 10_000_000,
+  num_hidden_layers: 1000,
+  num_attention_heads: 10_000,
+  num_key_value_heads: 10_000,
+  head_dim: 100_000,
+  vocab_size: 10_000_000,
+  max_position_embeddings: 1 << 30,
+} as const;
+
+export type RopeScaling =
+  | { type: 'default' }
+  | { type: 'linear'; factor: number }
+  | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositionEmbeddings: number };
+
+export interface ModelConfig {
+  /** The folder the config was read from. */
+  readonly dir: string;
+  readonly modelType: ModelType;
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  readonly numLayers: number;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  readonly vocabSize: number;
+  /** max_position_embeddings as stored in config.json. */
+  readonly maxPositionEmbeddings: number;
+  /** The context length the runtime is sized for: min(max_position_embeddings, contextLength option, sliding window). */
+  readonly maxPositions: number;
+  readonly rmsNormEps: number;
+  readonly ropeTheta: number;
+  readonly ropeScaling: RopeScaling;
+  /** RoPE inverse frequencies [headDim/2] (float64-computed, rounded to f32), scaling applied. */
+  readonly invFreq: Float32Array;
+  readonly tieEmbeddings: boolean;
+  readonly qkvBias: boolean;
+  readonly bosTokenId?: number;
+  /** End-of-sequence ids: generation_config.json's eos_token_id, else config.json's. */
+  readonly eosTokenIds: readonly number[];
+  readonly padTokenId?: number;
+  readonly torchDtype?: string;
+  /** The raw config.json and generation_config.json objects. */
+  readonly raw: Readonly<Record<string, unknown>>;
+  readonly generationConfig?: Readonly<Record<string, unknown>>;
+}
+
+export interface ReadConfigOptions {
+  /** Cap on the context length (KV cache size). Default 4096. */
+  contextLength?: number;
+}
+
+type Json = Record<string, unknown>;
+
+function isObj(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function configError(file: string, message: string, field?: string): never {
+  throw new RepairError('ERR_CONFIG', `${file}: ${message}`, field ? { file, field } : { file });
+}
+
+function readJson(file: string, what: 'ERR_CONFIG'): Json {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new RepairError(what, code === 'ENOENT' ? `${file} not found` : `${file}: cannot read (${code ?? (e as Error).message})`, { file }, { cause: e });
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new RepairError(what, `${file}: not valid JSON (${(e as Error).message})`, { file }, { cause: e });
+  }
+  if (!isObj(v)) configError(file, 'must hold a JSON object');
+  return v;
+}
+
+function posInt(file: string, cfg: Json, field: string, max: number, fallback?: number): number {
+  const v = cfg[field] ?? fallback;
+  if (v === undefined || v === null) configError(file, `missing "${field}"`, field);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
+    configError(file, `"${field}" must be a positive integer, got ${JSON.stringify(v)}`, field);
+  }
+  if (v > max) configError(file, `"${field}" = ${v} is absurd (more than ${max})`, field);
+  return v;
+}
+
+function posNumber(file: string, cfg: Json, field: string, fallback: number, max = Infinity): number {
+  const v = cfg[field] ?? fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > max) {
+    configError(file, `"${field}" must be a positive number${max < Infinity ? ` at most ${max}` : ''}, got ${JSON.stringify(v)}`, field);
+  }
+  return v;
+}
+
+function optTokenId(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+}
+
+function tokenIds(v: unknown): number[] | undefined {
+  if (v === undefined || v === null) return undefined;
+  const arr = Array.isArray(v) ? v : [v];
+  const out = arr.filter((x): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0);
+  return out.length > 0 ? out : undefined;
+}
+
+function parseRopeScaling(file: string, v: unknown): RopeScaling {
+  if (v === undefined || v === null) return { type: 'default' };
+  if (!isObj(v)) configError(file, '"rope_scaling" must be an object or null', 'rope_scaling');
+  const t = v.rope_type ?? v.type;
+  if (t === undefined || t === 'default') return { type: 'default' };
+  const num = (k: string): number => {
+    const x = v[k];
+    if (typeof x !== 'number' || !Number.isFinite(x) || x <= 0) {
+      configError(file, `"rope_scaling.${k}" must be a positive number, got ${JSON.stringify(x)}`, `rope_scaling.${k}`);
+    }
+    return x;
+  };
+  if (t === 'linear') return { type: 'linear', factor: num('factor') };
+  if (t === 'llama3') {
+    const lowFreqFactor = num('low_freq_factor');
+    const highFreqFactor = num('high_freq_factor');
+    if (highFreqFactor <= lowFreqFactor) {
+      configError(file, `"rope_scaling.high_freq_factor" (${highFreqFactor}) must exceed low_freq_factor (${lowFreqFactor})`, 'rope_scaling.high_freq_factor');
+    }
+    return {
+      type: 'llama3',
+      factor: num('factor'),
+      lowFreqFactor,
+      highFreqFactor,
+      originalMaxPositionEmbeddings: num('original_max_position_embeddings'),
+    };
+  }
+  throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: rope_scaling type ${JSON.stringify(t)} is not supported (supported: default, linear, llama3)`, {
+    file,
+    field: 'rope_scaling',
+    ropeType: t,
+  });
+}
+
+/**
+ * RoPE inverse frequencies, computed in float64 and rounded to float32.
+ * default: θ^(-2i/d); linear: divided by factor; llama3: HF `_compute_llama3_parameters`.
+ */
+export function computeInvFreq(headDim: number, theta: number, scaling: RopeScaling = { type: 'default' }): Float32Array {
+  const half = headDim / 2;
+  const out = new Float32Array(half);
+  for (let i = 0; i < half; i++) {
+    let f = 1 / Math.pow(theta, (2 * i) / headDim);
+    if (scaling.type === 'linear') {
+      f /= scaling.factor;
+    } else if (scaling.type === 'llama3') {
+      const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: old } = scaling;
+      const lowFreqWavelen = old / lowFreqFactor;
+      const highFreqWavelen = old / highFreqFactor;
+      const wavelen = (2 * Math.PI) / f;
+      if (wavelen > lowFreqWavelen) {
+        f = f / factor; // low frequencies: fully scaled
+      } else if (wavelen >= highFreqWavelen) {
+        // medium: interpolate between scaled and unscaled
+        const smooth = (old / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
+        f = ((1 - smooth) * f) / factor + smooth * f;
+      }
+      // high frequencies (wavelen < highFreqWavelen) are kept
+    }
+    out[i] = f;
+  }
+  return out;
+}
+
+/** Read config.json (+ generation_config.json) from a model folder and validate it. */
+export function readConfig(dir: string, opts: ReadConfigOptions = {}): ModelConfig {
+  const file = join(dir, 'config.json');
+  const cfg = readJson(file, 'ERR_CONFIG');
+  return parseConfig(cfg, { dir, file, contextLength: opts.contextLength, generationConfig: readGenerationConfig(dir) });
+}
+
+function readGenerationConfig(dir: string): Json | undefined {
+  const file = join(dir, 'generation_config.json');
+  if (!existsSync(file)) return undefined;
+  return readJson(file, 'ERR_CONFIG');
+}
+
+export interface ParseConfigOptions {
+  dir?: string;
+  file?: string; // for messages
+  contextLength?: number;
+  generationConfig?: Json;
+}
+
+/** Validate an already-parsed config.json object. */
+export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConfig {
+  const file = opts.file ?? 'config.json';
+  const mt = cfg.model_type;
+  if (typeof mt !== 'string' || mt.length === 0) {
+    throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: missing "model_type" (supported: ${SUPPORTED_MODEL_TYPES.join(', ')})`, {
+      file,
+      field: 'model_type',
+    });
+  }
+  if (!(SUPPORTED_MODEL_TYPES as readonly string[]).includes(mt)) {
+    const why = PLANNED_MODEL_TYPES.has(mt) ? 'is not supported yet' : 'is not supported';
+    throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: model_type "${mt}" ${why} (supported: ${SUPPORTED_MODEL_TYPES.join(', ')})`, {
+      file,
+      field: 'model_type',
+      modelType: mt,
+    });
+  }
+  const modelType = mt as ModelType;
+
+  const act = cfg.hidden_act ?? cfg.hidden_activation ?? 'silu';
+  if (act !== 'silu') {
+    throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: hidden_act ${JSON.stringify(act)} is not supported (only "silu")`, {
+      file,
+      field: 'hidden_act',
+    });
+  }
+
+  const L = CONFIG_LIMITS;
+  const hiddenSize = posInt(file, cfg, 'hidden_size', L.hidden_size);
+  const intermediateSize = posInt(file, cfg, 'intermediate_size', L.intermediate_size);
+  const numLayers = posInt(file, cfg, 'num_hidden_layers', L.num_hidden_layers);
+  const numHeads = posInt(file, cfg, 'num_attention_heads', L.num_attention_heads);
+  const numKvHeads = posInt(file, cfg, 'num_key_value_heads', L.num_key_value_heads, numHeads);
+  const vocabSize = posInt(file, cfg, 'vocab_size', L.vocab_size);
+  const maxPositionEmbeddings = posInt(file, cfg, 'max_position_embeddings', L.max_position_embeddings);
+
+  let headDim: number;
+  if (cfg.head_dim !== undefined && cfg.head_dim !== null) {
+    headDim = posInt(file, cfg, 'head_dim', L.head_dim);
+  } else {
+    if (hiddenSize % numHeads !== 0) {
+      configError(file, `"num_attention_heads" (${numHeads}) must divide "hidden_size" (${hiddenSize})`, 'num_attention_heads');
+    }
+    headDim = hiddenSize / numHeads;
+  }
+  if (headDim % 2 !== 0) configError(file, `head dimension ${headDim} must be even for RoPE`, 'head_dim');
+  if (numKvHeads > numHeads || numHeads % numKvHeads !== 0) {
+    configError(file, `"num_key_value_heads" (${numKvHeads}) must divide "num_attention_heads" (${numHeads})`, 'num_key_value_heads');
+  }
+
+  const rmsNormEps = posNumber(file, cfg, 'rms_norm_eps', 1e-6, 1);
+  const ropeTheta = posNumber(file, cfg, 'rope_theta', 10000);
+  const ropeScaling = parseRopeScaling(file, cfg.rope_scaling);
+  if (cfg.partial_rotary_factor !== undefined && cfg.partial_rotary_factor !== null && cfg.partial_rotary_factor !== 1) {
+    throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: partial_rotary_factor ${JSON.stringify(cfg.partial_rotary_factor)} is not supported`, {
+      file,
+      field: 'partial_rotary_factor',
+    });
+  }
+
+  // Biases: qwen2 always has q/k/v biases. Llama's attention_bias puts biases on q, k, v AND o; the
+  // runtime has no o_proj bias, so that (rare) variant is refused, as is mlp_bias.
+  let qkvBias = modelType === 'qwen2';
+  if (modelType === 'llama' || modelType === 'mistral') {
+    if (cfg.attention_bias === true) {
+      throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: attention_bias true (biases on q/k/v/o projections) is not supported for ${modelType}`, {
+        file,
+        field: 'attention_bias',
+      });
+    }
+    qkvBias = false;
+  }
+  if (cfg.mlp_bias === true) {
+    throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: mlp_bias true is not supported`, { file, field: 'mlp_bias' });
+  }
+  const tie = cfg.tie_word_embeddings;
+  if (tie !== undefined && tie !== null && typeof tie !== 'boolean') configError(file, '"tie_word_embeddings" must be a boolean', 'tie_word_embeddings');
+  const tieEmbeddings = tie === true; // LlamaConfig, MistralConfig and Qwen2Config all default to false
+
+  const ctx = opts.contextLength ?? DEFAULT_CONTEXT_LENGTH;
+  if (!Number.isSafeInteger(ctx) || ctx <= 0) {
+    throw new RepairError('ERR_INVALID_ARG', `contextLength must be a positive integer, got ${ctx}`, { field: 'contextLength' });
+  }
+  let maxPositions = Math.min(maxPositionEmbeddings, ctx);
+  // Sliding-window attention equals full attention within the window: cap the context there rather than
+  // silently computing something else past it.
+  const useSliding = modelType === 'mistral' || (modelType === 'qwen2' && cfg.use_sliding_window === true);
+  if (useSliding && typeof cfg.sliding_window === 'number' && Number.isSafeInteger(cfg.sliding_window) && cfg.sliding_window > 0) {
+    maxPositions = Math.min(maxPositions, cfg.sliding_window);
+  }
+
+  const gen = opts.generationConfig;
+  const eosTokenIds = tokenIds(gen?.eos_token_id) ?? tokenIds(cfg.eos_token_id) ?? [];
+  for (const id of eosTokenIds) {
+    if (id >= vocabSize) configError(file, `eos_token_id ${id} is outside the vocabulary (${vocabSize})`, 'eos_token_id');
+  }
+  const bosTokenId = optTokenId(gen?.bos_token_id) ?? optTokenId(cfg.bos_token_id);
+  const padTokenId = optTokenId(gen?.pad_token_id) ?? optTokenId(cfg.pad_token_id);
+
+  const out: { -readonly [K in keyof ModelConfig]: ModelConfig[K] } = {
+    dir: opts.dir ?? '',
+    modelType,
+    hiddenSize,
+    intermediateSize,
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    vocabSize,
+    maxPositionEmbeddings,
+    maxPositions,
+    rmsNormEps,
+    ropeTheta,
+    ropeScaling,
+    invFreq: computeInvFreq(headDim, ropeTheta, ropeScaling),
+    tieEmbeddings,
+    qkvBias,
+    eosTokenIds,
+    raw: Object.freeze({ ...cfg }),
+  };
+  if (bosTokenId !== undefined) out.bosTokenId = bosTokenId;
+  if (padTokenId !== undefined) out.padTokenId = padTokenId;
+  if (typeof cfg.torch_dtype === 'string') out.torchDtype = cfg.torch_dtype;
+  else if (typeof cfg.dtype === 'string') out.torchDtype = cfg.dtype;
+  if (gen) out.generationConfig = Object.freeze({ ...gen });
+  return out;
+}
+
+/** The arch block of the native model spec. */
+export function toNativeArch(c: ModelConfig): NativeArch {
+  return {
+    hiddenSize: c.hiddenSize,
+    intermediateSize: c.intermediateSize,
+    numLayers: c.numLayers,
+    numHeads: c.numHeads,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    vocabSize: c.vocabSize,
+    maxPositions: c.maxPositions,
+    rmsNormEps: c.rmsNormEps,
+    invFreq: c.invFreq,
+    tieEmbeddings: c.tieEmbeddings,
+    qkvBias: c.qkvBias,
+  };
+}
+
+export interface ExpectedTensor {
+  name: string;
+  shape: number[];
+}
+
+/** The tensors the runtime needs for this architecture, with their HF names and shapes. */
+export function expectedTensors(c: ModelConfig): ExpectedTensor[] {
+  const D = c.hiddenSize;
+  const Q = c.numHeads * c.headDim;
+  const KV = c.numKvHeads * c.headDim;
+  const I = c.intermediateSize;
+  const V = c.vocabSize;
+  const out: ExpectedTensor[] = [{ name: 'model.embed_tokens.weight', shape: [V, D] }];
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    out.push({ name: `${p}input_layernorm.weight`, shape: [D] });
+    out.push({ name: `${p}self_attn.q_proj.weight`, shape: [Q, D] });
+    out.push({ name: `${p}self_attn.k_proj.weight`, shape: [KV, D] });
+    out.push({ name: `${p}self_attn.v_proj.weight`, shape: [KV, D] });
+    if (c.qkvBias) {
+      out.push({ name: `${p}self_attn.q_proj.bias`, shape: [Q] });
+      out.push({ name: `${p}self_attn.k_proj.bias`, shape: [KV] });
+      out.push({ name: `${p}self_attn.v_proj.bias`, shape: [KV] });
+    }
+    out.push({ name: `${p}self_attn.o_proj.weight`, shape: [D, Q] });
+    out.push({ name: `${p}post_attention_layernorm.weight`, shape: [D] });
+    out.push({ name: `${p}mlp.gate_proj.weight`, shape: [I, D] });
+    out.push({ name: `${p}mlp.up_proj.weight`, shape: [I, D] });
+    out.push({ name: `${p}mlp.down_proj.weight`, shape: [D, I] });
+  }
+  out.push({ name: 'model.norm.weight', shape: [D] });
+  if (!c.tieEmbeddings) out.push({ name: 'lm_head.weight', shape: [V, D] });
+  return out;
+}
+
+/**
+ * Check the checkpoint's tensors against the architecture and return the native load list, in
+ * expectedTensors() order. Missing → ERR_MISSING_TENSOR; wrong shape → ERR_SHAPE; a non-float dtype
+ * → ERR_SAFETENSORS. Extra tensors (e.g. an lm_head with tied embeddings, rotary buffers) are ignored.
+ */
+export function matchTensors(c: ModelConfig, tensors: ReadonlyMap<string, SafetensorsTensor>): NativeTensorSpec[] {
+  const out: NativeTensorSpec[] = [];
+  for (const e of expectedTensors(c)) {
+    const t = tensors.get(e.name);
+    if (!t) {
+      throw new RepairError('ERR_MISSING_TENSOR', `${c.dir || 'model'}: missing tensor "${e.name}" (expected shape [${e.shape.join(', ')}] for ${c.modelType})`, {
+        tensor: e.name,
+        expected: e.shape,
+      });
+    }
+    if (t.shape.length !== e.shape.length || t.shape.some((d, i) => d !== e.shape[i])) {
+      throw new RepairError(
+        'ERR_SHAPE',
+        `${t.file}: tensor "${e.name}" has shape [${t.shape.join(', ')}], expected [${e.shape.join(', ')}] from config.json`,
+        { file: t.file, tensor: e.name, expected: e.shape, actual: t.shape },
+      );
+    }
+    out.push(toNativeSpec(t));
+  }
+  return out;
+}

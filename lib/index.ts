@@ -1,0 +1,23 @@
+// index.ts — the public API of repair-edit.
+export { loadModel, Model } from './model.js';
+export type {
+  LoadModelOptions,
+  BackendChoice,
+  Prompt,
+  GenerateOptions,
+  GenerateResult,
+  GeneratedToken,
+  FinishReason,
+  LogitsOptions,
+  LogitsPositions,
+  LogitsResult,
+  LogitsRow,
+} from './model.js';
+export { info } from './info.js';
+export type { Info, CudaDevice } from './info.js';
+export { RepairError, isRepairError } from './errors.js';
+export type { ErrorCode } from './errors.js';
+export { ModelTokenizer } from './tokenizer.js';
+export type { ChatMessage, ChatRole, EncodeOptions, DecodeOptions, ChatTemplateOptions } from './tokenizer.js';
+export type { ModelConfig, ModelType, RopeScaling } from './config.js';
+export type { BackendName } from './native.js';

@@ -1,0 +1,180 @@
+// tokenizer.ts — tokenizer.json via @huggingface/tokenizers, chat templates via @huggingface/jinja.
+
+import { readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { Template } from '@huggingface/jinja';
+import { RepairError } from './errors.js';
+
+export type ChatRole = 'system' | 'user' | 'assistant' | (string & {});
+
+export interface ChatMessage {
+  role: ChatRole;
+  content: string;
+}
+
+export interface EncodeOptions {
+  /** Add the tokenizer's special tokens (BOS for Llama-family models). Default true. */
+  addSpecialTokens?: boolean;
+}
+
+export interface DecodeOptions {
+  /** Drop special tokens (BOS, EOS...) from the text. Default true. */
+  skipSpecialTokens?: boolean;
+}
+
+export interface ChatTemplateOptions {
+  /** Append the assistant header so the model answers. Default true. */
+  addGenerationPrompt?: boolean;
+  /** Extra variables for the template (e.g. tools, date_string). */
+  extra?: Record<string, unknown>;
+}
+
+type Json = Record<string, unknown>;
+
+function tokError(message: string, details?: Record<string, unknown>, cause?: unknown): RepairError {
+  return new RepairError('ERR_TOKENIZER', message, details, cause !== undefined ? { cause } : undefined);
+}
+
+function readJson(file: string): Json {
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw tokError(code === 'ENOENT' ? `${file} not found` : `${file}: cannot read or parse (${(e as Error).message})`, { file }, e);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw tokError(`${file}: must hold a JSON object`, { file });
+  return v as Json;
+}
+
+/** A special-token entry of tokenizer_config.json: a string or { content }. */
+function tokenText(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'object' && v !== null && typeof (v as Json).content === 'string') return (v as Json).content as string;
+  return undefined;
+}
+
+export class ModelTokenizer {
+  /** The chat template source, when the model has one. */
+  readonly chatTemplate: string | undefined;
+  readonly bosToken: string | undefined;
+  readonly eosToken: string | undefined;
+  readonly bosTokenId: number | undefined;
+  readonly eosTokenId: number | undefined;
+  private readonly tok: HfTokenizer;
+  private readonly config: Json;
+  private template: Template | undefined;
+
+  /** Build from parsed tokenizer.json and tokenizer_config.json objects. */
+  constructor(tokenizerJson: Json, tokenizerConfig: Json = {}, chatTemplate?: string, source = 'tokenizer.json') {
+    try {
+      this.tok = new HfTokenizer(tokenizerJson, tokenizerConfig);
+    } catch (e) {
+      throw tokError(`${source}: cannot build the tokenizer (${(e as Error).message})`, { file: source }, e);
+    }
+    this.config = tokenizerConfig;
+    this.bosToken = tokenText(tokenizerConfig.bos_token);
+    this.eosToken = tokenText(tokenizerConfig.eos_token);
+    this.bosTokenId = this.bosToken !== undefined ? this.tok.token_to_id(this.bosToken) : undefined;
+    this.eosTokenId = this.eosToken !== undefined ? this.tok.token_to_id(this.eosToken) : undefined;
+    this.chatTemplate = chatTemplate;
+  }
+
+  /** Load tokenizer.json (required), tokenizer_config.json and the chat template of a model folder. */
+  static fromDir(dir: string): ModelTokenizer {
+    const tjFile = join(dir, 'tokenizer.json');
+    const tcFile = join(dir, 'tokenizer_config.json');
+    const tj = readJson(tjFile);
+    const tc = existsSync(tcFile) ? readJson(tcFile) : {};
+    let template = pickTemplate(tc.chat_template, tcFile);
+    const jinjaFile = join(dir, 'chat_template.jinja');
+    if (template === undefined && existsSync(jinjaFile)) template = readFileSync(jinjaFile, 'utf8');
+    const jsonFile = join(dir, 'chat_template.json');
+    if (template === undefined && existsSync(jsonFile)) template = pickTemplate(readJson(jsonFile).chat_template, jsonFile);
+    return new ModelTokenizer(tj, tc, template, tjFile);
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.chatTemplate !== undefined;
+  }
+
+  /** Token ids of `text` (with BOS etc. unless addSpecialTokens is false). */
+  encode(text: string, opts: EncodeOptions = {}): number[] {
+    if (typeof text !== 'string') throw new RepairError('ERR_INVALID_ARG', `encode: text must be a string, got ${typeof text}`);
+    try {
+      return this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+    } catch (e) {
+      throw tokError(`encode failed: ${(e as Error).message}`, undefined, e);
+    }
+  }
+
+  /** Text of `ids` (an empty list decodes to ""). Ids the tokenizer does not know decode as its unknown token. */
+  decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {
+    const arr = Array.from(ids);
+    if (arr.length === 0) return '';
+    for (const id of arr) {
+      if (!Number.isSafeInteger(id) || id < 0) throw new RepairError('ERR_INVALID_ARG', `decode: token id ${id} is not a non-negative integer`);
+    }
+    try {
+      return this.tok.decode(arr, { skip_special_tokens: opts.skipSpecialTokens ?? true });
+    } catch (e) {
+      throw tokError(`decode failed: ${(e as Error).message}`, undefined, e);
+    }
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.tok.id_to_token(id);
+  }
+
+  /** Render the chat template (Jinja) for `messages` into a prompt string. */
+  applyChatTemplate(messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): string {
+    if (this.chatTemplate === undefined) {
+      throw tokError('this model has no chat template (tokenizer_config.json has no "chat_template"): pass a plain string prompt instead of messages');
+    }
+    if (!Array.isArray(messages) || messages.length === 0) {
+      throw new RepairError('ERR_INVALID_ARG', 'messages must be a non-empty array of { role, content }');
+    }
+    for (const [i, m] of messages.entries()) {
+      if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string') {
+        throw new RepairError('ERR_INVALID_ARG', `messages[${i}] must be { role: string, content: string }`);
+      }
+    }
+    try {
+      this.template ??= new Template(this.chatTemplate);
+    } catch (e) {
+      throw tokError(`cannot parse the chat template (${(e as Error).message})`, undefined, e);
+    }
+    const specials: Record<string, string> = {};
+    for (const k of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
+      const t = tokenText(this.config[k]);
+      if (t !== undefined) specials[k] = t;
+    }
+    try {
+      return this.template.render({
+        ...specials,
+        ...opts.extra,
+        messages: messages.map((m) => ({ ...m })),
+        add_generation_prompt: opts.addGenerationPrompt ?? true,
+      });
+    } catch (e) {
+      throw tokError(`the chat template failed: ${(e as Error).message}`, undefined, e);
+    }
+  }
+}
+
+function pickTemplate(v: unknown, file: string): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'string') return v;
+  // Older format: [{ name, template }], pick "default".
+  if (Array.isArray(v)) {
+    const named = v.filter((x): x is { name: string; template: string } => typeof x?.name === 'string' && typeof x?.template === 'string');
+    const def = named.find((x) => x.name === 'default') ?? named[0];
+    if (def) return def.template;
+  }
+  throw tokError(`${file}: "chat_template" must be a string or a list of { name, template }`, { file, field: 'chat_template' });
+}

@@ -1,0 +1,448 @@
+// optest.cpp — re::run_op: run one backend op on host inputs (for test/ops.test.ts, CPU vs CUDA).
+//
+// Works with any Backend. Per call: validate every argument (ERR_INVALID_ARG on anything missing,
+// mis-sized, non-integral or out of range), upload inputs, allocate each output with kGuard floats
+// of sentinel on both sides (ggml test-backend-ops style) and the interior pre-filled with a NaN
+// pattern (so an element the op forgot to write shows up as NaN), run, sync, download, compare the
+// guards bit for bit, free everything (also on error).
+//
+// Argument names (the JS side passes Float32Array -> f32, Int32Array -> i32, Uint16Array -> u16,
+// number -> num, string -> str):
+//   linear      x[M*K], W[N*K] (f32 when dtype=="F32", else u16 bits), bias[N] optional (dtype
+//               bias_dtype, default dtype), y[M*N] initial when accumulate=1; M N K accumulate dtype -> y
+//   rmsnorm     x[M*D], w[D] (dtype); M D eps inplace(0|1) -> y
+//   embedding   ids[n] (0 <= id < V), table[V*D] (dtype); D -> y[n*D]
+//   rope        x[n_tok*n_head*head_dim], pos[n_tok], inv_freq[head_dim/2]; n_tok n_head head_dim -> x
+//   kv_store    k,v[B*Tn*Hkv*hd], kc,vc[B*Hkv*S*hd] optional initial (zeros); B Tn Hkv hd S P -> kc vc
+//   attention   q[B*Tn*Hq*hd], kc,vc[B*Hkv*S*hd], pad[B]; B Tn Hq Hkv hd S P scale(default 1/sqrt(hd)) -> out
+//   swiglu      gate[n], up[n]; alias(0 none | 1 y=gate | 2 y=up) -> y
+//   add         a[n], b[n]; alias(0 | 1 y=a | 2 y=b) -> y
+//   gather_rows x[R*D], idx[n] (0 <= idx < R); D -> y[n*D]
+#include "optest.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace re {
+namespace {
+
+constexpr size_t kGuard = 64;                 // floats of sentinel each side of every output
+constexpr uint32_t kGuardBits = 0x7FBAD5EDu;  // a NaN payload no op produces
+constexpr uint32_t kUnsetBits = 0x7FC0DEADu;  // interior before the op runs (NaN if left unwritten)
+constexpr int64_t kMaxElems = (int64_t)1 << 30;
+
+[[noreturn]] void bad(const std::string& op, const std::string& msg) { fail(RE_ERR_ARG, "runOp " + op + ": " + msg); }
+
+// ---- argument access -------------------------------------------------------------------------
+
+struct Args {
+  const std::string& op;
+  const OpArgs& a;
+
+  bool has_num(const char* k) const { return a.num.count(k) != 0; }
+
+  double num(const char* k) const {
+    auto it = a.num.find(k);
+    if (it == a.num.end()) bad(op, std::string("missing number '") + k + "'");
+    if (!std::isfinite(it->second)) bad(op, std::string("'") + k + "' is not finite");
+    return it->second;
+  }
+  double num_or(const char* k, double def) const { return has_num(k) ? num(k) : def; }
+
+  int integer(const char* k, int64_t lo, int64_t hi) const {
+    double v = num(k);
+    if (v != std::floor(v)) bad(op, std::string("'") + k + "' must be an integer");
+    if (v < (double)lo || v > (double)hi)
+      bad(op, std::string("'") + k + "' = " + std::to_string((long long)v) + " is out of range [" +
+                  std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return (int)v;
+  }
+  int integer_or(const char* k, int def, int64_t lo, int64_t hi) const { return has_num(k) ? integer(k, lo, hi) : def; }
+
+  bool flag(const char* k) const { return integer_or(k, 0, 0, 1) != 0; }
+
+  const std::vector<float>& f32(const char* k, int64_t n) const {
+    auto it = a.f32.find(k);
+    if (it == a.f32.end()) bad(op, std::string("missing Float32Array '") + k + "'");
+    check_len(k, (int64_t)it->second.size(), n);
+    return it->second;
+  }
+  const std::vector<float>* f32_opt(const char* k, int64_t n) const {
+    auto it = a.f32.find(k);
+    if (it == a.f32.end()) return nullptr;
+    check_len(k, (int64_t)it->second.size(), n);
+    return &it->second;
+  }
+  const std::vector<int32_t>& i32(const char* k, int64_t n) const {
+    auto it = a.i32.find(k);
+    if (it == a.i32.end()) bad(op, std::string("missing Int32Array '") + k + "'");
+    check_len(k, (int64_t)it->second.size(), n);
+    return it->second;
+  }
+  // Length not known in advance (ids, idx): returned as is, must be non-empty.
+  const std::vector<int32_t>& i32_any(const char* k) const {
+    auto it = a.i32.find(k);
+    if (it == a.i32.end()) bad(op, std::string("missing Int32Array '") + k + "'");
+    if (it->second.empty()) bad(op, std::string("'") + k + "' is empty");
+    return it->second;
+  }
+  const std::vector<float>& f32_any(const char* k) const {
+    auto it = a.f32.find(k);
+    if (it == a.f32.end()) bad(op, std::string("missing Float32Array '") + k + "'");
+    if (it->second.empty()) bad(op, std::string("'") + k + "' is empty");
+    return it->second;
+  }
+
+  DType dtype(const char* k, DType def) const {
+    auto it = a.str.find(k);
+    if (it == a.str.end()) return def;
+    if (it->second == "F32") return DType::F32;
+    if (it->second == "F16") return DType::F16;
+    if (it->second == "BF16") return DType::BF16;
+    bad(op, std::string("'") + k + "' must be F32, F16 or BF16 (got '" + it->second + "')");
+  }
+
+  // A weight in its stored dtype: f32 map for F32, u16 bits for F16/BF16. n < 0: any non-empty length
+  // (returned in *len). Returns the raw bytes.
+  std::vector<uint8_t> weight(const char* k, DType dt, int64_t n, bool required, bool* present = nullptr,
+                              int64_t* len = nullptr) const {
+    std::vector<uint8_t> bytes;
+    if (present) *present = false;
+    if (dt == DType::F32) {
+      auto it = a.f32.find(k);
+      if (it == a.f32.end()) {
+        if (required) bad(op, std::string("missing Float32Array '") + k + "' (dtype F32)");
+        if (a.u16.count(k)) bad(op, std::string("'") + k + "' is a Uint16Array but its dtype is F32");
+        return bytes;
+      }
+      if (n >= 0) check_len(k, (int64_t)it->second.size(), n);
+      if (len) *len = (int64_t)it->second.size();
+      bytes.resize(it->second.size() * 4);
+      if (!bytes.empty()) std::memcpy(bytes.data(), it->second.data(), bytes.size());
+    } else {
+      auto it = a.u16.find(k);
+      if (it == a.u16.end()) {
+        if (required) bad(op, std::string("missing Uint16Array '") + k + "' (dtype " + dtype_str(dt) + ")");
+        if (a.f32.count(k)) bad(op, std::string("'") + k + "' is a Float32Array but its dtype is " + dtype_str(dt));
+        return bytes;
+      }
+      if (n >= 0) check_len(k, (int64_t)it->second.size(), n);
+      if (len) *len = (int64_t)it->second.size();
+      bytes.resize(it->second.size() * 2);
+      if (!bytes.empty()) std::memcpy(bytes.data(), it->second.data(), bytes.size());
+    }
+    if (present) *present = true;
+    return bytes;
+  }
+
+  void check_len(const char* k, int64_t got, int64_t want) const {
+    if (got != want)
+      bad(op, std::string("'") + k + "' has " + std::to_string(got) + " elements, expected " + std::to_string(want));
+  }
+
+  static const char* dtype_str(DType t) { return t == DType::F32 ? "F32" : t == DType::F16 ? "F16" : "BF16"; }
+};
+
+int64_t prod(const std::string& op, std::initializer_list<int64_t> dims) {
+  int64_t p = 1;
+  for (int64_t d : dims) {
+    p *= d;
+    if (p > kMaxElems) bad(op, "tensor too large for an op test");
+  }
+  return p;
+}
+
+// ---- backend buffers (all freed when the Session ends, error or not) --------------------------
+
+struct Out {
+  std::string name;
+  float* base = nullptr;  // start of the guarded allocation
+  float* p = nullptr;     // what the op sees
+  size_t n = 0;
+};
+
+class Session {
+ public:
+  explicit Session(Backend& be) : be_(be) {}
+  ~Session() {
+    for (void* p : ptrs_) be_.free(p);
+  }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void* input_bytes(const void* host, size_t bytes) {
+    void* p = be_.alloc(bytes);
+    ptrs_.push_back(p);
+    if (bytes) be_.upload(p, host, bytes);
+    return p;
+  }
+  const float* input(const std::vector<float>& v) { return (const float*)input_bytes(v.data(), v.size() * 4); }
+  const int32_t* input(const std::vector<int32_t>& v) { return (const int32_t*)input_bytes(v.data(), v.size() * 4); }
+  WeightRef weight(const std::vector<uint8_t>& bytes, DType dt) {
+    WeightRef w;
+    w.p = input_bytes(bytes.data(), bytes.size());
+    w.dt = dt;
+    return w;
+  }
+
+  // A guarded output of n floats; `init` (n floats) or the NaN pattern fills the interior.
+  float* output(const std::string& name, size_t n, const std::vector<float>* init = nullptr) {
+    std::vector<float> host(n + 2 * kGuard);
+    fill_bits(host.data(), kGuard, kGuardBits);
+    if (init)
+      std::memcpy(host.data() + kGuard, init->data(), n * 4);
+    else
+      fill_bits(host.data() + kGuard, n, kUnsetBits);
+    fill_bits(host.data() + kGuard + n, kGuard, kGuardBits);
+    void* base = be_.alloc(host.size() * 4);
+    ptrs_.push_back(base);
+    be_.upload(base, host.data(), host.size() * 4);
+    Out o;
+    o.name = name;
+    o.base = (float*)base;
+    o.p = o.base + kGuard;
+    o.n = n;
+    outs_.push_back(o);
+    return o.p;
+  }
+
+  OpResult finish() {
+    be_.sync();
+    OpResult r;
+    r.guard_ok = true;
+    for (const Out& o : outs_) {
+      std::vector<float> host(o.n + 2 * kGuard);
+      be_.download(host.data(), o.base, host.size() * 4);
+      if (!bits_are(host.data(), kGuard, kGuardBits) || !bits_are(host.data() + kGuard + o.n, kGuard, kGuardBits))
+        r.guard_ok = false;
+      r.out[o.name].assign(host.begin() + kGuard, host.begin() + kGuard + o.n);
+    }
+    return r;
+  }
+
+ private:
+  static void fill_bits(float* p, size_t n, uint32_t bits) {
+    for (size_t i = 0; i < n; ++i) std::memcpy(p + i, &bits, 4);
+  }
+  static bool bits_are(const float* p, size_t n, uint32_t bits) {
+    for (size_t i = 0; i < n; ++i) {
+      uint32_t b;
+      std::memcpy(&b, p + i, 4);
+      if (b != bits) return false;
+    }
+    return true;
+  }
+
+  Backend& be_;
+  std::vector<void*> ptrs_;
+  std::vector<Out> outs_;
+};
+
+constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
+
+// ---- ops -------------------------------------------------------------------------------------
+
+OpResult op_linear(Backend& be, const Args& A) {
+  const int M = A.integer("M", 1, kMaxDim), N = A.integer("N", 1, kMaxDim), K = A.integer("K", 1, kMaxDim);
+  const DType dt = A.dtype("dtype", DType::F32);
+  const DType bdt = A.dtype("bias_dtype", dt);
+  const bool accumulate = A.flag("accumulate");
+  const auto& x = A.f32("x", prod(A.op, {M, K}));
+  const auto Wb = A.weight("W", dt, prod(A.op, {N, K}), true);
+  bool has_bias = false;
+  const auto bb = A.weight("bias", bdt, N, false, &has_bias);
+  const std::vector<float>* y0 = nullptr;
+  if (accumulate) y0 = &A.f32("y", prod(A.op, {M, N}));
+  else if (A.a.f32.count("y")) bad(A.op, "'y' given but accumulate is 0");
+
+  Session s(be);
+  const float* dx = s.input(x);
+  WeightRef W = s.weight(Wb, dt), bias;
+  if (has_bias) bias = s.weight(bb, bdt);
+  float* y = s.output("y", (size_t)M * N, y0);
+  be.linear(y, dx, W, bias, M, N, K, accumulate);
+  return s.finish();
+}
+
+OpResult op_rmsnorm(Backend& be, const Args& A) {
+  const int M = A.integer("M", 1, kMaxDim), D = A.integer("D", 1, kMaxDim);
+  const double eps = A.num("eps");
+  if (!(eps >= 0)) bad(A.op, "'eps' must be >= 0");
+  const DType dt = A.dtype("dtype", DType::F32);
+  const bool inplace = A.flag("inplace");
+  const auto& x = A.f32("x", prod(A.op, {M, D}));
+  const auto wb = A.weight("w", dt, D, true);
+
+  Session s(be);
+  WeightRef w = s.weight(wb, dt);
+  if (inplace) {
+    float* y = s.output("y", x.size(), &x);
+    be.rmsnorm(y, y, w, M, D, (float)eps);
+  } else {
+    const float* dx = s.input(x);
+    float* y = s.output("y", x.size());
+    be.rmsnorm(y, dx, w, M, D, (float)eps);
+  }
+  return s.finish();
+}
+
+OpResult op_embedding(Backend& be, const Args& A) {
+  const int D = A.integer("D", 1, kMaxDim);
+  const DType dt = A.dtype("dtype", DType::F32);
+  const auto& ids = A.i32_any("ids");
+  const int n = (int)ids.size();
+  if (A.has_num("n") && A.integer("n", 1, kMaxDim) != n) bad(A.op, "'n' does not match ids.length");
+  int64_t tlen = 0;
+  const auto tb = A.weight("table", dt, -1, true, nullptr, &tlen);
+  if (tlen == 0 || tlen % D != 0) bad(A.op, "'table' length must be a positive multiple of D");
+  const int64_t V = tlen / D;
+  for (int i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= V) bad(A.op, "ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) + " is out of range [0, " + std::to_string(V) + ")");
+  prod(A.op, {n, D});
+
+  Session s(be);
+  WeightRef table = s.weight(tb, dt);
+  const int32_t* dids = s.input(ids);
+  float* y = s.output("y", (size_t)n * D);
+  be.embedding(y, dids, table, n, D);
+  return s.finish();
+}
+
+OpResult op_rope(Backend& be, const Args& A) {
+  const int T = A.integer("n_tok", 1, kMaxDim), H = A.integer("n_head", 1, kMaxDim);
+  const int hd = A.integer("head_dim", 2, kMaxDim);
+  if (hd % 2) bad(A.op, "'head_dim' must be even");
+  const auto& x = A.f32("x", prod(A.op, {T, H, hd}));
+  const auto& pos = A.i32("pos", T);
+  const auto& inv = A.f32("inv_freq", hd / 2);
+  for (int t = 0; t < T; ++t)
+    if (pos[t] < 0) bad(A.op, "pos[" + std::to_string(t) + "] is negative");
+
+  Session s(be);
+  const int32_t* dpos = s.input(pos);
+  const float* dinv = s.input(inv);
+  float* dx = s.output("x", x.size(), &x);
+  be.rope(dx, dpos, dinv, T, H, hd);
+  return s.finish();
+}
+
+OpResult op_kv_store(Backend& be, const Args& A) {
+  const int B = A.integer("B", 1, kMaxDim), Tn = A.integer("Tn", 1, kMaxDim), Hkv = A.integer("Hkv", 1, kMaxDim);
+  const int hd = A.integer("hd", 1, kMaxDim), S = A.integer("S", 1, kMaxDim), P = A.integer("P", 0, kMaxDim);
+  if ((int64_t)P + Tn > S) bad(A.op, "P + Tn exceeds the cache capacity S");
+  const int64_t nkv = prod(A.op, {B, Tn, Hkv, hd}), ncache = prod(A.op, {B, Hkv, S, hd});
+  const auto& k = A.f32("k", nkv);
+  const auto& v = A.f32("v", nkv);
+  std::vector<float> zeros;
+  const std::vector<float>* kc0 = A.f32_opt("kc", ncache);
+  const std::vector<float>* vc0 = A.f32_opt("vc", ncache);
+  if (!kc0 || !vc0) zeros.assign((size_t)ncache, 0.f);
+
+  Session s(be);
+  const float* dk = s.input(k);
+  const float* dv = s.input(v);
+  float* kc = s.output("kc", (size_t)ncache, kc0 ? kc0 : &zeros);
+  float* vc = s.output("vc", (size_t)ncache, vc0 ? vc0 : &zeros);
+  be.kv_store(kc, vc, dk, dv, B, Tn, Hkv, hd, S, P);
+  return s.finish();
+}
+
+OpResult op_attention(Backend& be, const Args& A) {
+  const int B = A.integer("B", 1, kMaxDim), Tn = A.integer("Tn", 1, kMaxDim);
+  const int Hq = A.integer("Hq", 1, kMaxDim), Hkv = A.integer("Hkv", 1, kMaxDim);
+  const int hd = A.integer("hd", 1, kMaxDim), S = A.integer("S", 1, kMaxDim), P = A.integer("P", 0, kMaxDim);
+  if (Hq % Hkv) bad(A.op, "Hq must be a multiple of Hkv");
+  if ((int64_t)P + Tn > S) bad(A.op, "P + Tn exceeds the cache capacity S");
+  const double scale = A.num_or("scale", 1.0 / std::sqrt((double)hd));
+  const int64_t nq = prod(A.op, {B, Tn, Hq, hd}), ncache = prod(A.op, {B, Hkv, S, hd});
+  const auto& q = A.f32("q", nq);
+  const auto& kc = A.f32("kc", ncache);
+  const auto& vc = A.f32("vc", ncache);
+  const auto& pad = A.i32("pad", B);
+  for (int b = 0; b < B; ++b)
+    if (pad[b] < 0 || pad[b] > S) bad(A.op, "pad[" + std::to_string(b) + "] is out of range [0, S]");
+
+  Session s(be);
+  const float* dq = s.input(q);
+  const float* dkc = s.input(kc);
+  const float* dvc = s.input(vc);
+  const int32_t* dpad = s.input(pad);
+  float* out = s.output("out", (size_t)nq);
+  be.attention(out, dq, dkc, dvc, dpad, B, Tn, Hq, Hkv, hd, S, P, (float)scale);
+  return s.finish();
+}
+
+// swiglu / add: y = f(a, b) with optional aliasing of y onto an input.
+template <typename Run>
+OpResult binary_op(Backend& be, const Args& A, const char* an, const char* bn, Run run) {
+  const auto& a = A.f32_any(an);
+  const auto& b = A.f32(bn, (int64_t)a.size());
+  if ((int64_t)a.size() > kMaxDim) bad(A.op, "too many elements");
+  const int n = (int)a.size();
+  if (A.has_num("n") && A.integer("n", 1, kMaxDim) != n) bad(A.op, "'n' does not match the input length");
+  const int alias = A.integer_or("alias", 0, 0, 2);
+
+  Session s(be);
+  if (alias == 1) {
+    const float* db = s.input(b);
+    float* y = s.output("y", (size_t)n, &a);
+    run(y, y, db, n);
+  } else if (alias == 2) {
+    const float* da = s.input(a);
+    float* y = s.output("y", (size_t)n, &b);
+    run(y, da, y, n);
+  } else {
+    const float* da = s.input(a);
+    const float* db = s.input(b);
+    float* y = s.output("y", (size_t)n);
+    run(y, da, db, n);
+  }
+  return s.finish();
+}
+
+OpResult op_gather_rows(Backend& be, const Args& A) {
+  const int D = A.integer("D", 1, kMaxDim);
+  const auto& x = A.f32_any("x");
+  if (x.size() % (size_t)D) bad(A.op, "'x' length must be a multiple of D");
+  const int64_t R = (int64_t)x.size() / D;
+  const auto& idx = A.i32_any("idx");
+  const int n = (int)idx.size();
+  if (A.has_num("n") && A.integer("n", 1, kMaxDim) != n) bad(A.op, "'n' does not match idx.length");
+  for (int i = 0; i < n; ++i)
+    if (idx[i] < 0 || idx[i] >= R) bad(A.op, "idx[" + std::to_string(i) + "] = " + std::to_string(idx[i]) + " is out of range [0, " + std::to_string(R) + ")");
+  prod(A.op, {n, D});
+
+  Session s(be);
+  const float* dx = s.input(x);
+  const int32_t* didx = s.input(idx);
+  float* y = s.output("y", (size_t)n * D);
+  be.gather_rows(y, dx, didx, n, D);
+  return s.finish();
+}
+
+}  // namespace
+
+std::vector<std::string> op_names() {
+  return {"linear", "rmsnorm", "embedding", "rope", "kv_store", "attention", "swiglu", "add", "gather_rows"};
+}
+
+OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
+  Args A{op, args};
+  if (op == "linear") return op_linear(be, A);
+  if (op == "rmsnorm") return op_rmsnorm(be, A);
+  if (op == "embedding") return op_embedding(be, A);
+  if (op == "rope") return op_rope(be, A);
+  if (op == "kv_store") return op_kv_store(be, A);
+  if (op == "attention") return op_attention(be, A);
+  if (op == "swiglu")
+    return binary_op(be, A, "gate", "up", [&](float* y, const float* g, const float* u, int n) { be.swiglu(y, g, u, n); });
+  if (op == "add")
+    return binary_op(be, A, "a", "b", [&](float* y, const float* a, const float* b, int n) { be.add(y, a, b, n); });
+  if (op == "gather_rows") return op_gather_rows(be, A);
+  std::string known;
+  for (const auto& n : op_names()) known += (known.empty() ? "" : ", ") + n;
+  fail(RE_ERR_ARG, "runOp: unknown op '" + op + "' (known: " + known + ")");
+}
+
+}  // namespace re
