@@ -27,6 +27,11 @@ struct WeightRef {
   DType dt = DType::F32;
 };
 
+// Editing ops are declared with RE_EDIT_OP. While a backend lacks one, calling it throws (it is never
+// silently skipped); every shipped backend implements all of them.
+#define RE_EDIT_OP \
+  { fail(RE_ERR_INTERNAL, std::string(name()) + " backend: this editing op is not implemented"); }
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -86,6 +91,65 @@ class Backend {
 
   // y[n, D] = x[idx[i], :]             (idx backend int32 [n]; gather rows before the lm_head)
   virtual void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) = 0;
+
+  // ---- editing: input gradients of the ops above (the suffix backward) ----------------------------
+  // Only input gradients exist here: the one weight gradient ever formed is the side memory's, inside
+  // masked_sgd. "accumulate" adds into the output instead of overwriting it.
+
+  // y[idx[i], :] += x[i, :]   (the gradient of gather_rows; idx entries are distinct)
+  virtual void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) RE_EDIT_OP;
+
+  // dx[M,K] (+)= dy[M,N] · W[N,K]
+  virtual void linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) RE_EDIT_OP;
+
+  // RMSNorm input gradient. y = x·r·w with r = 1/sqrt(mean(x²) + eps):
+  //   dx = r·(w⊙dy) − x·r³·mean(w⊙dy⊙x)
+  virtual void rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
+                           bool accumulate) RE_EDIT_OP;
+
+  // RoPE input gradient: the inverse rotation (θ → −θ), in place on dx[n_tok, n_head, head_dim].
+  virtual void rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) RE_EDIT_OP;
+
+  // Attention backward for the stateless batched forward (P = 0, S = T):
+  //   q, dout, dq: [B, T, Hq, hd];  kc, vc: [B, Hkv, T, hd] (as written by kv_store);  dk, dv: [B, T, Hkv, hd]
+  //   (dk/dv summed over the Hq/Hkv query heads of each group; all three outputs overwritten).
+  //   Probabilities are recomputed from q, kc (no stored attention matrix).
+  virtual void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kc,
+                             const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd,
+                             float scale) RE_EDIT_OP;
+
+  // SwiGLU backward, y = silu(g)·u:  dg = dy·u·silu'(g),  du = dy·silu(g),  silu'(g) = σ(g)(1 + g(1 − σ(g)))
+  virtual void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) RE_EDIT_OP;
+
+  // Cross-entropy over R rows of logits[R, V]:
+  //   loss[r] = −log softmax(logits[r])[labels[r]]·weight[r],  dlogits[r] = (softmax(logits[r]) − onehot)·weight[r]
+  //   A row with label < 0 gets loss 0 and a zero gradient.
+  virtual void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* labels,
+                             const float* weight, int R, int V) RE_EDIT_OP;
+
+  // ---- WISE kernels -------------------------------------------------------------------------------
+  // Activation-score distance per token between nm side outputs and the main output (§1.2):
+  //   os: [n, nm·D] (memory i in columns i·D .. i·D+D−1, i.e. one stacked GEMM), om: [n, D] → d: [nm, n]
+  //   d[i, t] = ‖φ(os_i[t]) − φ(om[t])‖₂ with φ chosen by act: 0 = identity ("paper" mode),
+  //   1 = SiLU, 2 = GELU (tanh form, gelu_new)   ("code" mode uses the model's hidden_act).
+  virtual void act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) RE_EDIT_OP;
+  // Its gradient for nm = 1: dos[t] (+)= gd[t]·∂d[t]/∂os[t]  (zero where d[t] == 0).
+  virtual void act_dist_bwd(float* dos, const float* gd, const float* os, const float* om, int n, int D, int act,
+                            bool accumulate) RE_EDIT_OP;
+
+  // Fused masked SGD step of a side memory (§1.5), W' [N,K] f32, base Wv [N,K] in its dtype:
+  //   g = Gᵀ·A with G [M,N], A [M,K];  keep(n,k) = philox_keep(seed, n·K + k, rho)  (rho >= 1 keeps all)
+  //   W' ← clamp(W' − lr·(keep·g + wd·W'),  Wv − c,  Wv + c)                         (c <= 0: no clamp)
+  virtual void masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K,
+                          uint64_t seed, float rho, float lr, float wd, float clamp) RE_EDIT_OP;
+
+  // TIES merge (§1.8) of k f32 shards [n] against base [n] (stored dtype); out [n] f32 = base + δ:
+  //   τ_i = shard_i − base, trimmed to its floor(density·n) largest |τ_i| (ties keep the lower index);
+  //   u_i = w_i·τ_i;  s = +1 if Σ_i u_i >= 0 else −1;  agree_i = (u_i != 0 and sign(u_i) == s);
+  //   δ = Σ agree_i·u_i / Σ agree_i·w_i  (a zero denominator counts as 1).
+  //   shards: host array of k backend pointers; weights: host array of k floats.
+  virtual void ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
+                          size_t n, float density) RE_EDIT_OP;
 };
 
 // The CPU backend always exists. nthreads <= 0 picks the machine's parallelism.

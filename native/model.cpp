@@ -53,6 +53,8 @@ Model::~Model() {
   for (Buf* b : {&x_, &xn_, &q_, &k_, &v_, &att_, &gate_, &up_, &ids_, &pos_, &pad_, &rows_, &hrows_, &logits_,
                  &kc_tmp_, &vc_tmp_})
     be_->free(b->p);
+  for (auto& [id, st] : sides_) be_->free(st.buf);
+  for (Buf& b : edit_bufs_) be_->free(b.p);
   for (float* p : kc_) be_->free(p);
   for (float* p : vc_) be_->free(p);
   be_->free(inv_freq_);
@@ -176,7 +178,8 @@ void Model::check_tokens(const std::vector<int32_t>& ids) const {
 }
 
 void Model::run_layers(int l0, int l1, float* x, int B, int T, int P, int S, const int32_t* d_pos,
-                       const int32_t* d_pad, bool per_layer_cache, const std::atomic<bool>* abort) {
+                       const int32_t* d_pad, bool per_layer_cache, const std::atomic<bool>* abort,
+                       const Route* route) {
   const Arch& a = arch_;
   const int BT = B * T, qd = a.Hq * a.hd, kd = a.Hkv * a.hd;
   float* xn = ensure(xn_, (size_t)BT * a.D * 4);
@@ -212,7 +215,20 @@ void Model::run_layers(int l0, int l1, float* x, int B, int T, int P, int S, con
     be_->linear(gate, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
     be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
     be_->swiglu(gate, gate, up, BT * a.F);
-    be_->linear(x, gate, w.down, WeightRef{}, BT, a.D, a.F, true);
+    if (route && route->side && store(route->side).layer == l) {
+      // Routed rows use their side memory's down_proj; consecutive rows with the same choice share a call.
+      for (int b0 = 0; b0 < B;) {
+        int b1 = b0 + 1;
+        while (b1 < B && route->slot[b1] == route->slot[b0]) ++b1;
+        const int s = route->slot[b0];
+        WeightRef W = s >= 0 ? WeightRef{slot_ptr(route->side, s), DType::F32} : w.down;
+        be_->linear(x + (size_t)b0 * T * a.D, gate + (size_t)b0 * T * a.F, W, WeightRef{}, (b1 - b0) * T, a.D, a.F,
+                    true);
+        b0 = b1;
+      }
+    } else {
+      be_->linear(x, gate, w.down, WeightRef{}, BT, a.D, a.F, true);
+    }
   }
 }
 
@@ -229,7 +245,8 @@ void Model::head(const float* x, const int32_t* d_rows, int R, std::vector<float
 }
 
 std::vector<float> Model::forward(const std::vector<int32_t>& tokens, int B, int T, const std::vector<int32_t>& pad,
-                                  const std::vector<int32_t>& rows, const std::atomic<bool>* abort) {
+                                  const std::vector<int32_t>& rows, const std::atomic<bool>* abort,
+                                  const Route& route) {
   if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
   const Arch& a = arch_;
   if (B <= 0 || T <= 0) fail(RE_ERR_ARG, "forward: B and T must be positive");
@@ -242,6 +259,12 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, int B, int
   for (int32_t r : rows)
     if (r < 0 || r >= B * T) fail(RE_ERR_ARG, "forward: logit row " + std::to_string(r) + " is out of range");
   check_tokens(tokens);
+  if (route.side) {
+    const SideStore& st = store(route.side);
+    if ((int)route.slot.size() != B) fail(RE_ERR_ARG, "forward: the route needs one slot per row");
+    for (int32_t s : route.slot)
+      if (s < -1 || s >= st.count) fail(RE_ERR_ARG, "forward: route slot " + std::to_string(s) + " does not exist");
+  }
   const int BT = B * T;
   std::vector<int32_t> pos(BT);
   for (int b = 0; b < B; ++b)
@@ -256,7 +279,7 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, int B, int
   if (!rows.empty()) be_->upload(d_rows, rows.data(), rows.size() * 4);
   float* x = ensure(x_, (size_t)BT * a.D * 4);
   be_->embedding(x, d_ids, embed_, BT, a.D);
-  run_layers(0, a.L, x, B, T, 0, T, d_pos, d_pad, false, abort);
+  run_layers(0, a.L, x, B, T, 0, T, d_pos, d_pad, false, abort, route.side ? &route : nullptr);
   std::vector<float> out;
   if (rows.empty()) {
     be_->sync();
@@ -266,7 +289,8 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, int B, int
   return out;
 }
 
-void Model::feed(const std::vector<int32_t>& ids, std::vector<float>& logits, const std::atomic<bool>* abort) {
+void Model::feed(const std::vector<int32_t>& ids, std::vector<float>& logits, const std::atomic<bool>* abort,
+                 const Route* route) {
   const Arch& a = arch_;
   const int T = (int)ids.size(), P = cache_len_;
   std::vector<int32_t> pos(T);
@@ -282,15 +306,21 @@ void Model::feed(const std::vector<int32_t>& ids, std::vector<float>& logits, co
   be_->upload(d_rows, &last, 4);
   float* x = ensure(x_, (size_t)T * a.D * 4);
   be_->embedding(x, d_ids, embed_, T, a.D);
-  run_layers(0, a.L, x, 1, T, P, a.S, d_pos, d_pad, true, abort);
+  run_layers(0, a.L, x, 1, T, P, a.S, d_pos, d_pad, true, abort, route);
   head(x, d_rows, 1, logits);
   cache_len_ = P + T;
 }
 
 std::vector<int32_t> Model::generate(const std::vector<int32_t>& ids, const SampleOptions& o,
-                                     const std::atomic<bool>* abort) {
+                                     const std::atomic<bool>* abort, const Route& route) {
   if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
   const Arch& a = arch_;
+  if (route.side) {
+    if (route.slot.size() != 1) fail(RE_ERR_ARG, "generate: the route needs exactly one slot");
+    if (route.slot[0] < -1 || route.slot[0] >= store(route.side).count)
+      fail(RE_ERR_ARG, "generate: route slot " + std::to_string(route.slot[0]) + " does not exist");
+  }
+  const Route* rp = route.side ? &route : nullptr;
   if (ids.empty()) fail(RE_ERR_ARG, "generate: at least one input token is needed");
   if (o.max_tokens < 0) fail(RE_ERR_ARG, "generate: maxTokens must be >= 0");
   check_tokens(ids);
@@ -308,14 +338,14 @@ std::vector<int32_t> Model::generate(const std::vector<int32_t>& ids, const Samp
   std::vector<int32_t> out;
   std::vector<float> logits;
   try {
-    feed(ids, logits, abort);
+    feed(ids, logits, abort, rp);
     for (int i = 0; i < o.max_tokens; ++i) {
       check_abort(abort);
       const int32_t tok = sample_token(logits.data(), a.V, o, o.step0 + i);
       out.push_back(tok);
       if (std::find(o.eos.begin(), o.eos.end(), tok) != o.eos.end()) break;
       if (i + 1 == o.max_tokens || cache_len_ + 1 > a.S) break;
-      feed({tok}, logits, abort);
+      feed({tok}, logits, abort, rp);
     }
   } catch (...) {
     cache_len_ = 0;  // the cache may hold a half-written step: make the next call start over

@@ -3,6 +3,8 @@
 // and batch-1 generation with a persistent KV cache and native sampling.
 #pragma once
 #include <atomic>
+#include <functional>
+#include <map>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -45,6 +47,42 @@ struct SampleOptions {
   std::vector<int32_t> eos;
 };
 
+// One edit's (or batch's) training rows (§1.3), built in TS.
+struct EditBatch {
+  std::vector<int32_t> tokens;  // [R*T] left-padded ids
+  int R = 0, T = 0;
+  std::vector<int32_t> pad;      // [R] pad positions at the start of each row
+  std::vector<int32_t> labels;   // [R*T] the id the logits at (r, t) must predict, or -1
+  std::vector<float> label_w;    // [R*T] CE weight at (r, t) (L_edit's per-row 1/(n+1) and 1/rows)
+  std::vector<int32_t> kind;     // [R] 0 = edit row, 1 = irrelevant row (routing margin only)
+};
+
+struct EditHyper {
+  int n_iter = 70;
+  float lr = 1.f, wd = 1e-5f, clamp = 1.f, rho = 0.2f;  // SGD, weight decay, W ± c, mask density
+  uint64_t seed = 0;                                    // the shard's Philox mask seed
+  bool margin = true;                                   // add L_act (WISE); false = plain CE (FT-L)
+  float alpha = 5.f, beta = 20.f, gamma = 10.f;         // act_margin [α, β, γ]
+  int act = 1;                                          // φ: 0 identity (paper), 1 SiLU, 2 GELU-tanh
+  bool early_stop = true;
+  bool full_forward = false;  // recompute the frozen prefix every step (the slow path, for benchmarks)
+};
+
+struct EditResult {
+  std::vector<float> loss, ce, act;  // per executed step
+  int steps = 0;
+  float threshold_stat = 0.f;  // mean over edit rows of the per-row mean distance (§1.5)
+  bool early = false;
+};
+
+// Row routing for a forward pass: rows whose slot is >= 0 use that side-memory slot at its layer.
+struct Route {
+  int side = 0;                    // side-memory store id (0 = none)
+  std::vector<int32_t> slot;       // [B] per row (or [1] for generation)
+};
+
+using ProgressFn = std::function<void(int step, float loss)>;
+
 // Picks the next token from logits[V] (greedy when temperature <= 0; ties go to the lowest id).
 int32_t sample_token(const float* logits, int V, const SampleOptions& o, uint64_t step);
 
@@ -61,11 +99,34 @@ class Model {
 
   // Stateless forward of B left-padded rows of length T; returns logits [rows.size(), V].
   std::vector<float> forward(const std::vector<int32_t>& tokens, int B, int T, const std::vector<int32_t>& pad,
-                             const std::vector<int32_t>& rows, const std::atomic<bool>* abort);
+                             const std::vector<int32_t>& rows, const std::atomic<bool>* abort,
+                             const Route& route = Route());
 
   // Batch-1 generation over the persistent KV cache (see lib/native.ts NativeGenerateOptions).
   std::vector<int32_t> generate(const std::vector<int32_t>& ids, const SampleOptions& o,
-                                const std::atomic<bool>* abort);
+                                const std::atomic<bool>* abort, const Route& route = Route());
+
+  // ---- side memories (edit.cpp) ----------------------------------------------------------------
+  // A store holds f32 copies of one layer's down_proj [D, F] in one stacked buffer (slot i at i·D·F),
+  // so every slot is scored with a single GEMM. Slot order and meaning are the caller's (TS) policy.
+  int side_create(int layer);
+  void side_free(int id);
+  int side_slots(int id) const;
+  int side_layer(int id) const;
+  int side_add(int id, int from);  // copy of slot `from` (-1: the base weight); returns the new slot
+  void side_remove(int id, std::vector<int32_t> slots);
+  void side_reset(int id, int slot);  // slot <- base weight
+  std::vector<float> side_read(int id, int slot);
+  void side_write(int id, int slot, const std::vector<float>& w);
+  void side_ties(int id, int dst, const std::vector<int32_t>& srcs, const std::vector<float>& weights, float density);
+  uint64_t base_fingerprint(int layer);  // FNV-1a 64 over the base down_proj bytes
+  // Per-token routing distances of every slot: [slots, B*T] (pads included; TS reduces per row).
+  std::vector<float> side_score(int id, const std::vector<int32_t>& tokens, int B, int T,
+                                const std::vector<int32_t>& pad, int act, const std::atomic<bool>* abort);
+  // Trains slot `slot` on the batch for up to n_iter steps in one call (the editing hot path).
+  // On any failure (abort, NaN/Inf loss) the slot is restored to its value before the call.
+  EditResult side_edit(int id, int slot, const EditBatch& batch, const EditHyper& h, const std::atomic<bool>* abort,
+                       const ProgressFn& progress);
 
   int cache_length() const { return cache_len_; }
   size_t memory_bytes() const { return be_->bytes_in_use(); }
@@ -84,11 +145,27 @@ class Model {
   void check_tokens(const std::vector<int32_t>& ids) const;
   // Runs layers [l0, l1) on x[B*T, D] in place. kc/vc(l) give each layer's cache [B, Hkv, S, hd].
   void run_layers(int l0, int l1, float* x, int B, int T, int P, int S, const int32_t* d_pos,
-                  const int32_t* d_pad, bool per_layer_cache, const std::atomic<bool>* abort);
+                  const int32_t* d_pad, bool per_layer_cache, const std::atomic<bool>* abort,
+                  const Route* route = nullptr);
+  // Layer l's attention half: x += o_proj(attn(...)) (stateless, P = 0, S = T, temp cache).
+  void attn_block(int l, float* x, int B, int T, const int32_t* d_pos, const int32_t* d_pad);
+  // Layer l's MLP up to the activation: act = silu(gate(rmsnorm(x)))·up(...) into `act` [BT, F].
+  void mlp_act(int l, const float* x, float* act, int BT);
+  void upload_ids(const std::vector<int32_t>& tokens, int B, int T, const std::vector<int32_t>& pad,
+                  int32_t** d_ids, int32_t** d_pos, int32_t** d_pad);
+  float* slot_ptr(int id, int slot);
+  struct SideStore {
+    int layer = 0;
+    int count = 0, cap = 0;
+    float* buf = nullptr;
+  };
+  SideStore& store(int id);
+  const SideStore& store(int id) const;
   // Final norm + lm_head on rows (backend int32 [R]) of x [*, D]; logits into host vector.
   void head(const float* x, const int32_t* d_rows, int R, std::vector<float>& out);
   // Feeds ids at the end of the generation cache; returns the logits of the last one.
-  void feed(const std::vector<int32_t>& ids, std::vector<float>& logits, const std::atomic<bool>* abort);
+  void feed(const std::vector<int32_t>& ids, std::vector<float>& logits, const std::atomic<bool>* abort,
+            const Route* route);
 
   std::unique_ptr<Backend> be_;
   Arch arch_;
@@ -104,6 +181,9 @@ class Model {
   // generation KV cache: per layer [1, Hkv, S, hd]
   std::vector<float*> kc_, vc_;
   int cache_len_ = 0;
+  std::map<int, SideStore> sides_;
+  int next_side_ = 1;
+  std::vector<Buf> edit_bufs_;  // edit-session workspace (suffix activations), reused across edits
 };
 
 }  // namespace re

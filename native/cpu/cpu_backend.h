@@ -56,6 +56,25 @@ class CpuBackend final : public Backend {
   void add(float* y, const float* a, const float* b, int n) override;
   void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;
 
+  // editing ops (cpu/backward.cpp, cpu/wise.cpp)
+  void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;
+  void linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) override;
+  void rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
+                   bool accumulate) override;
+  void rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override;
+  void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kc,
+                     const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd, float scale) override;
+  void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) override;
+  void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* labels, const float* weight,
+                     int R, int V) override;
+  void act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) override;
+  void act_dist_bwd(float* dos, const float* gd, const float* os, const float* om, int n, int D, int act,
+                    bool accumulate) override;
+  void masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K, uint64_t seed,
+                  float rho, float lr, float wd, float clamp) override;
+  void ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k, size_t n,
+                  float density) override;
+
   ThreadPool& pool() { return pool_; }
 
  private:

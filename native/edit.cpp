@@ -1,0 +1,509 @@
+// edit.cpp — side-memory stores and the editing hot path (ALGORITHM.md §1.4–1.8, DESIGN.md).
+//
+// One call of side_edit runs a whole edit: the frozen prefix (layers below L, and layer L up to its
+// FFN activation A) is computed once; each of the n_iter steps then runs only
+//   o_side = A·W'ᵀ  →  layers L+1.. (activations kept)  →  logits at label rows  →  CE + routing margin
+//   →  backward through the suffix to o_side (input gradients only)  →  W' ← masked SGD(Gᵀ·A)
+// and the only weight gradient ever formed is the side memory's, one row at a time inside masked_sgd.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cpu/cpu_backend.h"  // weight_row_to_f32 for host-side conversions of the base weight
+#include "model.h"
+
+namespace re {
+
+namespace {
+void check_abort_e(const std::atomic<bool>* abort) {
+  if (abort && abort->load()) fail(RE_ERR_ABORTED, "the edit was aborted");
+}
+}  // namespace
+
+// ---- stores ----------------------------------------------------------------------------------------
+Model::SideStore& Model::store(int id) {
+  auto it = sides_.find(id);
+  if (it == sides_.end()) fail(RE_ERR_ARG, "side-memory store " + std::to_string(id) + " does not exist");
+  return it->second;
+}
+const Model::SideStore& Model::store(int id) const {
+  auto it = sides_.find(id);
+  if (it == sides_.end()) fail(RE_ERR_ARG, "side-memory store " + std::to_string(id) + " does not exist");
+  return it->second;
+}
+
+float* Model::slot_ptr(int id, int slot) {
+  SideStore& st = store(id);
+  if (slot < 0 || slot >= st.count) fail(RE_ERR_ARG, "side-memory slot " + std::to_string(slot) + " does not exist");
+  return st.buf + (size_t)slot * arch_.D * arch_.F;
+}
+
+int Model::side_create(int layer) {
+  if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
+  if (layer < 0 || layer >= arch_.L)
+    fail(RE_ERR_ARG, "layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(arch_.L) + ")");
+  SideStore st;
+  st.layer = layer;
+  sides_[next_side_] = st;
+  return next_side_++;
+}
+
+void Model::side_free(int id) {
+  auto it = sides_.find(id);
+  if (it == sides_.end()) return;
+  be_->free(it->second.buf);
+  sides_.erase(it);
+}
+
+int Model::side_slots(int id) const { return store(id).count; }
+int Model::side_layer(int id) const { return store(id).layer; }
+
+// The base down_proj of `layer`, widened to f32 on the host.
+static std::vector<float> base_f32(Backend& be, WeightRef w, size_t n) {
+  std::vector<uint8_t> raw(n * dtype_size(w.dt));
+  be.download(raw.data(), w.p, raw.size());
+  be.sync();
+  std::vector<float> out(n);
+  weight_row_to_f32(out.data(), WeightRef{raw.data(), w.dt}, 0, n);
+  return out;
+}
+
+int Model::side_add(int id, int from) {
+  SideStore& st = store(id);
+  const size_t DF = (size_t)arch_.D * arch_.F;
+  if (from < -1 || from >= st.count) fail(RE_ERR_ARG, "side_add: slot " + std::to_string(from) + " does not exist");
+  if (st.count + 1 > st.cap) {
+    const int cap = std::max(4, st.cap * 2);
+    float* nb = static_cast<float*>(be_->alloc((size_t)cap * DF * 4));
+    if (st.count) be_->copy(nb, st.buf, (size_t)st.count * DF * 4);
+    be_->free(st.buf);
+    st.buf = nb;
+    st.cap = cap;
+  }
+  float* dst = st.buf + (size_t)st.count * DF;
+  if (from == -1) {
+    std::vector<float> b = base_f32(*be_, layers_[st.layer].down, DF);
+    be_->upload(dst, b.data(), DF * 4);
+  } else {
+    be_->copy(dst, st.buf + (size_t)from * DF, DF * 4);
+  }
+  be_->sync();
+  return st.count++;
+}
+
+void Model::side_remove(int id, std::vector<int32_t> slots) {
+  SideStore& st = store(id);
+  const size_t DF = (size_t)arch_.D * arch_.F;
+  for (int32_t s : slots)
+    if (s < 0 || s >= st.count) fail(RE_ERR_ARG, "side_remove: slot " + std::to_string(s) + " does not exist");
+  std::sort(slots.begin(), slots.end());
+  slots.erase(std::unique(slots.begin(), slots.end()), slots.end());
+  int w = 0;
+  for (int r = 0, k = 0; r < st.count; ++r) {
+    if (k < (int)slots.size() && slots[k] == r) {
+      ++k;
+      continue;
+    }
+    if (w != r) be_->copy(st.buf + (size_t)w * DF, st.buf + (size_t)r * DF, DF * 4);
+    ++w;
+  }
+  st.count = w;
+  be_->sync();
+}
+
+void Model::side_reset(int id, int slot) {
+  float* p = slot_ptr(id, slot);
+  const size_t DF = (size_t)arch_.D * arch_.F;
+  std::vector<float> b = base_f32(*be_, layers_[store(id).layer].down, DF);
+  be_->upload(p, b.data(), DF * 4);
+  be_->sync();
+}
+
+std::vector<float> Model::side_read(int id, int slot) {
+  const size_t DF = (size_t)arch_.D * arch_.F;
+  std::vector<float> out(DF);
+  be_->download(out.data(), slot_ptr(id, slot), DF * 4);
+  be_->sync();
+  return out;
+}
+
+void Model::side_write(int id, int slot, const std::vector<float>& w) {
+  const size_t DF = (size_t)arch_.D * arch_.F;
+  if (w.size() != DF) fail(RE_ERR_ARG, "side_write: expected " + std::to_string(DF) + " values");
+  for (float v : w)
+    if (!std::isfinite(v)) fail(RE_ERR_ARG, "side_write: the weights contain NaN or Inf");
+  be_->upload(slot_ptr(id, slot), w.data(), DF * 4);
+  be_->sync();
+}
+
+void Model::side_ties(int id, int dst, const std::vector<int32_t>& srcs, const std::vector<float>& weights,
+                      float density) {
+  if (srcs.empty() || srcs.size() != weights.size()) fail(RE_ERR_ARG, "side_ties: one weight per source slot is needed");
+  if (!(density >= 0 && density <= 1)) fail(RE_ERR_ARG, "side_ties: density must be in [0, 1]");
+  for (float w : weights)
+    if (!std::isfinite(w) || w < 0) fail(RE_ERR_ARG, "side_ties: weights must be finite and >= 0");
+  std::vector<const float*> ptrs;
+  for (int32_t s : srcs) ptrs.push_back(slot_ptr(id, s));
+  float* out = slot_ptr(id, dst);
+  be_->ties_merge(out, layers_[store(id).layer].down, ptrs.data(), weights.data(), (int)srcs.size(),
+                  (size_t)arch_.D * arch_.F, density);
+  be_->sync();
+}
+
+uint64_t Model::base_fingerprint(int layer) {
+  if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
+  if (layer < 0 || layer >= arch_.L) fail(RE_ERR_ARG, "layer out of range");
+  const WeightRef w = layers_[layer].down;
+  std::vector<uint8_t> raw((size_t)arch_.D * arch_.F * dtype_size(w.dt));
+  be_->download(raw.data(), w.p, raw.size());
+  be_->sync();
+  uint64_t h = 1469598103934665603ull;
+  for (uint8_t c : raw) h = (h ^ c) * 1099511628211ull;
+  return h ^ ((uint64_t)w.dt << 56) ^ ((uint64_t)layer << 48);
+}
+
+// ---- shared pieces of the forward ------------------------------------------------------------------
+void Model::upload_ids(const std::vector<int32_t>& tokens, int B, int T, const std::vector<int32_t>& pad,
+                       int32_t** d_ids, int32_t** d_pos, int32_t** d_pad) {
+  const int BT = B * T;
+  std::vector<int32_t> pos(BT);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) pos[b * T + t] = std::max(0, t - pad[b]);
+  *d_ids = reinterpret_cast<int32_t*>(ensure(ids_, (size_t)BT * 4));
+  *d_pos = reinterpret_cast<int32_t*>(ensure(pos_, (size_t)BT * 4));
+  *d_pad = reinterpret_cast<int32_t*>(ensure(pad_, (size_t)B * 4));
+  be_->upload(*d_ids, tokens.data(), (size_t)BT * 4);
+  be_->upload(*d_pos, pos.data(), (size_t)BT * 4);
+  be_->upload(*d_pad, pad.data(), (size_t)B * 4);
+}
+
+void Model::attn_block(int l, float* x, int B, int T, const int32_t* d_pos, const int32_t* d_pad) {
+  const Arch& a = arch_;
+  const int BT = B * T, qd = a.Hq * a.hd, kd = a.Hkv * a.hd;
+  float* xn = ensure(xn_, (size_t)BT * a.D * 4);
+  float* q = ensure(q_, (size_t)BT * qd * 4);
+  float* k = ensure(k_, (size_t)BT * kd * 4);
+  float* v = ensure(v_, (size_t)BT * kd * 4);
+  float* att = ensure(att_, (size_t)BT * qd * 4);
+  float* kc = ensure(kc_tmp_, (size_t)B * kd * T * 4);
+  float* vc = ensure(vc_tmp_, (size_t)B * kd * T * 4);
+  const Layer& w = layers_[l];
+  be_->rmsnorm(xn, x, w.ln1, BT, a.D, a.eps);
+  be_->linear(q, xn, w.q, w.qb, BT, qd, a.D, false);
+  be_->linear(k, xn, w.k, w.kb, BT, kd, a.D, false);
+  be_->linear(v, xn, w.v, w.vb, BT, kd, a.D, false);
+  be_->rope(q, d_pos, inv_freq_, BT, a.Hq, a.hd);
+  be_->rope(k, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+  be_->kv_store(kc, vc, k, v, B, T, a.Hkv, a.hd, T, 0);
+  be_->attention(att, q, kc, vc, d_pad, B, T, a.Hq, a.Hkv, a.hd, T, 0, (float)(1.0 / std::sqrt((double)a.hd)));
+  be_->linear(x, att, w.o, WeightRef{}, BT, a.D, qd, true);
+}
+
+void Model::mlp_act(int l, const float* x, float* act, int BT) {
+  const Arch& a = arch_;
+  float* xn = ensure(xn_, (size_t)BT * a.D * 4);
+  float* up = ensure(up_, (size_t)BT * a.F * 4);
+  const Layer& w = layers_[l];
+  be_->rmsnorm(xn, x, w.ln2, BT, a.D, a.eps);
+  be_->linear(act, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
+  be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
+  be_->swiglu(act, act, up, BT * a.F);
+}
+
+std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens, int B, int T,
+                                     const std::vector<int32_t>& pad, int act, const std::atomic<bool>* abort) {
+  if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
+  const Arch& a = arch_;
+  SideStore& st = store(id);
+  if (B <= 0 || T <= 0 || (size_t)B * T != tokens.size() || (int)pad.size() != B)
+    fail(RE_ERR_ARG, "score: tokens must hold B*T ids and pad B entries");
+  if (T > a.S) fail(RE_ERR_CONTEXT, "sequence length " + std::to_string(T) + " exceeds the context length");
+  for (int b = 0; b < B; ++b)
+    if (pad[b] < 0 || pad[b] >= T) fail(RE_ERR_ARG, "score: pad out of range");
+  if (act < 0 || act > 2) fail(RE_ERR_ARG, "score: act must be 0, 1 or 2");
+  check_tokens(tokens);
+  const int BT = B * T, L = st.layer, nm = st.count;
+  std::vector<float> out((size_t)nm * BT);
+  if (nm == 0) return out;
+  int32_t *d_ids, *d_pos, *d_pad;
+  upload_ids(tokens, B, T, pad, &d_ids, &d_pos, &d_pad);
+  float* x = ensure(x_, (size_t)BT * a.D * 4);
+  be_->embedding(x, d_ids, embed_, BT, a.D);
+  run_layers(0, L, x, B, T, 0, T, d_pos, d_pad, false, abort);
+  check_abort_e(abort);
+  attn_block(L, x, B, T, d_pos, d_pad);
+  float* A = ensure(gate_, (size_t)BT * a.F * 4);
+  mlp_act(L, x, A, BT);
+  float* om = ensure(hrows_, (size_t)BT * a.D * 4);
+  float* os = ensure(logits_, (size_t)BT * nm * a.D * 4);
+  float* d = ensure(att_, (size_t)BT * nm * 4 + 4);
+  be_->linear(om, A, layers_[L].down, WeightRef{}, BT, a.D, a.F, false);
+  be_->linear(os, A, WeightRef{st.buf, DType::F32}, WeightRef{}, BT, nm * a.D, a.F, false);  // all slots, one GEMM
+  be_->act_dist(d, os, om, BT, nm, a.D, act);
+  be_->download(out.data(), d, out.size() * 4);
+  be_->sync();
+  return out;
+}
+
+// ---- the editing hot path ---------------------------------------------------------------------------
+EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyper& h, const std::atomic<bool>* abort,
+                            const ProgressFn& progress) {
+  if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
+  const Arch& a = arch_;
+  const int L = store(id).layer;
+  float* Wp = slot_ptr(id, slot);
+  const int R = eb.R, T = eb.T, BT = R * T, qd = a.Hq * a.hd, kd = a.Hkv * a.hd, D = a.D, F = a.F;
+  // -- validate everything before touching state --
+  if (R <= 0 || T <= 0 || eb.tokens.size() != (size_t)BT || eb.pad.size() != (size_t)R ||
+      eb.labels.size() != (size_t)BT || eb.label_w.size() != (size_t)BT || eb.kind.size() != (size_t)R)
+    fail(RE_ERR_ARG, "edit: rows are inconsistent (tokens/labels/weights must be R*T, pad/kind R)");
+  if (T > a.S)
+    fail(RE_ERR_CONTEXT, "edit: row length " + std::to_string(T) + " exceeds the context length " + std::to_string(a.S));
+  if (h.n_iter < 1 || h.n_iter > 100000) fail(RE_ERR_ARG, "edit: n_iter must be in [1, 100000]");
+  if (!std::isfinite(h.lr) || !std::isfinite(h.wd) || !std::isfinite(h.clamp) || !(h.rho >= 0))
+    fail(RE_ERR_ARG, "edit: lr, weight decay, clamp and mask ratio must be finite");
+  if (h.act < 0 || h.act > 2) fail(RE_ERR_ARG, "edit: act must be 0, 1 or 2");
+  check_tokens(eb.tokens);
+  int n_edit = 0, n_irr = 0;
+  for (int r = 0; r < R; ++r) {
+    if (eb.pad[r] < 0 || eb.pad[r] >= T) fail(RE_ERR_ARG, "edit: pad out of range");
+    if (eb.kind[r] == 0) ++n_edit;
+    else if (eb.kind[r] == 1) ++n_irr;
+    else fail(RE_ERR_ARG, "edit: row kind must be 0 (edit) or 1 (irrelevant)");
+  }
+  if (n_edit == 0) fail(RE_ERR_ARG, "edit: at least one edit row is needed");
+  std::vector<int32_t> lrows, lbl;
+  std::vector<float> lw;
+  for (int i = 0; i < BT; ++i) {
+    if (eb.labels[i] < -1 || eb.labels[i] >= a.V) fail(RE_ERR_ARG, "edit: label id out of range");
+    if (!std::isfinite(eb.label_w[i])) fail(RE_ERR_ARG, "edit: label weights must be finite");
+    if (eb.labels[i] >= 0) {
+      lrows.push_back(i);
+      lbl.push_back(eb.labels[i]);
+      lw.push_back(eb.label_w[i]);
+    }
+  }
+  if (lrows.empty()) fail(RE_ERR_ARG, "edit: the rows have no label (empty target?)");
+  const int RL = (int)lrows.size();
+
+  // -- workspace --
+  const int nsuf = a.L - 1 - L;  // layers above the edited one
+  size_t nb = 0;
+  auto buf = [&](size_t floats) -> float* {
+    if (edit_bufs_.size() <= nb) edit_bufs_.resize(nb + 1);
+    return ensure(edit_bufs_[nb++], std::max<size_t>(floats, 1) * 4);
+  };
+  float* hL = buf((size_t)BT * D);  // residual entering layer L's FFN output add
+  float* A = buf((size_t)BT * F);   // layer L's FFN activation
+  float* om = buf((size_t)BT * D);  // A·W_vᵀ (main output, frozen)
+  float* os = buf((size_t)BT * D);  // A·W'ᵀ
+  float* x = buf((size_t)BT * D);
+  float* dx = buf((size_t)BT * D);
+  float* dact = buf((size_t)BT * F);
+  float* dgate = buf((size_t)BT * F);
+  float* dup = buf((size_t)BT * F);
+  float* dxn = buf((size_t)BT * D);
+  float* datt = buf((size_t)BT * qd);
+  float* dq = buf((size_t)BT * qd);
+  float* dk = buf((size_t)BT * kd);
+  float* dv = buf((size_t)BT * kd);
+  float* dist = buf(BT);
+  float* gd = buf(BT);
+  float* hrows = buf((size_t)RL * D);
+  float* hn = buf((size_t)RL * D);
+  float* logits = buf((size_t)RL * a.V);
+  float* dlogits = buf((size_t)RL * a.V);
+  float* lossr = buf(RL);
+  float* lwd = buf(RL);
+  int32_t* lrows_d = reinterpret_cast<int32_t*>(buf(RL));
+  int32_t* lbl_d = reinterpret_cast<int32_t*>(buf(RL));
+  float* snapshot = buf((size_t)D * F);
+  struct Acts {
+    float *x_in, *xn1, *q, *k, *v, *kc, *vc, *att, *h, *xn2, *gate, *up, *act;
+  };
+  std::vector<Acts> acts(nsuf);
+  for (auto& s : acts) {
+    s.x_in = buf((size_t)BT * D);
+    s.xn1 = buf((size_t)BT * D);
+    s.q = buf((size_t)BT * qd);
+    s.k = buf((size_t)BT * kd);
+    s.v = buf((size_t)BT * kd);
+    s.kc = buf((size_t)BT * kd);
+    s.vc = buf((size_t)BT * kd);
+    s.att = buf((size_t)BT * qd);
+    s.h = buf((size_t)BT * D);
+    s.xn2 = buf((size_t)BT * D);
+    s.gate = buf((size_t)BT * F);
+    s.up = buf((size_t)BT * F);
+    s.act = buf((size_t)BT * F);
+  }
+  be_->upload(lrows_d, lrows.data(), (size_t)RL * 4);
+  be_->upload(lbl_d, lbl.data(), (size_t)RL * 4);
+  be_->upload(lwd, lw.data(), (size_t)RL * 4);
+  be_->copy(snapshot, Wp, (size_t)D * F * 4);
+
+  int32_t *d_ids, *d_pos, *d_pad;
+  upload_ids(eb.tokens, R, T, eb.pad, &d_ids, &d_pos, &d_pad);
+  const float scale = (float)(1.0 / std::sqrt((double)a.hd));
+  const Layer& wl = layers_[L];
+
+  auto prefix = [&] {
+    float* x0 = ensure(x_, (size_t)BT * D * 4);
+    be_->embedding(x0, d_ids, embed_, BT, D);
+    run_layers(0, L, x0, R, T, 0, T, d_pos, d_pad, false, abort);
+    attn_block(L, x0, R, T, d_pos, d_pad);
+    be_->copy(hL, x0, (size_t)BT * D * 4);
+    mlp_act(L, x0, A, BT);
+    be_->linear(om, A, wl.down, WeightRef{}, BT, D, F, false);
+  };
+
+  std::vector<float> dist_h(BT), loss_h(RL), gd_h(BT);
+  std::vector<int> valid(R);
+  for (int r = 0; r < R; ++r) valid[r] = T - eb.pad[r];
+  EditResult res;
+  try {
+    if (!h.full_forward) prefix();
+    for (int it = 0; it < h.n_iter; ++it) {
+      check_abort_e(abort);
+      if (h.full_forward) prefix();
+      // ---- forward: side output, suffix layers (kept), head at label rows ----
+      be_->linear(os, A, WeightRef{Wp, DType::F32}, WeightRef{}, BT, D, F, false);
+      be_->add(x, hL, os, BT * D);
+      for (int j = 0; j < nsuf; ++j) {
+        const Layer& w = layers_[L + 1 + j];
+        Acts& s = acts[j];
+        be_->copy(s.x_in, x, (size_t)BT * D * 4);
+        be_->rmsnorm(s.xn1, x, w.ln1, BT, D, a.eps);
+        be_->linear(s.q, s.xn1, w.q, w.qb, BT, qd, D, false);
+        be_->linear(s.k, s.xn1, w.k, w.kb, BT, kd, D, false);
+        be_->linear(s.v, s.xn1, w.v, w.vb, BT, kd, D, false);
+        be_->rope(s.q, d_pos, inv_freq_, BT, a.Hq, a.hd);
+        be_->rope(s.k, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+        be_->kv_store(s.kc, s.vc, s.k, s.v, R, T, a.Hkv, a.hd, T, 0);
+        be_->attention(s.att, s.q, s.kc, s.vc, d_pad, R, T, a.Hq, a.Hkv, a.hd, T, 0, scale);
+        be_->linear(x, s.att, w.o, WeightRef{}, BT, D, qd, true);
+        be_->copy(s.h, x, (size_t)BT * D * 4);
+        be_->rmsnorm(s.xn2, x, w.ln2, BT, D, a.eps);
+        be_->linear(s.gate, s.xn2, w.gate, WeightRef{}, BT, F, D, false);
+        be_->linear(s.up, s.xn2, w.up, WeightRef{}, BT, F, D, false);
+        be_->swiglu(s.act, s.gate, s.up, BT * F);
+        be_->linear(x, s.act, w.down, WeightRef{}, BT, D, F, true);
+      }
+      be_->gather_rows(hrows, x, lrows_d, RL, D);
+      be_->rmsnorm(hn, hrows, norm_, RL, D, a.eps);
+      be_->linear(logits, hn, lm_head_, WeightRef{}, RL, a.V, D, false);
+      be_->cross_entropy(lossr, dlogits, logits, lbl_d, lwd, RL, a.V);
+      be_->download(loss_h.data(), lossr, (size_t)RL * 4);
+      double ce = 0;
+      for (float v : loss_h) ce += v;
+
+      // ---- routing margin (§1.4): three hinges over per-row mean distances ----
+      double act_loss = 0, thr_stat = 0;
+      std::fill(gd_h.begin(), gd_h.end(), 0.0f);
+      if (h.margin) {
+        be_->act_dist(dist, os, om, BT, 1, D, h.act);
+        be_->download(dist_h.data(), dist, (size_t)BT * 4);
+        be_->sync();
+        std::vector<double> drow(R, 0.0), g_row(R, 0.0);
+        for (int r = 0; r < R; ++r) {
+          for (int t = eb.pad[r]; t < T; ++t) drow[r] += dist_h[(size_t)r * T + t];
+          drow[r] /= valid[r];
+        }
+        // h1: d_i − d_e + γ over (edit, irrelevant) pairs; h2: d_i − α; h3: β − d_e. Each a mean over its
+        // strictly positive entries (0 if none); gradients flow into both d_e and d_i.
+        int p1 = 0, p2 = 0, p3 = 0;
+        double s1 = 0, s2 = 0, s3 = 0;
+        for (int r = 0; r < R; ++r) {
+          if (eb.kind[r] == 1) {
+            const double v2 = drow[r] - h.alpha;
+            if (v2 > 0) { s2 += v2; ++p2; }
+            for (int e = 0; e < R; ++e)
+              if (eb.kind[e] == 0) {
+                const double v1 = drow[r] - drow[e] + h.gamma;
+                if (v1 > 0) { s1 += v1; ++p1; }
+              }
+          } else {
+            const double v3 = h.beta - drow[r];
+            if (v3 > 0) { s3 += v3; ++p3; }
+            thr_stat += drow[r] / n_edit;
+          }
+        }
+        act_loss = (p1 ? s1 / p1 : 0) + (p2 ? s2 / p2 : 0) + (p3 ? s3 / p3 : 0);
+        for (int r = 0; r < R; ++r) {
+          if (eb.kind[r] == 1) {
+            if (p2 && drow[r] - h.alpha > 0) g_row[r] += 1.0 / p2;
+            for (int e = 0; e < R; ++e)
+              if (eb.kind[e] == 0 && drow[r] - drow[e] + h.gamma > 0) {
+                g_row[r] += 1.0 / p1;
+                g_row[e] -= 1.0 / p1;
+              }
+          } else if (p3 && h.beta - drow[r] > 0) {
+            g_row[r] -= 1.0 / p3;
+          }
+        }
+        for (int r = 0; r < R; ++r)
+          for (int t = eb.pad[r]; t < T; ++t) gd_h[(size_t)r * T + t] = (float)(g_row[r] / valid[r]);
+      }
+      const double loss = ce + act_loss;
+      if (!std::isfinite(loss))
+        fail("ERR_NAN_LOSS", "edit: the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
+                                 " at step " + std::to_string(it) + " (learning rate too high?); the edit was not stored");
+      // early stop (EarlyStopMeter): the two latest recorded losses within 1e-4 and the latest <= 0.02
+      const size_t nl = res.loss.size();
+      const bool stop = h.early_stop && nl >= 2 && std::fabs(res.loss[nl - 1] - res.loss[nl - 2]) <= 1e-4f &&
+                        res.loss[nl - 1] <= 0.02f;
+      if (stop || it == h.n_iter - 1) res.threshold_stat = (float)thr_stat;
+      if (stop) {
+        res.early = true;
+        break;
+      }
+
+      // ---- backward: head → suffix layers → G = ∂L/∂o_side ----
+      be_->linear_dx(hn, dlogits, lm_head_, RL, a.V, D, false);        // ∂/∂(normed rows)
+      be_->rmsnorm_bwd(dxn, hn, hrows, norm_, RL, D, a.eps, false);   // ∂/∂(rows of x)
+      be_->memset0(dx, (size_t)BT * D * 4);
+      be_->scatter_add_rows(dx, dxn, lrows_d, RL, D);
+      for (int j = nsuf - 1; j >= 0; --j) {
+        const Layer& w = layers_[L + 1 + j];
+        Acts& s = acts[j];
+        // x_out = h + down(act)
+        be_->linear_dx(dact, dx, w.down, BT, D, F, false);
+        be_->swiglu_bwd(dgate, dup, dact, s.gate, s.up, BT * F);
+        be_->linear_dx(dxn, dgate, w.gate, BT, F, D, false);
+        be_->linear_dx(dxn, dup, w.up, BT, F, D, true);
+        be_->rmsnorm_bwd(dx, dxn, s.h, w.ln2, BT, D, a.eps, true);
+        // h = x_in + o_proj(attn)
+        be_->linear_dx(datt, dx, w.o, BT, D, qd, false);
+        be_->attention_bwd(dq, dk, dv, datt, s.q, s.kc, s.vc, d_pad, R, T, a.Hq, a.Hkv, a.hd, scale);
+        be_->rope_bwd(dq, d_pos, inv_freq_, BT, a.Hq, a.hd);
+        be_->rope_bwd(dk, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+        be_->linear_dx(dxn, dq, w.q, BT, qd, D, false);
+        be_->linear_dx(dxn, dk, w.k, BT, kd, D, true);
+        be_->linear_dx(dxn, dv, w.v, BT, kd, D, true);
+        be_->rmsnorm_bwd(dx, dxn, s.x_in, w.ln1, BT, D, a.eps, true);
+      }
+      if (h.margin) {
+        be_->upload(gd, gd_h.data(), (size_t)BT * 4);
+        be_->act_dist_bwd(dx, gd, os, om, BT, D, h.act, true);
+      }
+      // ---- update: W' ← clamp(W' − lr·(M ⊙ Gᵀ·A + wd·W'), W_v ± c) ----
+      be_->masked_sgd(Wp, dx, A, wl.down, BT, D, F, h.seed, h.rho, h.lr, h.wd, h.clamp);
+      res.loss.push_back((float)loss);
+      res.ce.push_back((float)ce);
+      res.act.push_back((float)act_loss);
+      ++res.steps;
+      if (progress) progress(it, (float)loss);
+    }
+    be_->sync();
+  } catch (...) {
+    try {
+      be_->copy(Wp, snapshot, (size_t)D * F * 4);  // lose nothing: the slot is as it was
+      be_->sync();
+    } catch (...) {
+    }
+    throw;
+  }
+  return res;
+}
+
+}  // namespace re
