@@ -14,6 +14,10 @@ export const NATIVE_ERROR_CODES = [
   'ERR_CONTEXT_LENGTH',
   'ERR_INVALID_ARG',
   'ERR_INTERNAL',
+  'ERR_BUSY',
+  'ERR_NAN_LOSS',
+  'ERR_MISSING_TENSOR',
+  'ERR_SHAPE',
 ] as const;
 
 /** Codes raised only by the TypeScript layer. */
@@ -21,8 +25,11 @@ export const TS_ERROR_CODES = [
   'ERR_UNSUPPORTED_ARCH',
   'ERR_CONFIG',
   'ERR_TOKENIZER',
-  'ERR_MISSING_TENSOR',
-  'ERR_SHAPE',
+  'ERR_MEMORY_FILE',
+  'ERR_MEMORY_MISMATCH',
+  'ERR_MEMORY_VERSION',
+  'ERR_EDIT_REQUEST',
+  'ERR_UNKNOWN_EDIT',
 ] as const;
 
 export type NativeErrorCode = (typeof NATIVE_ERROR_CODES)[number];

@@ -21,3 +21,5 @@ export { ModelTokenizer } from './tokenizer.js';
 export type { ChatMessage, ChatRole, EncodeOptions, DecodeOptions, ChatTemplateOptions } from './tokenizer.js';
 export type { ModelConfig, ModelType, RopeScaling } from './config.js';
 export type { BackendName } from './native.js';
+export { Editor, presetFor, MEMORY_FORMAT, MEMORY_FORMAT_VERSION } from './editor.js';
+export type { EditRequest, EditorConfig, EditorOptions, EditMethod, ScoreMode, EditProgress, EditResult, Explanation, RouteScore } from './editor.js';

@@ -113,7 +113,19 @@ export interface ModelInternals {
   enqueue<T>(fn: (nm: NativeModel) => Promise<T>, signal?: AbortSignal): Promise<T>;
   /** Register a hook run once when the model is disposed (e.g. dispose editors). Returns an unsubscribe. */
   onDispose(fn: () => void): () => void;
+  /** generate() with a router run inside the same queue slot, on the prompt ids, before generation. */
+  generateRouted(prompt: Prompt, opts: GenerateOptions, router: GenerateRouter): Promise<GenerateResult>;
+  /** logits() with a per-row router run inside the same queue slot before the forward. */
+  logitsRouted(batch: readonly (readonly number[])[], opts: LogitsOptions, router: LogitsRouter): Promise<LogitsResult>;
 }
+
+/** Decides the side-memory route of one prompt (undefined = main weight everywhere). */
+export type GenerateRouter = (nm: NativeModel, promptIds: readonly number[]) => Promise<{ side: number; slot: number } | undefined>;
+/** Decides the route of every row of a left-padded batch. */
+export type LogitsRouter = (
+  nm: NativeModel,
+  batch: { tokens: Int32Array; B: number; T: number; pad: Int32Array },
+) => Promise<{ side: number; slots: Int32Array } | undefined>;
 
 interface GenArgs {
   maxNewTokens: number;
@@ -213,6 +225,16 @@ export class Model {
     internalsMap.set(this, {
       spec,
       enqueue: (fn, signal) => this.#enqueue(signal, () => this.#nativeCall(fn, signal)),
+      generateRouted: (prompt, opts, router) => {
+        let args: GenArgs;
+        try {
+          args = this.#generateArgs(prompt, opts);
+        } catch (e) {
+          return Promise.reject(e);
+        }
+        return this.#enqueue(opts.signal, () => this.#generate(args, opts, router));
+      },
+      logitsRouted: (batch, opts, router) => this.#logits(batch, opts, router),
       onDispose: (fn) => {
         this.#disposeHooks.add(fn);
         return () => this.#disposeHooks.delete(fn);
@@ -414,9 +436,11 @@ export class Model {
     return { maxNewTokens, temperature, topK, topP, seed, chunkSize, stop, promptIds };
   }
 
-  async #generate(a: GenArgs, opts: GenerateOptions): Promise<GenerateResult> {
+  async #generate(a: GenArgs, opts: GenerateOptions, router?: GenerateRouter): Promise<GenerateResult> {
     const { promptIds, stop, chunkSize } = a;
     const signal = opts.signal;
+    // The route is decided once, on the prompt, and kept for the whole generation.
+    const route = router ? await this.#nativeCall((nm) => router(nm, promptIds), signal) : undefined;
     const stopOnEos = opts.stopOnEos ?? true;
     const eosIds = stopOnEos ? this.config.eosTokenIds : [];
     const eosSet = new Set(eosIds);
@@ -446,6 +470,7 @@ export class Model {
             seed: a.seed,
             step0: newIds.length,
             eos,
+            ...(route ? { route } : {}),
           }),
         signal,
       );
@@ -515,6 +540,10 @@ export class Model {
    * ERR_INVALID_ARG for ids outside [0, vocab).
    */
   logits(batch: readonly (readonly number[])[], opts: LogitsOptions = {}): Promise<LogitsResult> {
+    return this.#logits(batch, opts);
+  }
+
+  #logits(batch: readonly (readonly number[])[], opts: LogitsOptions, router?: LogitsRouter): Promise<LogitsResult> {
     let prepared: { tokens: Int32Array; B: number; T: number; pad: Int32Array; logitRows: Int32Array; rows: LogitsRow[] };
     try {
       if (this.#disposed) throw disposedError();
@@ -525,7 +554,8 @@ export class Model {
     const V = this.config.vocabSize;
     return this.#enqueue(opts.signal, async () => {
       const { tokens, B, T, pad, logitRows, rows } = prepared;
-      const data = await this.#nativeCall((nm) => nm.forward(tokens, B, T, pad, logitRows), opts.signal);
+      const route = router ? await this.#nativeCall((nm) => router(nm, { tokens, B, T, pad }), opts.signal) : undefined;
+      const data = await this.#nativeCall((nm) => nm.forward(tokens, B, T, pad, logitRows, route), opts.signal);
       if (data.length !== rows.length * V) {
         throw new RepairError('ERR_INTERNAL', `native forward returned ${data.length} floats, expected ${rows.length} × ${V}`);
       }

@@ -71,6 +71,44 @@ export interface NativeGenerateOptions {
   seed: number; // uint32
   step0: number; // index of the first token sampled by this call (RNG counter; makes chunking invisible)
   eos: Int32Array; // stop after sampling one of these (it is included in the result)
+  route?: { side: number; slot: number }; // use side-memory slot `slot` (-1 = main weight) at the store's layer
+}
+
+/** One edit's training rows (ALGORITHM.md §1.3), left-padded. */
+export interface NativeEditBatch {
+  tokens: Int32Array; // [R*T]
+  R: number;
+  T: number;
+  pad: Int32Array; // [R]
+  labels: Int32Array; // [R*T]: the id the logits at (r, t) must predict, or -1
+  labelWeights: Float32Array; // [R*T]: CE weight at (r, t)
+  kind: Int32Array; // [R]: 0 = edit row, 1 = irrelevant row (routing margin only)
+}
+
+export interface NativeEditHyper {
+  nIter: number;
+  lr: number;
+  weightDecay: number;
+  clamp: number; // W' stays within W_v ± clamp (<= 0: off)
+  maskRatio: number; // ρ (>= 1: no mask)
+  seed: number; // the shard's Philox mask seed (safe integer)
+  margin: boolean; // add the routing-margin loss (WISE); false: CE only (FT-L)
+  alpha: number;
+  beta: number;
+  gamma: number;
+  act: 0 | 1 | 2; // φ of the activation score: 0 identity (paper), 1 SiLU, 2 GELU-tanh
+  earlyStop: boolean;
+  fullForward: boolean; // recompute the frozen prefix every step (benchmark baseline)
+}
+
+export interface NativeEditResult {
+  loss: Float32Array; // per step: ce + act
+  ce: Float32Array;
+  act: Float32Array;
+  steps: number;
+  thresholdStat: number; // mean over edit rows of the per-row mean distance at the last step (§1.5)
+  promptStat: number; // the same over the prompt tokens of each edit row only (routing of bare prompts)
+  earlyStop: boolean;
 }
 
 export interface NativeModel {
@@ -81,7 +119,14 @@ export interface NativeModel {
    * start of row b; positions restart at 0 at the first real token). logitRows: flat indices b*T+t of
    * the positions whose logits are returned, in that order. Returns Float32Array [logitRows.length * vocab].
    */
-  forward(tokens: Int32Array, B: number, T: number, pad: Int32Array, logitRows: Int32Array): Promise<Float32Array>;
+  forward(
+    tokens: Int32Array,
+    B: number,
+    T: number,
+    pad: Int32Array,
+    logitRows: Int32Array,
+    route?: { side: number; slots: Int32Array }, // per row: side-memory slot (-1 = main weight)
+  ): Promise<Float32Array>;
   /** Batch-1 generation with a persistent KV cache (see NativeGenerateOptions). Returns the sampled ids. */
   generate(ids: Int32Array, opts: NativeGenerateOptions): Promise<Int32Array>;
   /** Ask the running call (if any) to stop at its next check; it then rejects with ERR_ABORTED. */
@@ -92,6 +137,30 @@ export interface NativeModel {
   memoryBytes(): number;
   /** Free everything now (waits for nothing: a running call finishes first, then memory is freed). */
   dispose(): void;
+
+  // ---- side memories (f32 copies of one layer's down_proj, stacked; slot meaning is the caller's) ----
+  sideCreate(layer: number): number; // returns a store id (no slots yet)
+  sideFree(side: number): void;
+  sideSlots(side: number): number;
+  sideAdd(side: number, from: number): Promise<number>; // copy of slot `from` (-1 = base weight); new slot index
+  sideRemove(side: number, slots: Int32Array): Promise<void>; // later slots move down
+  sideReset(side: number, slot: number): Promise<void>; // slot <- base weight
+  sideRead(side: number, slot: number): Promise<Float32Array>; // [D*F]
+  sideWrite(side: number, slot: number, weights: Float32Array): Promise<void>;
+  /** TIES-merge source slots against the base weight into dst (dst may be one of the sources). */
+  sideTies(side: number, dst: number, srcs: Int32Array, weights: Float32Array, density: number): Promise<void>;
+  /** Per-token routing distances of every slot, [slots * B*T] (slot-major); one stacked GEMM. */
+  sideScore(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number): Promise<Float32Array>;
+  /** One whole edit (all steps) in one call; the slot is restored on any failure. */
+  sideEdit(
+    side: number,
+    slot: number,
+    batch: NativeEditBatch,
+    hyper: NativeEditHyper,
+    onProgress?: (step: number, loss: number) => void,
+  ): Promise<NativeEditResult>;
+  /** Hex fingerprint (FNV-1a 64) of a layer's base down_proj bytes. */
+  baseFingerprint(layer: number): Promise<string>;
 }
 
 /** Op-level access for CPU-vs-CUDA tests: runs one backend op on host inputs. */

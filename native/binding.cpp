@@ -4,6 +4,9 @@
 #include <napi.h>
 
 #include <atomic>
+#include <cstdio>
+#include <functional>
+#include <memory>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -114,7 +117,19 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                         InstanceMethod("generate", &NativeModel::Generate), InstanceMethod("abort", &NativeModel::Abort),
                         InstanceMethod("cacheLength", &NativeModel::CacheLength),
                         InstanceMethod("memoryBytes", &NativeModel::MemoryBytes),
-                        InstanceMethod("dispose", &NativeModel::Dispose)});
+                        InstanceMethod("dispose", &NativeModel::Dispose),
+                        InstanceMethod("sideCreate", &NativeModel::SideCreate),
+                        InstanceMethod("sideFree", &NativeModel::SideFree),
+                        InstanceMethod("sideSlots", &NativeModel::SideSlots),
+                        InstanceMethod("sideAdd", &NativeModel::SideAdd),
+                        InstanceMethod("sideRemove", &NativeModel::SideRemove),
+                        InstanceMethod("sideReset", &NativeModel::SideReset),
+                        InstanceMethod("sideRead", &NativeModel::SideRead),
+                        InstanceMethod("sideWrite", &NativeModel::SideWrite),
+                        InstanceMethod("sideTies", &NativeModel::SideTies),
+                        InstanceMethod("sideScore", &NativeModel::SideScore),
+                        InstanceMethod("sideEdit", &NativeModel::SideEdit),
+                        InstanceMethod("baseFingerprint", &NativeModel::BaseFingerprint)});
   }
 
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
@@ -215,6 +230,22 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value SideCreate(const Napi::CallbackInfo& info);
+  Napi::Value SideFree(const Napi::CallbackInfo& info);
+  Napi::Value SideSlots(const Napi::CallbackInfo& info);
+  Napi::Value SideAdd(const Napi::CallbackInfo& info);
+  Napi::Value SideRemove(const Napi::CallbackInfo& info);
+  Napi::Value SideReset(const Napi::CallbackInfo& info);
+  Napi::Value SideRead(const Napi::CallbackInfo& info);
+  Napi::Value SideWrite(const Napi::CallbackInfo& info);
+  Napi::Value SideTies(const Napi::CallbackInfo& info);
+  Napi::Value SideScore(const Napi::CallbackInfo& info);
+  Napi::Value SideEdit(const Napi::CallbackInfo& info);
+  Napi::Value BaseFingerprint(const Napi::CallbackInfo& info);
+  re::Model* live(Napi::Env env) {
+    if (!model_ || dispose_pending_) throw_js(env, RE_ERR_DISPOSED, "the model has been disposed");
+    return model_.get();
+  }
   Napi::Value Generate(const Napi::CallbackInfo& info);
   Napi::Value Abort(const Napi::CallbackInfo& info) {
     abort_ = true;
@@ -280,9 +311,10 @@ class LoadWorker : public ModelWorker {
 class ForwardWorker : public ModelWorker {
  public:
   ForwardWorker(Napi::Env env, NativeModel* o, re::Model* m, std::vector<int32_t> tokens, int B, int T,
-                std::vector<int32_t> pad, std::vector<int32_t> rows)
-      : ModelWorker(env, o, m), tokens_(std::move(tokens)), pad_(std::move(pad)), rows_(std::move(rows)), B_(B), T_(T) {}
-  void Run() override { out_ = m_->forward(tokens_, B_, T_, pad_, rows_, abort_flag()); }
+                std::vector<int32_t> pad, std::vector<int32_t> rows, re::Route route)
+      : ModelWorker(env, o, m), tokens_(std::move(tokens)), pad_(std::move(pad)), rows_(std::move(rows)), B_(B), T_(T),
+        route_(std::move(route)) {}
+  void Run() override { out_ = m_->forward(tokens_, B_, T_, pad_, rows_, abort_flag(), route_); }
   Napi::Value Result(Napi::Env env) override {
     auto a = Napi::Float32Array::New(env, out_.size());
     std::memcpy(a.Data(), out_.data(), out_.size() * 4);
@@ -292,14 +324,16 @@ class ForwardWorker : public ModelWorker {
  private:
   std::vector<int32_t> tokens_, pad_, rows_;
   int B_, T_;
+  re::Route route_;
   std::vector<float> out_;
 };
 
 class GenerateWorker : public ModelWorker {
  public:
-  GenerateWorker(Napi::Env env, NativeModel* o, re::Model* m, std::vector<int32_t> ids, re::SampleOptions so)
-      : ModelWorker(env, o, m), ids_(std::move(ids)), so_(std::move(so)) {}
-  void Run() override { out_ = m_->generate(ids_, so_, abort_flag()); }
+  GenerateWorker(Napi::Env env, NativeModel* o, re::Model* m, std::vector<int32_t> ids, re::SampleOptions so,
+                 re::Route route)
+      : ModelWorker(env, o, m), ids_(std::move(ids)), so_(std::move(so)), route_(std::move(route)) {}
+  void Run() override { out_ = m_->generate(ids_, so_, abort_flag(), route_); }
   Napi::Value Result(Napi::Env env) override {
     auto a = Napi::Int32Array::New(env, out_.size());
     if (!out_.empty()) std::memcpy(a.Data(), out_.data(), out_.size() * 4);
@@ -309,8 +343,100 @@ class GenerateWorker : public ModelWorker {
  private:
   std::vector<int32_t> ids_;
   re::SampleOptions so_;
+  re::Route route_;
   std::vector<int32_t> out_;
 };
+
+// A worker that runs a closure and converts its result on the JS thread.
+class LambdaWorker : public ModelWorker {
+ public:
+  LambdaWorker(Napi::Env env, NativeModel* o, re::Model* m, std::function<void()> run,
+               std::function<Napi::Value(Napi::Env)> result)
+      : ModelWorker(env, o, m), run_(std::move(run)), result_(std::move(result)) {}
+  void Run() override { run_(); }
+  Napi::Value Result(Napi::Env env) override { return result_ ? result_(env) : env.Undefined(); }
+
+ private:
+  std::function<void()> run_;
+  std::function<Napi::Value(Napi::Env)> result_;
+};
+
+// The edit worker reports progress through a thread-safe function (one call per step).
+class EditWorker : public ModelWorker {
+ public:
+  EditWorker(Napi::Env env, NativeModel* o, re::Model* m, int side, int slot, re::EditBatch b, re::EditHyper h,
+             Napi::Value progress)
+      : ModelWorker(env, o, m), side_(side), slot_(slot), b_(std::move(b)), h_(h) {
+    if (progress.IsFunction())
+      tsfn_ = Napi::ThreadSafeFunction::New(env, progress.As<Napi::Function>(), "repair-edit:progress", 0, 1);
+  }
+  void Run() override {
+    re::ProgressFn fn;
+    if (tsfn_) {
+      fn = [this](int step, float loss) {
+        tsfn_.NonBlockingCall([step, loss](Napi::Env env, Napi::Function cb) {
+          try {
+            cb.Call({Napi::Number::New(env, step), Napi::Number::New(env, loss)});
+          } catch (...) {
+          }
+        });
+      };
+    }
+    res_ = m_->side_edit(side_, slot_, b_, h_, abort_flag(), fn);
+  }
+  void Done() override {
+    if (tsfn_) tsfn_.Release();
+    ModelWorker::Done();
+  }
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    auto arr = [&](const std::vector<float>& v) {
+      auto a = Napi::Float32Array::New(env, v.size());
+      if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 4);
+      return a;
+    };
+    o.Set("loss", arr(res_.loss));
+    o.Set("ce", arr(res_.ce));
+    o.Set("act", arr(res_.act));
+    o.Set("steps", Napi::Number::New(env, res_.steps));
+    o.Set("thresholdStat", Napi::Number::New(env, res_.threshold_stat));
+    o.Set("promptStat", Napi::Number::New(env, res_.prompt_stat));
+    o.Set("earlyStop", Napi::Boolean::New(env, res_.early));
+    return o;
+  }
+
+ private:
+  int side_, slot_;
+  re::EditBatch b_;
+  re::EditHyper h_;
+  re::EditResult res_;
+  Napi::ThreadSafeFunction tsfn_;
+};
+
+static Napi::Float32Array f32_array(Napi::Env env, const std::vector<float>& v) {
+  auto a = Napi::Float32Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 4);
+  return a;
+}
+
+static std::vector<float> f32_vec(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw_js(env, RE_ERR_ARG, std::string(what) + " must be a Float32Array");
+  auto a = v.As<Napi::Float32Array>();
+  return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// {side, slots} (forward) or {side, slot} (generate); undefined = no routing.
+static re::Route route_arg(Napi::Env env, const Napi::Value& v, bool single) {
+  re::Route r;
+  if (v.IsUndefined() || v.IsNull()) return r;
+  if (!v.IsObject()) throw_js(env, RE_ERR_ARG, "route must be an object");
+  Napi::Object o = v.As<Napi::Object>();
+  r.side = int_field(env, o, "side", "route", 1);
+  if (single) r.slot = {int_field(env, o, "slot", "route", -1)};
+  else r.slot = int32_vec(env, o.Get("slots"), "route.slots");
+  return r;
+}
 
 Napi::Value NativeModel::Load(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -327,8 +453,9 @@ Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
   int B = int_arg(env, info[1], "B"), T = int_arg(env, info[2], "T");
   auto pad = int32_vec(env, info[3], "pad");
   auto rows = int32_vec(env, info[4], "logitRows");
+  re::Route route = route_arg(env, info[5], false);
   re::Model* m = begin_call(env);
-  auto* w = new ForwardWorker(env, this, m, std::move(tokens), B, T, std::move(pad), std::move(rows));
+  auto* w = new ForwardWorker(env, this, m, std::move(tokens), B, T, std::move(pad), std::move(rows), std::move(route));
   w->Queue();
   return w->promise();
 }
@@ -351,8 +478,184 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
   so.seed = (uint64_t)seed;
   so.step0 = (uint64_t)step0;
   so.eos = int32_vec(env, o.Get("eos"), "options.eos");
+  re::Route route = route_arg(env, o.Get("route"), true);
   re::Model* m = begin_call(env);
-  auto* w = new GenerateWorker(env, this, m, std::move(ids), std::move(so));
+  auto* w = new GenerateWorker(env, this, m, std::move(ids), std::move(so), std::move(route));
+  w->Queue();
+  return w->promise();
+}
+
+// ---- side memories ----------------------------------------------------------------------------------
+#define RE_TRY(env, expr)                  \
+  try {                                    \
+    expr;                                  \
+  } catch (const Error& e) {               \
+    throw_js(env, e.code(), e.what());     \
+  }
+
+Napi::Value NativeModel::SideCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  re::Model* m = live(env);
+  if (busy_) throw_js(env, "ERR_BUSY", "another call is running on this model");
+  int layer = int_arg(env, info[0], "layer");
+  int id = 0;
+  RE_TRY(env, id = m->side_create(layer));
+  return Napi::Number::New(env, id);
+}
+
+Napi::Value NativeModel::SideFree(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!model_ || dispose_pending_) return env.Undefined();  // the model took its stores with it
+  if (busy_) throw_js(env, "ERR_BUSY", "another call is running on this model");
+  model_->side_free(int_arg(env, info[0], "side"));
+  report_memory(env);
+  return env.Undefined();
+}
+
+Napi::Value NativeModel::SideSlots(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  re::Model* m = live(env);
+  int n = 0;
+  RE_TRY(env, n = m->side_slots(int_arg(env, info[0], "side")));
+  return Napi::Number::New(env, n);
+}
+
+Napi::Value NativeModel::SideAdd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side");
+  if (!info[1].IsNumber()) throw_js(env, RE_ERR_ARG, "from must be a slot index or -1");
+  const int from = info[1].As<Napi::Number>().Int32Value();
+  re::Model* m = begin_call(env);
+  auto out = std::make_shared<int>(0);
+  auto* w = new LambdaWorker(env, this, m, [m, side, from, out] { *out = m->side_add(side, from); },
+                             [out](Napi::Env e) { return Napi::Number::New(e, *out); });
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideRemove(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side");
+  auto slots = int32_vec(env, info[1], "slots");
+  re::Model* m = begin_call(env);
+  auto* w = new LambdaWorker(env, this, m, [m, side, slots] { m->side_remove(side, slots); }, nullptr);
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideReset(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side"), slot = int_arg(env, info[1], "slot");
+  re::Model* m = begin_call(env);
+  auto* w = new LambdaWorker(env, this, m, [m, side, slot] { m->side_reset(side, slot); }, nullptr);
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideRead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side"), slot = int_arg(env, info[1], "slot");
+  re::Model* m = begin_call(env);
+  auto out = std::make_shared<std::vector<float>>();
+  auto* w = new LambdaWorker(env, this, m, [m, side, slot, out] { *out = m->side_read(side, slot); },
+                             [out](Napi::Env e) -> Napi::Value { return f32_array(e, *out); });
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side"), slot = int_arg(env, info[1], "slot");
+  auto data = std::make_shared<std::vector<float>>(f32_vec(env, info[2], "weights"));
+  re::Model* m = begin_call(env);
+  auto* w = new LambdaWorker(env, this, m, [m, side, slot, data] { m->side_write(side, slot, *data); }, nullptr);
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideTies(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side"), dst = int_arg(env, info[1], "dst");
+  auto srcs = int32_vec(env, info[2], "srcs");
+  auto weights = f32_vec(env, info[3], "weights");
+  if (!info[4].IsNumber()) throw_js(env, RE_ERR_ARG, "density must be a number");
+  const float density = info[4].As<Napi::Number>().FloatValue();
+  re::Model* m = begin_call(env);
+  auto* w = new LambdaWorker(env, this, m, [=] { m->side_ties(side, dst, srcs, weights, density); }, nullptr);
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideScore(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side");
+  auto tokens = int32_vec(env, info[1], "tokens");
+  const int B = int_arg(env, info[2], "B"), T = int_arg(env, info[3], "T");
+  auto pad = int32_vec(env, info[4], "pad");
+  const int act = int_arg(env, info[5], "act");
+  re::Model* m = begin_call(env);
+  auto out = std::make_shared<std::vector<float>>();
+  const std::atomic<bool>* ab = &abort_;
+  auto* w = new LambdaWorker(env, this, m, [=] { *out = m->side_score(side, tokens, B, T, pad, act, ab); },
+                             [out](Napi::Env e) -> Napi::Value { return f32_array(e, *out); });
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideEdit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side"), slot = int_arg(env, info[1], "slot");
+  if (!info[2].IsObject() || !info[3].IsObject()) throw_js(env, RE_ERR_ARG, "sideEdit(side, slot, batch, hyper, onProgress?)");
+  Napi::Object bo = info[2].As<Napi::Object>(), ho = info[3].As<Napi::Object>();
+  re::EditBatch b;
+  b.tokens = int32_vec(env, bo.Get("tokens"), "batch.tokens");
+  b.R = int_field(env, bo, "R", "batch", 1);
+  b.T = int_field(env, bo, "T", "batch", 1);
+  b.pad = int32_vec(env, bo.Get("pad"), "batch.pad");
+  b.labels = int32_vec(env, bo.Get("labels"), "batch.labels");
+  b.label_w = f32_vec(env, bo.Get("labelWeights"), "batch.labelWeights");
+  b.kind = int32_vec(env, bo.Get("kind"), "batch.kind");
+  re::EditHyper h;
+  h.n_iter = int_field(env, ho, "nIter", "hyper", 1, 100000);
+  h.lr = (float)num_field(env, ho, "lr", "hyper");
+  h.wd = (float)num_field(env, ho, "weightDecay", "hyper");
+  h.clamp = (float)num_field(env, ho, "clamp", "hyper");
+  h.rho = (float)num_field(env, ho, "maskRatio", "hyper");
+  const double seed = num_field(env, ho, "seed", "hyper");
+  if (!(seed >= 0 && seed <= 9007199254740991.0)) throw_js(env, RE_ERR_ARG, "hyper.seed must be a safe non-negative integer");
+  h.seed = (uint64_t)seed;
+  h.margin = ho.Get("margin").ToBoolean();
+  h.alpha = (float)num_field(env, ho, "alpha", "hyper");
+  h.beta = (float)num_field(env, ho, "beta", "hyper");
+  h.gamma = (float)num_field(env, ho, "gamma", "hyper");
+  h.act = int_field(env, ho, "act", "hyper", 0, 2);
+  h.early_stop = ho.Get("earlyStop").ToBoolean();
+  h.full_forward = ho.Get("fullForward").ToBoolean();
+  re::Model* m = begin_call(env);
+  auto* w = new EditWorker(env, this, m, side, slot, std::move(b), h, info[4]);
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::BaseFingerprint(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int layer = int_arg(env, info[0], "layer");
+  re::Model* m = begin_call(env);
+  auto out = std::make_shared<uint64_t>(0);
+  auto* w = new LambdaWorker(env, this, m, [=] { *out = m->base_fingerprint(layer); }, [out](Napi::Env e) -> Napi::Value {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)*out);
+    return Napi::String::New(e, buf);
+  });
   w->Queue();
   return w->promise();
 }

@@ -358,8 +358,15 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   };
 
   std::vector<float> dist_h(BT), loss_h(RL), gd_h(BT);
-  std::vector<int> valid(R);
-  for (int r = 0; r < R; ++r) valid[r] = T - eb.pad[r];
+  std::vector<int> valid(R), prompt_end(R, T - 1);  // prompt tokens of an edit row: [pad, prompt_end]
+  for (int r = 0; r < R; ++r) {
+    valid[r] = T - eb.pad[r];
+    for (int t = eb.pad[r]; t < T; ++t)
+      if (eb.labels[(size_t)r * T + t] >= 0) {
+        prompt_end[r] = t;
+        break;
+      }
+  }
   EditResult res;
   try {
     if (!h.full_forward) prefix();
@@ -398,7 +405,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       for (float v : loss_h) ce += v;
 
       // ---- routing margin (§1.4): three hinges over per-row mean distances ----
-      double act_loss = 0, thr_stat = 0;
+      double act_loss = 0, thr_stat = 0, prompt_stat = 0;
       std::fill(gd_h.begin(), gd_h.end(), 0.0f);
       if (h.margin) {
         be_->act_dist(dist, os, om, BT, 1, D, h.act);
@@ -426,6 +433,9 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
             const double v3 = h.beta - drow[r];
             if (v3 > 0) { s3 += v3; ++p3; }
             thr_stat += drow[r] / n_edit;
+            double pm = 0;
+            for (int t = eb.pad[r]; t <= prompt_end[r]; ++t) pm += dist_h[(size_t)r * T + t];
+            prompt_stat += pm / (prompt_end[r] - eb.pad[r] + 1) / n_edit;
           }
         }
         act_loss = (p1 ? s1 / p1 : 0) + (p2 ? s2 / p2 : 0) + (p3 ? s3 / p3 : 0);
@@ -452,7 +462,10 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       const size_t nl = res.loss.size();
       const bool stop = h.early_stop && nl >= 2 && std::fabs(res.loss[nl - 1] - res.loss[nl - 2]) <= 1e-4f &&
                         res.loss[nl - 1] <= 0.02f;
-      if (stop || it == h.n_iter - 1) res.threshold_stat = (float)thr_stat;
+      if (stop || it == h.n_iter - 1) {
+        res.threshold_stat = (float)thr_stat;
+        res.prompt_stat = (float)prompt_stat;
+      }
       if (stop) {
         res.early = true;
         break;

@@ -72,6 +72,7 @@ struct EditResult {
   std::vector<float> loss, ce, act;  // per executed step
   int steps = 0;
   float threshold_stat = 0.f;  // mean over edit rows of the per-row mean distance (§1.5)
+  float prompt_stat = 0.f;     // the same over each edit row's prompt tokens only (routing before generation)
   bool early = false;
 };
 

@@ -1,0 +1,1001 @@
+// editor.ts — WISE side-memory editing (ALGORITHM.md §1): per-architecture presets, the edit rows of
+// §1.3, the shard cadence and TIES merges of §1.7–1.8, routing at inference (§1.9), save/load and
+// rollback. This file decides *what* happens; every bit of arithmetic is one native call (one whole
+// edit per sideEdit call, all slots scored by one stacked GEMM in sideScore).
+import { closeSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync, statSync } from 'node:fs';
+import { dirname, basename, join } from 'node:path';
+import { RepairError, disposedError, toRepairError } from './errors.js';
+import { modelInternals, type GenerateOptions, type GenerateResult, type LogitsOptions, type LogitsResult, type Model, type Prompt } from './model.js';
+import type { ModelConfig } from './config.js';
+import type { NativeEditBatch, NativeEditHyper, NativeModel } from './native.js';
+
+export const MEMORY_FORMAT = 'repair-edit.side-memory';
+export const MEMORY_FORMAT_VERSION = 1;
+
+export type EditMethod = 'wise' | 'ft';
+export type ScoreMode = 'code' | 'paper';
+
+/** One edit: make `target` the answer to `prompt`. */
+export interface EditRequest {
+  prompt: string;
+  target: string;
+  /** A paraphrase of the prompt (kept with the edit; used by evaluation). */
+  rephrase?: string;
+  /**
+   * Unrelated text trained as the irrelevant row of the routing margin (§1.3; ZsRE uses the train
+   * record's `loc + " " + loc_ans`). Default: cycled from the editor's irrelevant pool.
+   */
+  irrelevant?: string;
+  /** Unrelated prompts whose answers must not change (kept with the edit; used by evaluation). */
+  locality?: { prompt: string; answer: string }[];
+  /** Caller-chosen id (default e1, e2, ...). Must be unique within the editor. */
+  id?: string;
+}
+
+/** Every hyper-parameter of the WISE engine; all optional in EditorOptions (presets fill the rest). */
+export interface EditorConfig {
+  method: EditMethod;
+  /** Decoder layer whose mlp.down_proj gets side memories. */
+  layer: number;
+  /** SGD learning rate (edit_lr). */
+  lr: number;
+  /** Optimisation steps per edit (n_iter). */
+  nIter: number;
+  /** [α, β, γ] of the routing margin (act_margin): irrelevant <= α, edit >= β, gap >= γ. */
+  actMargin: [number, number, number];
+  /** Threshold = actRatio × min over a memory's edits of the edit score (act_ratio). */
+  actRatio: number;
+  /** Bernoulli density ρ of each shard's gradient mask (mask_ratio); 1 = no mask. */
+  maskRatio: number;
+  /** SGD weight decay (applied after masking, §1.5). */
+  weightDecay: number;
+  /** W' stays within W_v ± normConstraint (0 = off). */
+  normConstraint: number;
+  /** Every saveFreq edits the working memory is frozen as a shard. */
+  saveFreq: number;
+  /** Every mergeFreq edits the last mergeFreq/saveFreq shards are TIES-merged (retrieve) or folded in (merge). */
+  mergeFreq: number;
+  /** TIES trim density (densities). */
+  mergeDensity: number;
+  /** TIES weight (weights); each of k shards gets mergeWeight/k. */
+  mergeWeight: number;
+  /** true: WISE-Retrieve (one memory per merge, routed top-1); false: WISE-Merge (one merged memory). */
+  retrieve: boolean;
+  /** 'code' = ‖φ(o_side) − φ(o_main)‖ with φ = hidden_act (reference numbers); 'paper' = ‖o_side − o_main‖. */
+  scoreMode: ScoreMode;
+  /** Build edit rows (and Rel/Gen prompts) with the chat template. */
+  useChatTemplate: boolean;
+  /** Stop an edit early when the loss settles (§1.5 EarlyStopMeter). */
+  earlyStop: boolean;
+  /** Seed of the context templates' sampling and of the shard masks. */
+  seed: number;
+  /** At inference, sequences with more valid tokens than this are scored by their max token distance. */
+  maxMeanTokens: number;
+  /** Context templates ("prefix {}"); default: generated once by the unedited model (§1.3). */
+  contextTemplates?: string[];
+  /** Fallback irrelevant rows for requests without `irrelevant` (default: the generated template texts). */
+  irrelevantPool?: string[];
+  /** Where the defaults came from (preset name). */
+  preset: string;
+}
+
+export type EditorOptions = Partial<Omit<EditorConfig, 'preset'>>;
+
+export interface EditProgress {
+  step: number;
+  nIter: number;
+  loss: number;
+}
+
+export interface EditResult {
+  id: string;
+  /** Optimisation steps run (n_iter unless early-stopped). */
+  steps: number;
+  /** Loss per step (CE + routing margin). */
+  losses: number[];
+  /** Where the edit lives now: 'working' or the memory index (after a save/merge in this call). */
+  memory: 'working' | number;
+  /** The edit's threshold statistic (mean routing score of its rows at the last step). */
+  score: number;
+}
+
+export interface RouteScore {
+  /** -1 = the working memory, else the index into memories. */
+  memory: number;
+  kind: 'working' | 'shard' | 'merged';
+  score: number;
+  threshold: number;
+  edits: number;
+}
+
+export interface Explanation {
+  /** 'main' when no memory clears its threshold, else the chosen memory (-1 = working). */
+  route: 'main' | number;
+  score: number;
+  threshold: number;
+  scores: RouteScore[];
+  tokens: number;
+}
+
+interface ShardPart {
+  seed: number;
+  edits: string[];
+}
+interface MemoryState {
+  kind: 'shard' | 'merged';
+  minAct: number;
+  /** min over its edits of the prompt-only score: the threshold base for routing bare prompts. */
+  minPrompt: number;
+  edits: string[];
+  /** The shards it was merged from (one for a plain shard): what rollback retrains. */
+  parts: ShardPart[];
+  /** The TIES weights used for `parts` (retrieve merge) — kept for re-merging after rollback. */
+  weights: number[];
+}
+interface WorkingState {
+  seed: number;
+  minAct: number;
+  minPrompt: number;
+  edits: string[];
+}
+interface StoredEdit {
+  request: EditRequest;
+  irrelevant: string;
+  score: number;
+  promptScore: number;
+}
+
+interface Metadata {
+  format: string;
+  version: number;
+  config: EditorConfig;
+  base: { modelType: string; layer: number; hiddenSize: number; intermediateSize: number; fingerprint: string };
+  templates: string[];
+  irrelevantPool: string[];
+  editCount: number;
+  shardCount: number;
+  globalMinAct: number;
+  globalMinPrompt: number;
+  working: WorkingState;
+  memories: MemoryState[];
+  edits: Record<string, StoredEdit>;
+  nextId: number;
+}
+
+const TEMPLATE_SEEDS = ['I', 'You', 'Because', 'Yes', 'Q: '];
+const NO_ACT = 1e9; // min_a before any edit (EditingMeanAct)
+
+// ---- presets (ALGORITHM.md §1.10) ----------------------------------------------------------------
+interface Preset extends Partial<EditorConfig> {
+  preset: string;
+}
+
+/** The §1.10 preset for a model (recognised by type and shape), else a generic one. */
+export function presetFor(cfg: ModelConfig): Preset {
+  const { modelType: t, numLayers: L, hiddenSize: D, vocabSize: V } = cfg;
+  const base = { lr: 1.0, nIter: 70, actMargin: [5, 20, 10] as [number, number, number], actRatio: 0.88, useChatTemplate: false };
+  if (t === 'llama' && L === 32 && D === 4096 && V === 32000) return { ...base, preset: 'llama-7b (LLaMA-2)', layer: 27 };
+  if (t === 'llama' && L === 32 && D === 4096 && V >= 128000) {
+    if (cfg.ropeScaling && (cfg.ropeScaling as { type?: string }).type === 'llama3')
+      return { ...base, preset: 'llama3.1-8b', layer: 29, lr: 0.9, nIter: 30, actMargin: [5, 10, 10], actRatio: 0.88, useChatTemplate: true };
+    return { ...base, preset: 'llama3-8b', layer: 29, lr: 0.9, nIter: 30, actMargin: [2, 20, 10], actRatio: 0.5, useChatTemplate: true };
+  }
+  if (t === 'llama' && L === 28 && D === 3072) return { ...base, preset: 'llama3.2-3b', layer: 27, useChatTemplate: true };
+  if (t === 'mistral' && L === 32 && D === 4096) return { ...base, preset: 'mistral-7b', layer: 27 };
+  if (t === 'qwen2' && L === 28 && D === 3584) return { ...base, preset: 'qwen2.5-7b', layer: 23, useChatTemplate: true };
+  // [ours] Unknown models: the reference layers sit at 82–91 % of depth; small models edit their
+  // second-to-last layer so that one full block (attention + MLP) lies above the side memory.
+  const layer = L <= 8 ? Math.max(0, L - 2) : Math.min(L - 1, Math.round(0.85 * L));
+  return { ...base, preset: `generic (${t}, ${L} layers)`, layer, useChatTemplate: false };
+}
+
+function resolveConfig(model: Model, opts: EditorOptions): EditorConfig {
+  const cfg = model.config;
+  const p = presetFor(cfg);
+  const method = opts.method ?? 'wise';
+  const c: EditorConfig = {
+    method,
+    layer: p.layer!,
+    lr: p.lr!,
+    nIter: p.nIter!,
+    actMargin: p.actMargin!,
+    actRatio: p.actRatio!,
+    maskRatio: method === 'ft' ? 1 : 0.2,
+    weightDecay: 1e-5,
+    normConstraint: 1.0,
+    saveFreq: 500,
+    mergeFreq: 1000,
+    mergeDensity: 0.53,
+    mergeWeight: 1.0,
+    retrieve: true,
+    scoreMode: 'code',
+    useChatTemplate: (p.useChatTemplate ?? false) && model.tokenizer.hasChatTemplate,
+    earlyStop: true,
+    seed: 0,
+    maxMeanTokens: 100,
+    preset: p.preset,
+  };
+  for (const [k, v] of Object.entries(opts)) {
+    if (v === undefined) continue;
+    if (!(k in c) && k !== 'contextTemplates' && k !== 'irrelevantPool') throw bad(`unknown editor option '${k}'`, k);
+    (c as unknown as Record<string, unknown>)[k] = v;
+  }
+  validateConfig(c, cfg);
+  return c;
+}
+
+function bad(msg: string, field?: string): RepairError {
+  return new RepairError('ERR_INVALID_ARG', msg, field ? { field } : undefined);
+}
+
+function validateConfig(c: EditorConfig, cfg: ModelConfig): void {
+  const num = (k: keyof EditorConfig, ok: (x: number) => boolean, what: string) => {
+    const v = c[k];
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw bad(`editor option ${k} must be ${what}, got ${JSON.stringify(v)}`, k);
+  };
+  const int = (k: keyof EditorConfig, lo: number, hi: number) => num(k, (x) => Number.isInteger(x) && x >= lo && x <= hi, `an integer in [${lo}, ${hi}]`);
+  if (c.method !== 'wise' && c.method !== 'ft') throw bad(`editor option method must be 'wise' or 'ft', got ${JSON.stringify(c.method)}`, 'method');
+  int('layer', 0, cfg.numLayers - 1);
+  num('lr', (x) => x > 0, 'a number > 0');
+  int('nIter', 1, 100000);
+  if (!Array.isArray(c.actMargin) || c.actMargin.length !== 3 || !c.actMargin.every((x) => typeof x === 'number' && Number.isFinite(x)))
+    throw bad('editor option actMargin must be [alpha, beta, gamma] (three finite numbers)', 'actMargin');
+  num('actRatio', (x) => x >= 0, 'a number >= 0');
+  num('maskRatio', (x) => x > 0 && x <= 1, 'a number in (0, 1]');
+  num('weightDecay', (x) => x >= 0, 'a number >= 0');
+  num('normConstraint', (x) => x >= 0, 'a number >= 0');
+  int('saveFreq', 1, 1e9);
+  int('mergeFreq', 1, 1e9);
+  if (c.mergeFreq % c.saveFreq !== 0) throw bad(`editor option mergeFreq (${c.mergeFreq}) must be a multiple of saveFreq (${c.saveFreq})`, 'mergeFreq');
+  num('mergeDensity', (x) => x > 0 && x <= 1, 'a number in (0, 1]');
+  num('mergeWeight', (x) => x > 0, 'a number > 0');
+  if (typeof c.retrieve !== 'boolean') throw bad('editor option retrieve must be a boolean', 'retrieve');
+  if (c.scoreMode !== 'code' && c.scoreMode !== 'paper') throw bad("editor option scoreMode must be 'code' or 'paper'", 'scoreMode');
+  if (typeof c.useChatTemplate !== 'boolean') throw bad('editor option useChatTemplate must be a boolean', 'useChatTemplate');
+  if (typeof c.earlyStop !== 'boolean') throw bad('editor option earlyStop must be a boolean', 'earlyStop');
+  int('seed', 0, 0xffffffff);
+  int('maxMeanTokens', 1, 1e9);
+  for (const k of ['contextTemplates', 'irrelevantPool'] as const) {
+    const v = c[k];
+    if (v !== undefined && (!Array.isArray(v) || v.length === 0 || !v.every((s) => typeof s === 'string')))
+      throw bad(`editor option ${k} must be a non-empty array of strings`, k);
+  }
+  if (c.contextTemplates && !c.contextTemplates.every((t) => t.includes('{}'))) throw bad('every context template must contain {}', 'contextTemplates');
+}
+
+/** The activation φ of the routing score (§1.2): 'paper' mode uses none. */
+function actCode(model: Model, mode: ScoreMode): 0 | 1 | 2 {
+  if (mode === 'paper') return 0;
+  const act = String(model.config.raw.hidden_act ?? model.config.raw.hidden_activation ?? 'silu');
+  if (act === 'silu' || act === 'swish') return 1;
+  if (act.startsWith('gelu')) return 2;
+  return 1;
+}
+
+function shardSeed(seed: number, shard: number): number {
+  // splitmix-style mix of (editor seed, shard index) into a 52-bit safe integer
+  let x = BigInt(seed) * 0x9e3779b97f4a7c15n + BigInt(shard + 1) * 0xbf58476d1ce4e5b9n;
+  x &= (1n << 64n) - 1n;
+  x ^= x >> 31n;
+  x = (x * 0x94d049bb133111ebn) & ((1n << 64n) - 1n);
+  x ^= x >> 29n;
+  return Number(x & ((1n << 52n) - 1n));
+}
+
+const templateCache = new WeakMap<Model, Map<number, string[]>>();
+
+/** §1.3: 10 short continuations of fixed seed words by the unedited model, once per model and seed. */
+async function contextTexts(model: Model, seed: number): Promise<string[]> {
+  let bySeed = templateCache.get(model);
+  if (!bySeed) templateCache.set(model, (bySeed = new Map()));
+  const hit = bySeed.get(seed);
+  if (hit) return hit;
+  const gc = model.config.generationConfig ?? {};
+  const sample = gc.do_sample === true;
+  const out: string[] = [];
+  let i = 0;
+  for (const len of [5, 10]) {
+    for (const s of TEMPLATE_SEEDS) {
+      const r = await model.generate(s, {
+        maxNewTokens: len,
+        temperature: sample ? Number(gc.temperature ?? 1) : 0,
+        topK: sample ? Number(gc.top_k ?? 0) : 0,
+        topP: sample ? Number(gc.top_p ?? 1) : 1,
+        seed: (seed + i++) >>> 0,
+        stopOnEos: true,
+      });
+      out.push(r.text.replace(/\{|\}/g, ' '));
+    }
+  }
+  bySeed.set(seed, out);
+  return out;
+}
+
+// ---- the Editor --------------------------------------------------------------------------------------
+export class Editor {
+  readonly model: Model;
+  readonly config: Readonly<EditorConfig>;
+  #side = 0;
+  #disposed = false;
+  #unhook: () => void = () => {};
+  #templates: string[] = [];
+  #irrelevantPool: string[] = [];
+  #fingerprint = '';
+  #editCount = 0;
+  #shardCount = 0;
+  #globalMinAct = NO_ACT;
+  #globalMinPrompt = NO_ACT;
+  #working: WorkingState = { seed: 0, minAct: NO_ACT, minPrompt: NO_ACT, edits: [] };
+  #memories: MemoryState[] = [];
+  #edits = new Map<string, StoredEdit>();
+  #nextId = 1;
+  #irrCursor = 0;
+
+  private constructor(model: Model, config: EditorConfig) {
+    this.model = model;
+    this.config = Object.freeze({ ...config });
+  }
+
+  /** Create an editor on a loaded model. Generates the context templates with the unedited model. */
+  static async create(model: Model, opts: EditorOptions = {}): Promise<Editor> {
+    if (model.disposed) throw disposedError();
+    const config = resolveConfig(model, opts ?? {});
+    const ed = new Editor(model, config);
+    const texts = config.contextTemplates || config.irrelevantPool ? [] : await contextTexts(model, config.seed);
+    ed.#templates = config.contextTemplates ? [...config.contextTemplates] : ['{}', ...texts.map((t) => `${t} {}`)];
+    ed.#irrelevantPool = config.irrelevantPool ? [...config.irrelevantPool] : texts.length ? texts : await contextTexts(model, config.seed);
+    await ed.#attach();
+    ed.#working = { seed: shardSeed(config.seed, 0), minAct: NO_ACT, minPrompt: NO_ACT, edits: [] };
+    ed.#shardCount = 1;
+    return ed;
+  }
+
+  async #attach(): Promise<void> {
+    const mi = modelInternals(this.model);
+    await mi.enqueue(async (nm) => {
+      this.#side = nm.sideCreate(this.config.layer);
+      try {
+        await nm.sideAdd(this.#side, -1); // slot 0: the working memory W' = W_v
+        this.#fingerprint = await nm.baseFingerprint(this.config.layer);
+      } catch (e) {
+        nm.sideFree(this.#side);
+        throw e;
+      }
+    });
+    this.#unhook = mi.onDispose(() => {
+      this.#disposed = true; // the model frees its stores itself
+    });
+  }
+
+  get disposed(): boolean {
+    return this.#disposed || this.model.disposed;
+  }
+  /** Number of edits applied (rolled-back ones included: the cadence counter never goes back). */
+  get editCount(): number {
+    return this.#editCount;
+  }
+  /** The context templates used to build edit rows ("prefix {}"). */
+  get templates(): readonly string[] {
+    return this.#templates;
+  }
+  /** Summary of the working memory and every side memory. */
+  memories(): { working: { edits: string[]; threshold: number }; memories: { kind: string; edits: string[]; threshold: number }[] } {
+    return {
+      working: { edits: [...this.#working.edits], threshold: this.#threshold(this.#working.minAct) },
+      memories: this.#memories.map((m) => ({ kind: m.kind, edits: [...m.edits], threshold: this.#threshold(m.minAct) })),
+    };
+  }
+  /** The ids of the edits currently in effect, in order. */
+  edits(): string[] {
+    return [...this.#edits.keys()];
+  }
+
+  #check(): void {
+    if (this.disposed) throw disposedError();
+  }
+  #threshold(minAct: number): number {
+    return this.config.actRatio * minAct;
+  }
+
+  // ---- rows (§1.3) ----
+  /** The prompt text of a request as the model sees it (chat template when enabled). */
+  #promptText(template: string, prompt: string): string {
+    const body = template.replace('{}', prompt);
+    if (!this.config.useChatTemplate) return body;
+    return this.model.tokenizer.applyChatTemplate([{ role: 'user', content: body }], { addGenerationPrompt: true });
+  }
+
+  /** Build the training rows of one edit: 11 template rows + (wise) one irrelevant row. */
+  buildBatch(req: EditRequest, irrelevant: string): NativeEditBatch {
+    const tok = this.model.tokenizer;
+    const edit: { ids: number[]; p: number }[] = [];
+    for (const t of this.#templates) {
+      let promptIds: number[];
+      let ids: number[];
+      if (this.config.useChatTemplate) {
+        const pt = this.#promptText(t, req.prompt);
+        promptIds = tok.encode(pt);
+        ids = tok.encode(`${pt} ${req.target}`);
+      } else {
+        const i = t.lastIndexOf('{}');
+        const pre = t.slice(0, i);
+        const post = t.slice(i + 2);
+        promptIds = tok.encode(pre + req.prompt + post);
+        ids = tok.encode(pre + req.prompt + ' ' + req.target + post);
+      }
+      if (ids.length <= promptIds.length) {
+        throw new RepairError('ERR_EDIT_REQUEST', `the target ${JSON.stringify(req.target)} adds no token to the prompt`, { field: 'target' });
+      }
+      edit.push({ ids, p: promptIds.length });
+    }
+    const rows = edit.map((e) => e.ids);
+    const wise = this.config.method === 'wise';
+    if (wise) rows.push(tok.encode(irrelevant));
+    const R = rows.length;
+    const T = Math.max(...rows.map((r) => r.length));
+    if (T > this.model.config.maxPositions) {
+      throw new RepairError('ERR_CONTEXT_LENGTH', `an edit row has ${T} tokens, longer than the context length ${this.model.config.maxPositions}`, {
+        length: T,
+        contextLength: this.model.config.maxPositions,
+      });
+    }
+    const tokens = new Int32Array(R * T);
+    const pad = new Int32Array(R);
+    const labels = new Int32Array(R * T).fill(-1);
+    const labelWeights = new Float32Array(R * T);
+    const kind = new Int32Array(R);
+    rows.forEach((r, i) => {
+      pad[i] = T - r.length;
+      tokens.set(r, i * T + pad[i]!);
+    });
+    // L_edit: per row Σ CE over target tokens / (#target + 1), averaged over the edit rows (§1.4).
+    edit.forEach((e, i) => {
+      const n = e.ids.length - e.p;
+      for (let j = e.p; j < e.ids.length; j++) {
+        const pos = i * T + pad[i]! + j - 1; // logits at j-1 predict token j
+        labels[pos] = e.ids[j]!;
+        labelWeights[pos] = 1 / ((n + 1) * edit.length);
+      }
+    });
+    if (wise) kind[R - 1] = 1;
+    return { tokens, R, T, pad, labels, labelWeights, kind };
+  }
+
+  #hyper(seed: number): NativeEditHyper {
+    const c = this.config;
+    return {
+      nIter: c.nIter,
+      lr: c.lr,
+      weightDecay: c.weightDecay,
+      clamp: c.normConstraint,
+      maskRatio: c.maskRatio,
+      seed,
+      margin: c.method === 'wise',
+      alpha: c.actMargin[0],
+      beta: c.actMargin[1],
+      gamma: c.actMargin[2],
+      act: actCode(this.model, c.scoreMode),
+      earlyStop: c.earlyStop,
+      fullForward: false,
+    };
+  }
+
+  #validateRequest(req: EditRequest): void {
+    if (typeof req !== 'object' || req === null) throw new RepairError('ERR_EDIT_REQUEST', 'an edit request must be an object');
+    for (const k of ['prompt', 'target'] as const) {
+      if (typeof req[k] !== 'string' || req[k].trim() === '') throw new RepairError('ERR_EDIT_REQUEST', `the edit request's ${k} must be a non-empty string`, { field: k });
+    }
+    for (const k of ['rephrase', 'irrelevant', 'id'] as const) {
+      if (req[k] !== undefined && (typeof req[k] !== 'string' || req[k] === '')) throw new RepairError('ERR_EDIT_REQUEST', `the edit request's ${k} must be a non-empty string`, { field: k });
+    }
+    if (req.id !== undefined && this.#edits.has(req.id)) throw new RepairError('ERR_EDIT_REQUEST', `an edit with id ${req.id} already exists`, { field: 'id' });
+    if (req.locality !== undefined && (!Array.isArray(req.locality) || !req.locality.every((l) => l && typeof l.prompt === 'string' && typeof l.answer === 'string')))
+      throw new RepairError('ERR_EDIT_REQUEST', 'locality must be an array of {prompt, answer} strings', { field: 'locality' });
+  }
+
+  /**
+   * Apply one edit (all n_iter steps in one native call). On failure or abort nothing changes.
+   */
+  async edit(request: EditRequest, opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void } = {}): Promise<EditResult> {
+    this.#check();
+    this.#validateRequest(request);
+    const irrelevant = request.irrelevant ?? this.#irrelevantPool[this.#irrCursor % this.#irrelevantPool.length]!;
+    const batch = this.buildBatch(request, irrelevant);
+    if (this.config.method === 'wise' && this.#editCount % this.config.saveFreq === 0 && this.#working.edits.length === 0) {
+      // a new shard starts: a fresh mask (§1.6)
+      this.#working.seed = shardSeed(this.config.seed, this.#shardCount++);
+    }
+    const hyper = this.#hyper(this.#working.seed);
+    const mi = modelInternals(this.model);
+    const nIter = this.config.nIter;
+    const res = await mi.enqueue(
+      (nm) => nm.sideEdit(this.#side, 0, batch, hyper, opts.onProgress ? (step, loss) => opts.onProgress!({ step, nIter, loss }) : undefined),
+      opts.signal,
+    );
+    if (request.irrelevant === undefined) this.#irrCursor++;
+    const id = request.id ?? this.#freshId();
+    this.#edits.set(id, { request: structuredClone(request), irrelevant, score: res.thresholdStat, promptScore: res.promptStat });
+    this.#working.edits.push(id);
+    this.#working.minAct = Math.min(this.#working.minAct, res.thresholdStat);
+    this.#working.minPrompt = Math.min(this.#working.minPrompt, res.promptStat);
+    this.#globalMinAct = Math.min(this.#globalMinAct, res.thresholdStat);
+    this.#globalMinPrompt = Math.min(this.#globalMinPrompt, res.promptStat);
+    this.#editCount++;
+    let memory: 'working' | number = 'working';
+    if (this.config.method === 'wise') memory = await this.#cadence(id);
+    return { id, steps: res.steps, losses: Array.from(res.loss), memory, score: res.thresholdStat };
+  }
+
+  #freshId(): string {
+    while (this.#edits.has(`e${this.#nextId}`)) this.#nextId++;
+    return `e${this.#nextId++}`;
+  }
+
+  /** §1.7: save every saveFreq edits, merge every mergeFreq. Returns where edit `id` ended up. */
+  async #cadence(id: string): Promise<'working' | number> {
+    const c = this.config;
+    const mi = modelInternals(this.model);
+    if (this.#editCount % c.saveFreq !== 0) return 'working';
+    await mi.enqueue(async (nm) => {
+      await nm.sideAdd(this.#side, 0);
+      await nm.sideReset(this.#side, 0);
+    });
+    this.#memories.push({
+      kind: 'shard',
+      minAct: this.#working.minAct,
+      minPrompt: this.#working.minPrompt,
+      edits: [...this.#working.edits],
+      parts: [{ seed: this.#working.seed, edits: [...this.#working.edits] }],
+      weights: [1],
+    });
+    this.#working = {
+      seed: this.#working.seed,
+      minAct: c.retrieve ? NO_ACT : this.#working.minAct,
+      minPrompt: c.retrieve ? NO_ACT : this.#working.minPrompt,
+      edits: [],
+    };
+    if (this.#editCount % c.mergeFreq === 0) await this.#merge();
+    const where = this.#memories.findIndex((m) => m.edits.includes(id));
+    return where >= 0 ? where : 'working';
+  }
+
+  async #merge(): Promise<void> {
+    const c = this.config;
+    const mi = modelInternals(this.model);
+    if (c.retrieve) {
+      const k = c.mergeFreq / c.saveFreq;
+      if (k < 2) return; // one shard per merge: nothing to merge
+      const first = this.#memories.length - k;
+      const group = this.#memories.slice(first);
+      if (first < 0 || group.some((m) => m.kind !== 'shard')) return;
+      const slots = Int32Array.from(group.map((_, i) => first + i + 1));
+      const w = c.mergeWeight / k;
+      await mi.enqueue(async (nm) => {
+        await nm.sideTies(this.#side, slots[0]!, slots, Float32Array.from(group.map(() => w)), c.mergeDensity);
+        await nm.sideRemove(this.#side, slots.slice(1));
+      });
+      this.#memories.splice(first, k, {
+        kind: 'merged',
+        minAct: Math.min(...group.map((m) => m.minAct)),
+        minPrompt: Math.min(...group.map((m) => m.minPrompt)),
+        edits: group.flatMap((m) => m.edits),
+        parts: group.flatMap((m) => m.parts),
+        weights: group.map(() => w),
+      });
+    } else {
+      // WISE-Merge: fold the pending shards into the one merged memory (memory 0).
+      const merged = this.#memories[0]?.kind === 'merged' ? this.#memories[0] : undefined;
+      const shards = this.#memories.filter((m) => m.kind === 'shard');
+      if (shards.length === 0) return;
+      const shardSlots = shards.map((m) => this.#memories.indexOf(m) + 1);
+      const srcs = merged ? [...shardSlots, 1] : shardSlots;
+      const weights = merged ? [...shards.map(() => 0.4 / shards.length), 0.6] : shards.map(() => c.mergeWeight / shards.length);
+      const dst = merged ? 1 : shardSlots[0]!;
+      await mi.enqueue(async (nm) => {
+        await nm.sideTies(this.#side, dst, Int32Array.from(srcs), Float32Array.from(weights), c.mergeDensity);
+        await nm.sideRemove(this.#side, Int32Array.from(shardSlots.filter((s) => s !== dst)));
+      });
+      const all = merged ? [merged, ...shards] : shards;
+      this.#memories = [
+        {
+          kind: 'merged',
+          minAct: Math.min(...all.map((m) => m.minAct)),
+          minPrompt: Math.min(...all.map((m) => m.minPrompt)),
+          edits: all.flatMap((m) => m.edits),
+          parts: all.flatMap((m) => m.parts),
+          weights,
+        },
+      ];
+    }
+  }
+
+  // ---- routing (§1.9) ----
+  /** Per-slot scores of each row (mean over valid tokens; max past maxMeanTokens). slot-major [slots][B]. */
+  async #scores(nm: NativeModel, tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<number[][]> {
+    const raw = await nm.sideScore(this.#side, tokens, B, T, pad, actCode(this.model, this.config.scoreMode));
+    const slots = raw.length / (B * T);
+    const out: number[][] = [];
+    for (let s = 0; s < slots; s++) {
+      const row: number[] = [];
+      for (let b = 0; b < B; b++) {
+        const valid = T - pad[b]!;
+        let sum = 0;
+        let max = 0;
+        for (let t = pad[b]!; t < T; t++) {
+          const v = raw[s * B * T + b * T + t]!;
+          sum += v;
+          if (v > max) max = v;
+        }
+        row.push(valid > this.config.maxMeanTokens ? max : sum / valid);
+      }
+      out.push(row);
+    }
+    return out;
+  }
+
+  /**
+   * The slot a row routes to (-1 = main weight) given its per-slot scores (§1.9). `basis` picks the
+   * thresholds: 'full' = act_ratio × min edit-row score (the reference; rows hold prompt + answer, as in
+   * teacher-forced evaluation), 'prompt' = act_ratio × min prompt-only score [ours]: a bare prompt
+   * (routing before generation) carries no answer tokens, so its score is compared with its own kind.
+   */
+  #decide(score: (slot: number) => number, basis: 'full' | 'prompt'): { slot: number; score: number; threshold: number } {
+    if (this.config.method === 'ft') return { slot: 0, score: Infinity, threshold: 0 };
+    const minOf = (x: { minAct: number; minPrompt: number }) => (basis === 'full' ? x.minAct : x.minPrompt);
+    if (!this.config.retrieve) {
+      const thr = this.#threshold(basis === 'full' ? this.#globalMinAct : this.#globalMinPrompt);
+      const merged = this.#memories[0]?.kind === 'merged' ? 1 : -1;
+      const s1 = merged > 0 ? score(merged) : -Infinity;
+      const s2 = score(0);
+      if (s1 < thr && s2 < thr) return { slot: -1, score: Math.max(s1, s2), threshold: thr };
+      return s1 > s2 ? { slot: merged, score: s1, threshold: thr } : { slot: 0, score: s2, threshold: thr };
+    }
+    let best = score(0);
+    const thrW = this.#threshold(minOf(this.#working));
+    let out = best < thrW ? { slot: -1, score: best, threshold: thrW } : { slot: 0, score: best, threshold: thrW };
+    this.#memories.forEach((m, i) => {
+      const s = score(i + 1);
+      const thr = this.#threshold(minOf(m));
+      if (s > best && s > thr) {
+        out = { slot: i + 1, score: s, threshold: thr };
+        best = s;
+      }
+    });
+    return out;
+  }
+
+  /**
+   * Which memory an input routes to, with every score and threshold. By default the input is a bare
+   * prompt, routed as generate() routes it; `{ teacherForced: true }` routes it as logits() does (full
+   * rows such as prompt + answer, against the reference thresholds).
+   */
+  async explain(prompt: Prompt, opts: { signal?: AbortSignal; teacherForced?: boolean } = {}): Promise<Explanation> {
+    this.#check();
+    const ids = this.model.promptTokens(prompt);
+    const basis = opts.teacherForced ? 'full' : 'prompt';
+    const thrOf = (x: { minAct: number; minPrompt: number }) =>
+      this.#threshold(this.config.retrieve ? (basis === 'full' ? x.minAct : x.minPrompt) : basis === 'full' ? this.#globalMinAct : this.#globalMinPrompt);
+    return modelInternals(this.model).enqueue(async (nm) => {
+      const sc = await this.#scores(nm, Int32Array.from(ids), 1, ids.length, new Int32Array(1));
+      const d = this.#decide((s) => sc[s]![0]!, basis);
+      const scores: RouteScore[] = [
+        { memory: -1, kind: 'working', score: sc[0]![0]!, threshold: thrOf(this.#working), edits: this.#working.edits.length },
+        ...this.#memories.map((m, i) => ({ memory: i, kind: m.kind, score: sc[i + 1]![0]!, threshold: thrOf(m), edits: m.edits.length })),
+      ];
+      const best = d.slot === -1 ? scores.reduce((a, b) => (b.score > a.score ? b : a), scores[0]!) : undefined;
+      return {
+        route: d.slot === -1 ? 'main' : d.slot - 1,
+        score: d.slot === -1 ? best!.score : d.score,
+        threshold: d.slot === -1 ? best!.threshold : d.threshold,
+        scores,
+        tokens: ids.length,
+      };
+    }, opts.signal);
+  }
+
+  /** Routed generation: the route is decided once on the prompt and kept for every new token. */
+  generate(prompt: Prompt, opts: GenerateOptions = {}): Promise<GenerateResult> {
+    try {
+      this.#check();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return modelInternals(this.model).generateRouted(prompt, opts, async (nm, ids) => {
+      const sc = await this.#scores(nm, Int32Array.from(ids), 1, ids.length, new Int32Array(1));
+      const d = this.#decide((s) => sc[s]![0]!, 'prompt');
+      return { side: this.#side, slot: d.slot };
+    });
+  }
+
+  /** Routed logits: each row is routed on its own tokens (as the reference evaluates teacher-forced inputs). */
+  logits(batch: readonly (readonly number[])[], opts: LogitsOptions = {}): Promise<LogitsResult> {
+    try {
+      this.#check();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return modelInternals(this.model).logitsRouted(batch, opts, async (nm, b) => {
+      const sc = await this.#scores(nm, b.tokens, b.B, b.T, b.pad);
+      const slots = new Int32Array(b.B);
+      for (let i = 0; i < b.B; i++) slots[i] = this.#decide((s) => sc[s]![i]!, 'full').slot;
+      return { side: this.#side, slots };
+    });
+  }
+
+  // ---- rollback ----
+  /**
+   * Undo one edit. The memory that holds it is retrained without it (same masks, same order) and, for a
+   * merged memory, re-merged: the cost is one edit's training per remaining edit in that memory
+   * (at most saveFreq for a shard, mergeFreq for a merged memory), plus one TIES merge.
+   */
+  async rollback(editId: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    this.#check();
+    if (!this.#edits.has(editId)) throw new RepairError('ERR_UNKNOWN_EDIT', `no edit with id ${editId}`, { id: editId });
+    const mi = modelInternals(this.model);
+    const replay = async (nm: NativeModel, slot: number, part: ShardPart): Promise<{ minAct: number; minPrompt: number }> => {
+      let minAct = NO_ACT;
+      let minPrompt = NO_ACT;
+      for (const e of part.edits) {
+        const st = this.#edits.get(e)!;
+        const r = await nm.sideEdit(this.#side, slot, this.buildBatch(st.request, st.irrelevant), this.#hyper(part.seed));
+        st.score = r.thresholdStat;
+        st.promptScore = r.promptStat;
+        minAct = Math.min(minAct, r.thresholdStat);
+        minPrompt = Math.min(minPrompt, r.promptStat);
+      }
+      return { minAct, minPrompt };
+    };
+    if (this.#working.edits.includes(editId)) {
+      const part = { seed: this.#working.seed, edits: this.#working.edits.filter((e) => e !== editId) };
+      const st = await mi.enqueue(async (nm) => {
+        await nm.sideReset(this.#side, 0);
+        return replay(nm, 0, part);
+      }, opts.signal);
+      this.#working = { ...this.#working, edits: part.edits, ...st };
+    } else {
+      const mIdx = this.#memories.findIndex((m) => m.edits.includes(editId));
+      const m = this.#memories[mIdx]!;
+      const slot = mIdx + 1;
+      const parts = m.parts.map((p) => ({ seed: p.seed, edits: p.edits.filter((e) => e !== editId) }));
+      const keep = parts.map((p, i) => ({ p, w: m.weights[i] ?? 1 })).filter((x) => x.p.edits.length > 0);
+      if (keep.length === 0) {
+        await mi.enqueue((nm) => nm.sideRemove(this.#side, Int32Array.of(slot)), opts.signal);
+        this.#memories.splice(mIdx, 1);
+      } else if (m.kind === 'shard') {
+        const st = await mi.enqueue(async (nm) => {
+          await nm.sideReset(this.#side, slot);
+          return replay(nm, slot, keep[0]!.p);
+        }, opts.signal);
+        this.#memories[mIdx] = { ...m, ...st, edits: keep[0]!.p.edits, parts: [keep[0]!.p] };
+      } else {
+        const st = await mi.enqueue(async (nm) => {
+          const temps: number[] = [];
+          const mn = { minAct: NO_ACT, minPrompt: NO_ACT };
+          try {
+            for (const { p } of keep) {
+              const t = await nm.sideAdd(this.#side, -1);
+              temps.push(t);
+              const r = await replay(nm, t, p);
+              mn.minAct = Math.min(mn.minAct, r.minAct);
+              mn.minPrompt = Math.min(mn.minPrompt, r.minPrompt);
+            }
+            await nm.sideTies(this.#side, slot, Int32Array.from(temps), Float32Array.from(keep.map((x) => x.w)), this.config.mergeDensity);
+          } finally {
+            if (temps.length) await nm.sideRemove(this.#side, Int32Array.from(temps));
+          }
+          return mn;
+        }, opts.signal);
+        this.#memories[mIdx] = { ...m, ...st, edits: keep.flatMap((x) => x.p.edits), parts: keep.map((x) => x.p), weights: keep.map((x) => x.w) };
+      }
+    }
+    this.#edits.delete(editId);
+    this.#globalMinAct = Math.min(NO_ACT, ...[...this.#edits.values()].map((e) => e.score));
+    this.#globalMinPrompt = Math.min(NO_ACT, ...[...this.#edits.values()].map((e) => e.promptScore));
+  }
+
+  // ---- save / load ----
+  #metadata(): Metadata {
+    const c = this.model.config;
+    return {
+      format: MEMORY_FORMAT,
+      version: MEMORY_FORMAT_VERSION,
+      config: { ...this.config },
+      base: { modelType: c.modelType, layer: this.config.layer, hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, fingerprint: this.#fingerprint },
+      templates: this.#templates,
+      irrelevantPool: this.#irrelevantPool,
+      editCount: this.#editCount,
+      shardCount: this.#shardCount,
+      globalMinAct: this.#globalMinAct,
+      globalMinPrompt: this.#globalMinPrompt,
+      working: this.#working,
+      memories: this.#memories,
+      edits: Object.fromEntries(this.#edits),
+      nextId: this.#nextId,
+    };
+  }
+
+  /**
+   * Save the side memories (never the base weights) as safetensors + JSON metadata. Atomic: written to a
+   * temporary file, fsynced, then renamed over `path`; a crash mid-save leaves the old file intact.
+   */
+  async save(path: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    this.#check();
+    const slots = 1 + this.#memories.length;
+    const data = await modelInternals(this.model).enqueue(async (nm) => {
+      const out: Float32Array[] = [];
+      for (let s = 0; s < slots; s++) out.push(await nm.sideRead(this.#side, s));
+      return out;
+    }, opts.signal);
+    const { hiddenSize: D, intermediateSize: F } = this.model.config;
+    writeMemoryFile(path, this.#metadata(), data, [D, F], (this as unknown as Record<symbol, unknown>)[FAIL_SAVE_AFTER] as number | undefined);
+  }
+
+  /** Load a memory file saved by save() onto the same base model. */
+  static async load(model: Model, path: string, opts: { signal?: AbortSignal } = {}): Promise<Editor> {
+    if (model.disposed) throw disposedError();
+    const { meta, tensors } = readMemoryFile(path);
+    const c = model.config;
+    if (meta.base.modelType !== c.modelType || meta.base.hiddenSize !== c.hiddenSize || meta.base.intermediateSize !== c.intermediateSize || meta.base.layer >= c.numLayers) {
+      throw new RepairError('ERR_MEMORY_MISMATCH', `${path} was saved for a different model (${meta.base.modelType} ${meta.base.hiddenSize}x${meta.base.intermediateSize}, layer ${meta.base.layer})`, { file: path });
+    }
+    const ed = new Editor(model, { ...meta.config });
+    validateConfig(ed.config as EditorConfig, c);
+    await ed.#attach();
+    try {
+      if (ed.#fingerprint !== meta.base.fingerprint) {
+        throw new RepairError('ERR_MEMORY_MISMATCH', `${path} was trained against a different base weight (fingerprint ${meta.base.fingerprint}, this model has ${ed.#fingerprint} at layer ${meta.base.layer})`, { file: path });
+      }
+      const n = 1 + meta.memories.length;
+      if (tensors.length !== n) throw new RepairError('ERR_MEMORY_FILE', `${path}: ${tensors.length} memory tensors for ${n} memories`, { file: path });
+      await modelInternals(model).enqueue(async (nm) => {
+        for (let s = 0; s < n; s++) {
+          if (s > 0) await nm.sideAdd(ed.#side, -1);
+          await nm.sideWrite(ed.#side, s, tensors[s]!);
+        }
+      }, opts.signal);
+    } catch (e) {
+      await ed.dispose();
+      throw toRepairError(e);
+    }
+    ed.#templates = meta.templates;
+    ed.#irrelevantPool = meta.irrelevantPool;
+    ed.#editCount = meta.editCount;
+    ed.#shardCount = meta.shardCount;
+    ed.#globalMinAct = meta.globalMinAct;
+    ed.#globalMinPrompt = meta.globalMinPrompt;
+    ed.#working = meta.working;
+    ed.#memories = meta.memories;
+    ed.#edits = new Map(Object.entries(meta.edits));
+    ed.#nextId = meta.nextId;
+    return ed;
+  }
+
+  /** Free the side memories (idempotent). The model stays usable. */
+  async dispose(): Promise<void> {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#unhook();
+    if (this.model.disposed) return;
+    try {
+      await modelInternals(this.model).enqueue(async (nm) => nm.sideFree(this.#side));
+    } catch {
+      /* the model went away meanwhile: it freed the store */
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
+}
+
+// ---- memory files ----------------------------------------------------------------------------------
+/** Test hook: fail a save after this many bytes (simulates a crash mid-write). */
+export const FAIL_SAVE_AFTER = Symbol.for('repair-edit.failSaveAfter');
+
+function writeMemoryFile(path: string, meta: Metadata, slots: Float32Array[], shape: [number, number], failAfter?: number): void {
+  const header: Record<string, unknown> = { __metadata__: { format: MEMORY_FORMAT, version: String(MEMORY_FORMAT_VERSION), editor: JSON.stringify(meta) } };
+  let off = 0;
+  slots.forEach((s, i) => {
+    header[`memory.${i}`] = { dtype: 'F32', shape, data_offsets: [off, off + s.byteLength] };
+    off += s.byteLength;
+  });
+  let hjson = JSON.stringify(header);
+  hjson += ' '.repeat((8 - (Buffer.byteLength(hjson) % 8)) % 8);
+  const hbuf = Buffer.from(hjson, 'utf8');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(hbuf.length));
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
+  const fd = openSync(tmp, 'w');
+  let written = 0;
+  try {
+    const put = (b: Uint8Array) => {
+      if (failAfter !== undefined && written + b.length > failAfter) {
+        writeSync(fd, b, 0, Math.max(0, failAfter - written));
+        throw new RepairError('ERR_IO', `simulated failure after ${failAfter} bytes while saving ${path}`);
+      }
+      writeSync(fd, b);
+      written += b.length;
+    };
+    put(len);
+    put(hbuf);
+    for (const s of slots) put(new Uint8Array(s.buffer, s.byteOffset, s.byteLength));
+    fsyncSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* best effort */
+    }
+    throw e instanceof RepairError ? e : new RepairError('ERR_IO', `cannot write ${path}: ${(e as Error).message}`, { file: path }, { cause: e });
+  }
+  closeSync(fd);
+  renameSync(tmp, path);
+  try {
+    const dfd = openSync(dirname(path), 'r');
+    fsyncSync(dfd);
+    closeSync(dfd);
+  } catch {
+    /* directories cannot be fsynced everywhere */
+  }
+}
+
+function readMemoryFile(path: string): { meta: Metadata; tensors: Float32Array[] } {
+  const fail = (msg: string): never => {
+    throw new RepairError('ERR_MEMORY_FILE', `${path}: ${msg}`, { file: path });
+  };
+  let size: number;
+  try {
+    size = statSync(path).size;
+  } catch (e) {
+    throw new RepairError('ERR_IO', `cannot read ${path}: ${(e as Error).message}`, { file: path });
+  }
+  if (size < 8) fail('the file is too short to be a memory file');
+  const fd = openSync(path, 'r');
+  try {
+    const lb = Buffer.alloc(8);
+    readSync(fd, lb, 0, 8, 0);
+    const hlen = Number(lb.readBigUInt64LE());
+    if (hlen <= 0 || hlen > 100e6 || 8 + hlen > size) fail('bad header length');
+    const hb = Buffer.alloc(hlen);
+    readSync(fd, hb, 0, hlen, 8);
+    let header: Record<string, unknown>;
+    try {
+      header = JSON.parse(hb.toString('utf8'));
+    } catch {
+      return fail('the header is not JSON');
+    }
+    const md = header.__metadata__ as Record<string, string> | undefined;
+    if (!md || md.format !== MEMORY_FORMAT) fail(`not a ${MEMORY_FORMAT} file`);
+    const version = Number(md!.version);
+    if (!Number.isInteger(version)) fail('no format version');
+    if (version > MEMORY_FORMAT_VERSION) {
+      throw new RepairError('ERR_MEMORY_VERSION', `${path} has memory format version ${version}; this repair-edit reads up to ${MEMORY_FORMAT_VERSION} (upgrade repair-edit)`, { file: path, version });
+    }
+    let meta: Metadata;
+    try {
+      meta = JSON.parse(md!.editor!) as Metadata;
+    } catch {
+      return fail('the editor metadata is not JSON');
+    }
+    if (!meta || typeof meta !== 'object' || !meta.config || !meta.base || !Array.isArray(meta.memories) || !meta.working || !meta.edits) fail('incomplete editor metadata');
+    const n = 1 + meta.memories.length;
+    const D = meta.base.hiddenSize;
+    const F = meta.base.intermediateSize;
+    const tensors: Float32Array[] = [];
+    const dataStart = 8 + hlen;
+    for (let i = 0; i < n; i++) {
+      const t = header[`memory.${i}`] as { dtype?: string; shape?: number[]; data_offsets?: number[] } | undefined;
+      if (!t || t.dtype !== 'F32' || !Array.isArray(t.shape) || t.shape[0] !== D || t.shape[1] !== F || !Array.isArray(t.data_offsets)) fail(`tensor memory.${i} is missing or malformed`);
+      const [b, e] = t!.data_offsets as [number, number];
+      if (!(Number.isSafeInteger(b) && Number.isSafeInteger(e) && e - b === D * F * 4 && dataStart + e <= size)) fail(`tensor memory.${i} lies outside the file`);
+      const buf = new Float32Array(D * F);
+      const got = readSync(fd, new Uint8Array(buf.buffer), 0, buf.byteLength, dataStart + b);
+      if (got !== buf.byteLength) fail(`short read of memory.${i}`);
+      tensors.push(buf);
+    }
+    return { meta: meta!, tensors };
+  } finally {
+    closeSync(fd);
+  }
+}
