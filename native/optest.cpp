@@ -18,6 +18,21 @@
 //   swiglu      gate[n], up[n]; alias(0 none | 1 y=gate | 2 y=up) -> y
 //   add         a[n], b[n]; alias(0 | 1 y=a | 2 y=b) -> y
 //   gather_rows x[R*D], idx[n] (0 <= idx < R); D -> y[n*D]
+// Editing ops (outputs that accumulate take their initial value as an input of the same name):
+//   scatter_add_rows  x[n*D], idx[n] (distinct, 0 <= idx < R), y[R*D] initial; D -> y
+//   linear_dx    dy[M*N], W[N*K] (dtype), dx[M*K] initial when accumulate=1; M N K accumulate dtype -> dx
+//   rmsnorm_bwd  dy[M*D], x[M*D], w[D] (dtype), dx initial when accumulate=1; M D eps accumulate -> dx
+//   rope_bwd     dx[n_tok*n_head*head_dim] (in place), pos[n_tok], inv_freq[head_dim/2]; n_tok n_head head_dim -> dx
+//   attention_bwd dout,q[B*T*Hq*hd], kc,vc[B*Hkv*T*hd], pad[B] (0..T); B T Hq Hkv hd scale(default
+//               1/sqrt(hd)) -> dq[B*T*Hq*hd] dk,dv[B*T*Hkv*hd]
+//   swiglu_bwd   dy[n], gate[n], up[n] -> dgate dup
+//   cross_entropy logits[R*V], labels[R] (< V; negative = no label), weight[R]; R V -> loss[R] dlogits[R*V]
+//   act_dist     os[n*nm*D], om[n*D]; n nm D act(0|1|2) -> d[nm*n]
+//   act_dist_bwd gd[n], os[n*D], om[n*D], dos initial when accumulate=1; n D act accumulate -> dos
+//   masked_sgd   Wp[N*K] initial, G[M*N], A[M*K], Wv[N*K] (dtype); M(>=0) N K, seed (integer < 2^53) or
+//               seed_lo + seed_hi (uint32 each), rho lr wd clamp -> Wp
+//   ties_merge   shards[k*n] (shard i = elements i*n ..), weights[k], base[n] (dtype); k density(0..1),
+//               alias (-1 none, else out starts as shard `alias` and is passed as that shard) -> out[n]
 #include "optest.h"
 
 #include <cmath>
@@ -421,10 +436,269 @@ OpResult op_gather_rows(Backend& be, const Args& A) {
   return s.finish();
 }
 
+
+// ---- editing ops -------------------------------------------------------------------------------
+
+// An output that the op accumulates into (or updates in place): its initial value is the input `name`.
+const std::vector<float>* initial_if(const Args& A, const char* name, int64_t n, bool accumulate) {
+  if (accumulate) return &A.f32(name, n);
+  if (A.a.f32.count(name)) bad(A.op, std::string("'") + name + "' given but accumulate is 0");
+  return nullptr;
+}
+
+OpResult op_scatter_add_rows(Backend& be, const Args& A) {
+  const int D = A.integer("D", 1, kMaxDim);
+  const auto& idx = A.i32_any("idx");
+  const int n = (int)idx.size();
+  if (A.has_num("n") && A.integer("n", 1, kMaxDim) != n) bad(A.op, "'n' does not match idx.length");
+  const auto& x = A.f32("x", prod(A.op, {n, D}));
+  const auto& y0 = A.f32_any("y");
+  if (y0.size() % (size_t)D) bad(A.op, "'y' length must be a multiple of D");
+  const int64_t R = (int64_t)y0.size() / D;
+  std::vector<uint8_t> seen((size_t)R, 0);
+  for (int i = 0; i < n; ++i) {
+    if (idx[i] < 0 || idx[i] >= R)
+      bad(A.op, "idx[" + std::to_string(i) + "] = " + std::to_string(idx[i]) + " is out of range [0, " + std::to_string(R) + ")");
+    if (seen[(size_t)idx[i]]++) bad(A.op, "idx entries must be distinct (" + std::to_string(idx[i]) + " repeats)");
+  }
+
+  Session s(be);
+  const float* dx = s.input(x);
+  const int32_t* didx = s.input(idx);
+  float* y = s.output("y", y0.size(), &y0);
+  be.scatter_add_rows(y, dx, didx, n, D);
+  return s.finish();
+}
+
+OpResult op_linear_dx(Backend& be, const Args& A) {
+  const int M = A.integer("M", 1, kMaxDim), N = A.integer("N", 1, kMaxDim), K = A.integer("K", 1, kMaxDim);
+  const DType dt = A.dtype("dtype", DType::F32);
+  const bool accumulate = A.flag("accumulate");
+  const auto& dy = A.f32("dy", prod(A.op, {M, N}));
+  const auto Wb = A.weight("W", dt, prod(A.op, {N, K}), true);
+  const auto* dx0 = initial_if(A, "dx", prod(A.op, {M, K}), accumulate);
+
+  Session s(be);
+  const float* ddy = s.input(dy);
+  WeightRef W = s.weight(Wb, dt);
+  float* dx = s.output("dx", (size_t)M * K, dx0);
+  be.linear_dx(dx, ddy, W, M, N, K, accumulate);
+  return s.finish();
+}
+
+OpResult op_rmsnorm_bwd(Backend& be, const Args& A) {
+  const int M = A.integer("M", 1, kMaxDim), D = A.integer("D", 1, kMaxDim);
+  const double eps = A.num("eps");
+  if (!(eps >= 0)) bad(A.op, "'eps' must be >= 0");
+  const DType dt = A.dtype("dtype", DType::F32);
+  const bool accumulate = A.flag("accumulate");
+  const int64_t nx = prod(A.op, {M, D});
+  const auto& dy = A.f32("dy", nx);
+  const auto& x = A.f32("x", nx);
+  const auto wb = A.weight("w", dt, D, true);
+  const auto* dx0 = initial_if(A, "dx", nx, accumulate);
+
+  Session s(be);
+  const float* ddy = s.input(dy);
+  const float* dxx = s.input(x);
+  WeightRef w = s.weight(wb, dt);
+  float* dx = s.output("dx", (size_t)nx, dx0);
+  be.rmsnorm_bwd(dx, ddy, dxx, w, M, D, (float)eps, accumulate);
+  return s.finish();
+}
+
+OpResult op_rope_bwd(Backend& be, const Args& A) {
+  const int T = A.integer("n_tok", 1, kMaxDim), H = A.integer("n_head", 1, kMaxDim);
+  const int hd = A.integer("head_dim", 2, kMaxDim);
+  if (hd % 2) bad(A.op, "'head_dim' must be even");
+  const auto& dx0 = A.f32("dx", prod(A.op, {T, H, hd}));
+  const auto& pos = A.i32("pos", T);
+  const auto& inv = A.f32("inv_freq", hd / 2);
+  for (int t = 0; t < T; ++t)
+    if (pos[t] < 0) bad(A.op, "pos[" + std::to_string(t) + "] is negative");
+
+  Session s(be);
+  const int32_t* dpos = s.input(pos);
+  const float* dinv = s.input(inv);
+  float* dx = s.output("dx", dx0.size(), &dx0);
+  be.rope_bwd(dx, dpos, dinv, T, H, hd);
+  return s.finish();
+}
+
+OpResult op_attention_bwd(Backend& be, const Args& A) {
+  const int B = A.integer("B", 1, kMaxDim), T = A.integer("T", 1, kMaxDim);
+  const int Hq = A.integer("Hq", 1, kMaxDim), Hkv = A.integer("Hkv", 1, kMaxDim);
+  const int hd = A.integer("hd", 1, kMaxDim);
+  if (Hq % Hkv) bad(A.op, "Hq must be a multiple of Hkv");
+  const double scale = A.num_or("scale", 1.0 / std::sqrt((double)hd));
+  const int64_t nq = prod(A.op, {B, T, Hq, hd}), nkv = prod(A.op, {B, Hkv, T, hd});
+  const auto& dout = A.f32("dout", nq);
+  const auto& q = A.f32("q", nq);
+  const auto& kc = A.f32("kc", nkv);
+  const auto& vc = A.f32("vc", nkv);
+  const auto& pad = A.i32("pad", B);
+  for (int b = 0; b < B; ++b)
+    if (pad[b] < 0 || pad[b] > T) bad(A.op, "pad[" + std::to_string(b) + "] is out of range [0, T]");
+
+  Session s(be);
+  const float* ddout = s.input(dout);
+  const float* dq_in = s.input(q);
+  const float* dkc = s.input(kc);
+  const float* dvc = s.input(vc);
+  const int32_t* dpad = s.input(pad);
+  float* dq = s.output("dq", (size_t)nq);
+  float* dk = s.output("dk", (size_t)nkv);
+  float* dv = s.output("dv", (size_t)nkv);
+  be.attention_bwd(dq, dk, dv, ddout, dq_in, dkc, dvc, dpad, B, T, Hq, Hkv, hd, (float)scale);
+  return s.finish();
+}
+
+OpResult op_swiglu_bwd(Backend& be, const Args& A) {
+  const auto& dy = A.f32_any("dy");
+  if ((int64_t)dy.size() > kMaxDim) bad(A.op, "too many elements");
+  const int n = (int)dy.size();
+  if (A.has_num("n") && A.integer("n", 1, kMaxDim) != n) bad(A.op, "'n' does not match dy.length");
+  const auto& gate = A.f32("gate", n);
+  const auto& up = A.f32("up", n);
+
+  Session s(be);
+  const float* ddy = s.input(dy);
+  const float* dg = s.input(gate);
+  const float* du = s.input(up);
+  float* dgate = s.output("dgate", (size_t)n);
+  float* dup = s.output("dup", (size_t)n);
+  be.swiglu_bwd(dgate, dup, ddy, dg, du, n);
+  return s.finish();
+}
+
+OpResult op_cross_entropy(Backend& be, const Args& A) {
+  const int R = A.integer("R", 1, kMaxDim), V = A.integer("V", 1, kMaxDim);
+  const auto& logits = A.f32("logits", prod(A.op, {R, V}));
+  const auto& labels = A.i32("labels", R);
+  const auto& weight = A.f32("weight", R);
+  for (int r = 0; r < R; ++r)
+    if (labels[r] >= V) bad(A.op, "labels[" + std::to_string(r) + "] = " + std::to_string(labels[r]) + " is >= V");
+
+  Session s(be);
+  const float* dl = s.input(logits);
+  const int32_t* dlab = s.input(labels);
+  const float* dw = s.input(weight);
+  float* loss = s.output("loss", (size_t)R);
+  float* dlogits = s.output("dlogits", (size_t)R * V);
+  be.cross_entropy(loss, dlogits, dl, dlab, dw, R, V);
+  return s.finish();
+}
+
+OpResult op_act_dist(Backend& be, const Args& A) {
+  const int n = A.integer("n", 1, kMaxDim), nm = A.integer("nm", 1, kMaxDim), D = A.integer("D", 1, kMaxDim);
+  const int act = A.integer("act", 0, 2);
+  const auto& os = A.f32("os", prod(A.op, {n, nm, D}));
+  const auto& om = A.f32("om", prod(A.op, {n, D}));
+
+  Session s(be);
+  const float* dos = s.input(os);
+  const float* dom = s.input(om);
+  float* d = s.output("d", (size_t)nm * n);
+  be.act_dist(d, dos, dom, n, nm, D, act);
+  return s.finish();
+}
+
+OpResult op_act_dist_bwd(Backend& be, const Args& A) {
+  const int n = A.integer("n", 1, kMaxDim), D = A.integer("D", 1, kMaxDim);
+  const int act = A.integer("act", 0, 2);
+  const bool accumulate = A.flag("accumulate");
+  const int64_t nx = prod(A.op, {n, D});
+  const auto& gd = A.f32("gd", n);
+  const auto& os = A.f32("os", nx);
+  const auto& om = A.f32("om", nx);
+  const auto* dos0 = initial_if(A, "dos", nx, accumulate);
+
+  Session s(be);
+  const float* dgd = s.input(gd);
+  const float* dos_in = s.input(os);
+  const float* dom = s.input(om);
+  float* dos = s.output("dos", (size_t)nx, dos0);
+  be.act_dist_bwd(dos, dgd, dos_in, dom, n, D, act, accumulate);
+  return s.finish();
+}
+
+uint64_t seed_arg(const Args& A) {
+  const bool whole = A.has_num("seed"), lo = A.has_num("seed_lo"), hi = A.has_num("seed_hi");
+  if (whole && (lo || hi)) bad(A.op, "give either 'seed' or 'seed_lo' + 'seed_hi', not both");
+  if (whole) {
+    const double v = A.num("seed");
+    if (v != std::floor(v) || v < 0 || v >= 9007199254740992.0) bad(A.op, "'seed' must be an integer in [0, 2^53)");
+    return (uint64_t)v;
+  }
+  if (lo != hi) bad(A.op, "'seed_lo' and 'seed_hi' must be given together");
+  if (!lo) bad(A.op, "missing number 'seed' (or 'seed_lo' + 'seed_hi')");
+  auto u32 = [&](const char* k) {
+    const double v = A.num(k);
+    if (v != std::floor(v) || v < 0 || v > 4294967295.0) bad(A.op, std::string("'") + k + "' must be an integer in [0, 2^32)");
+    return (uint64_t)v;
+  };
+  return u32("seed_lo") | (u32("seed_hi") << 32);
+}
+
+OpResult op_masked_sgd(Backend& be, const Args& A) {
+  const int M = A.integer("M", 0, kMaxDim), N = A.integer("N", 1, kMaxDim), K = A.integer("K", 1, kMaxDim);
+  const DType dt = A.dtype("dtype", DType::F32);
+  const uint64_t seed = seed_arg(A);
+  const double rho = A.num("rho"), lr = A.num("lr"), wd = A.num("wd"), clamp = A.num("clamp");
+  if (rho < 0) bad(A.op, "'rho' must be >= 0");
+  const int64_t nw = prod(A.op, {N, K});
+  const auto& Wp0 = A.f32("Wp", nw);
+  const auto& G = A.f32("G", prod(A.op, {M, N}));
+  const auto& Am = A.f32("A", prod(A.op, {M, K}));
+  const auto Wvb = A.weight("Wv", dt, nw, true);
+
+  Session s(be);
+  const float* dG = s.input(G);
+  const float* dA = s.input(Am);
+  WeightRef Wv = s.weight(Wvb, dt);
+  float* Wp = s.output("Wp", (size_t)nw, &Wp0);
+  be.masked_sgd(Wp, dG, dA, Wv, M, N, K, seed, (float)rho, (float)lr, (float)wd, (float)clamp);
+  return s.finish();
+}
+
+OpResult op_ties_merge(Backend& be, const Args& A) {
+  const int k = A.integer("k", 0, 4096);
+  const DType dt = A.dtype("dtype", DType::F32);
+  const double density = A.num("density");
+  if (density < 0 || density > 1) bad(A.op, "'density' must be in [0, 1]");
+  int64_t n = 0;
+  const auto bb = A.weight("base", dt, -1, true, nullptr, &n);
+  if (n <= 0) bad(A.op, "'base' is empty");
+  const int64_t total = prod(A.op, {k, n});
+  static const std::vector<float> none;
+  const std::vector<float>& sh = k > 0 ? A.f32("shards", total) : none;
+  const std::vector<float>& w = k > 0 ? A.f32("weights", k) : none;
+  const int alias = A.integer_or("alias", -1, -1, k - 1);
+
+  Session s(be);
+  WeightRef base = s.weight(bb, dt);
+  std::vector<const float*> ptrs((size_t)k);
+  std::vector<float> shard0;
+  if (alias >= 0) shard0.assign(sh.begin() + (size_t)alias * n, sh.begin() + (size_t)(alias + 1) * n);
+  float* out = s.output("out", (size_t)n, alias >= 0 ? &shard0 : nullptr);
+  for (int i = 0; i < k; ++i) {
+    if (i == alias) {
+      ptrs[i] = out;
+      continue;
+    }
+    ptrs[i] = (const float*)s.input_bytes(sh.data() + (size_t)i * n, (size_t)n * 4);
+  }
+  be.ties_merge(out, base, ptrs.data(), w.data(), k, (size_t)n, (float)density);
+  return s.finish();
+}
+
 }  // namespace
 
 std::vector<std::string> op_names() {
-  return {"linear", "rmsnorm", "embedding", "rope", "kv_store", "attention", "swiglu", "add", "gather_rows"};
+  return {"linear",     "rmsnorm",       "embedding",  "rope",          "kv_store",     "attention",
+          "swiglu",     "add",           "gather_rows", "scatter_add_rows", "linear_dx", "rmsnorm_bwd",
+          "rope_bwd",   "attention_bwd", "swiglu_bwd", "cross_entropy", "act_dist",     "act_dist_bwd",
+          "masked_sgd", "ties_merge"};
 }
 
 OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
@@ -440,6 +714,17 @@ OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
   if (op == "add")
     return binary_op(be, A, "a", "b", [&](float* y, const float* a, const float* b, int n) { be.add(y, a, b, n); });
   if (op == "gather_rows") return op_gather_rows(be, A);
+  if (op == "scatter_add_rows") return op_scatter_add_rows(be, A);
+  if (op == "linear_dx") return op_linear_dx(be, A);
+  if (op == "rmsnorm_bwd") return op_rmsnorm_bwd(be, A);
+  if (op == "rope_bwd") return op_rope_bwd(be, A);
+  if (op == "attention_bwd") return op_attention_bwd(be, A);
+  if (op == "swiglu_bwd") return op_swiglu_bwd(be, A);
+  if (op == "cross_entropy") return op_cross_entropy(be, A);
+  if (op == "act_dist") return op_act_dist(be, A);
+  if (op == "act_dist_bwd") return op_act_dist_bwd(be, A);
+  if (op == "masked_sgd") return op_masked_sgd(be, A);
+  if (op == "ties_merge") return op_ties_merge(be, A);
   std::string known;
   for (const auto& n : op_names()) known += (known.empty() ? "" : ", ") + n;
   fail(RE_ERR_ARG, "runOp: unknown op '" + op + "' (known: " + known + ")");

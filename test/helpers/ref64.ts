@@ -1,0 +1,359 @@
+// ref64.ts — a float64 reference of the Llama-family forward (HF conventions) and of the editing loss of
+// native/edit.cpp, used by test/grad.test.ts for finite-difference checks of the native edit gradient.
+//
+// Forward: RMSNorm (w · x/√(mean x² + eps)), RoPE rotate_half with the model's inv_freq, GQA causal
+// attention, SwiGLU MLP, final norm, lm_head (or the tied embedding), optional q/k/v bias. Left padding
+// is handled by running each row on its valid tokens only (positions 0..n−1): with pad keys masked and
+// positions restarting at the first real token, that is exactly what a padded batch must compute.
+//
+// The edited layer L's down_proj is replaced by W' (row-major [D, F]). The prefix (everything up to
+// layer L's FFN activation A and the residual hL entering its output add) does not depend on W' and is
+// computed once by prepare(); loss(W') then runs o_side = A·W'ᵀ, the suffix layers and the head.
+import { closeSync, openSync, readSync } from 'node:fs';
+import { readConfig } from '../../lib/config.js';
+import { readSafetensorsDir } from '../../lib/safetensors.js';
+
+export interface Ref64Weights {
+  D: number;
+  F: number;
+  nL: number;
+  Hq: number;
+  Hkv: number;
+  hd: number;
+  V: number;
+  eps: number;
+  invFreq: Float64Array;
+  embed: Float64Array; // [V, D]
+  lmHead: Float64Array; // [V, D] (the embedding when tied)
+  norm: Float64Array;
+  layers: {
+    ln1: Float64Array;
+    ln2: Float64Array;
+    q: Float64Array;
+    k: Float64Array;
+    v: Float64Array;
+    qb?: Float64Array;
+    kb?: Float64Array;
+    vb?: Float64Array;
+    o: Float64Array;
+    gate: Float64Array;
+    up: Float64Array;
+    down: Float64Array;
+  }[];
+}
+
+function bf16ToF32(h: number): number {
+  const b = new DataView(new ArrayBuffer(4));
+  b.setUint32(0, h << 16, true);
+  return b.getFloat32(0, true);
+}
+
+function f16ToF32(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** Read every tensor of a model folder as float64 (F32 / F16 / BF16 sources). */
+export function loadRef64(dir: string): Ref64Weights {
+  const cfg = readConfig(dir);
+  const tensors = readSafetensorsDir(dir);
+  const get = (name: string): Float64Array => {
+    const t = tensors.get(name);
+    if (!t) throw new Error(`ref64: missing tensor ${name}`);
+    const fd = openSync(t.file, 'r');
+    const buf = Buffer.alloc(t.nbytes);
+    try {
+      readSync(fd, buf, 0, t.nbytes, t.offset);
+    } finally {
+      closeSync(fd);
+    }
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    const out = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      if (t.dtype === 'F32') out[i] = buf.readFloatLE(i * 4);
+      else if (t.dtype === 'BF16') out[i] = bf16ToF32(buf.readUInt16LE(i * 2));
+      else if (t.dtype === 'F16') out[i] = f16ToF32(buf.readUInt16LE(i * 2));
+      else throw new Error(`ref64: dtype ${t.dtype}`);
+    }
+    return out;
+  };
+  const layers: Ref64Weights['layers'] = [];
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    layers.push({
+      ln1: get(`${p}input_layernorm.weight`),
+      ln2: get(`${p}post_attention_layernorm.weight`),
+      q: get(`${p}self_attn.q_proj.weight`),
+      k: get(`${p}self_attn.k_proj.weight`),
+      v: get(`${p}self_attn.v_proj.weight`),
+      qb: cfg.qkvBias ? get(`${p}self_attn.q_proj.bias`) : undefined,
+      kb: cfg.qkvBias ? get(`${p}self_attn.k_proj.bias`) : undefined,
+      vb: cfg.qkvBias ? get(`${p}self_attn.v_proj.bias`) : undefined,
+      o: get(`${p}self_attn.o_proj.weight`),
+      gate: get(`${p}mlp.gate_proj.weight`),
+      up: get(`${p}mlp.up_proj.weight`),
+      down: get(`${p}mlp.down_proj.weight`),
+    });
+  }
+  const embed = get('model.embed_tokens.weight');
+  return {
+    D: cfg.hiddenSize,
+    F: cfg.intermediateSize,
+    nL: cfg.numLayers,
+    Hq: cfg.numHeads,
+    Hkv: cfg.numKvHeads,
+    hd: cfg.headDim,
+    V: cfg.vocabSize,
+    eps: cfg.rmsNormEps,
+    invFreq: Float64Array.from(cfg.invFreq), // the model's (f32-rounded) inverse frequencies, as the runtime uses
+    embed,
+    lmHead: cfg.tieEmbeddings ? embed : get('lm_head.weight'),
+    norm: get('model.norm.weight'),
+    layers,
+  };
+}
+
+// ---- primitives (row-major) ----
+/** y[n, N] = x[n, K]·W[N, K]ᵀ (+ b). */
+function linear(x: Float64Array, n: number, K: number, W: Float64Array, N: number, b?: Float64Array): Float64Array {
+  const y = new Float64Array(n * N);
+  for (let t = 0; t < n; t++) {
+    const xo = t * K;
+    for (let o = 0; o < N; o++) {
+      const wo = o * K;
+      let s = b ? b[o]! : 0;
+      for (let k = 0; k < K; k++) s += x[xo + k]! * W[wo + k]!;
+      y[t * N + o] = s;
+    }
+  }
+  return y;
+}
+
+function rmsnorm(x: Float64Array, n: number, D: number, w: Float64Array, eps: number): Float64Array {
+  const y = new Float64Array(n * D);
+  for (let t = 0; t < n; t++) {
+    let ss = 0;
+    for (let i = 0; i < D; i++) ss += x[t * D + i]! ** 2;
+    const r = 1 / Math.sqrt(ss / D + eps);
+    for (let i = 0; i < D; i++) y[t * D + i] = w[i]! * (x[t * D + i]! * r);
+  }
+  return y;
+}
+
+const silu = (z: number): number => z / (1 + Math.exp(-z));
+
+/** In place: HF rotate_half RoPE on [n, H, hd], position of token t = t. */
+function rope(x: Float64Array, n: number, H: number, hd: number, invFreq: Float64Array): void {
+  const half = hd / 2;
+  for (let t = 0; t < n; t++)
+    for (let h = 0; h < H; h++) {
+      const o = (t * H + h) * hd;
+      for (let i = 0; i < half; i++) {
+        const ang = t * invFreq[i]!;
+        const c = Math.cos(ang);
+        const s = Math.sin(ang);
+        const a = x[o + i]!;
+        const b = x[o + i + half]!;
+        x[o + i] = a * c - b * s;
+        x[o + i + half] = b * c + a * s;
+      }
+    }
+}
+
+function attnBlock(m: Ref64Weights, l: number, x: Float64Array, n: number): void {
+  const { D, Hq, Hkv, hd } = m;
+  const w = m.layers[l]!;
+  const xn = rmsnorm(x, n, D, w.ln1, m.eps);
+  const q = linear(xn, n, D, w.q, Hq * hd, w.qb);
+  const k = linear(xn, n, D, w.k, Hkv * hd, w.kb);
+  const v = linear(xn, n, D, w.v, Hkv * hd, w.vb);
+  rope(q, n, Hq, hd, m.invFreq);
+  rope(k, n, Hkv, hd, m.invFreq);
+  const att = new Float64Array(n * Hq * hd);
+  const scale = 1 / Math.sqrt(hd);
+  const group = Hq / Hkv;
+  const p = new Float64Array(n);
+  for (let h = 0; h < Hq; h++) {
+    const kh = Math.floor(h / group);
+    for (let t = 0; t < n; t++) {
+      let mx = -Infinity;
+      for (let s = 0; s <= t; s++) {
+        let dot = 0;
+        for (let i = 0; i < hd; i++) dot += q[(t * Hq + h) * hd + i]! * k[(s * Hkv + kh) * hd + i]!;
+        p[s] = dot * scale;
+        mx = Math.max(mx, p[s]!);
+      }
+      let den = 0;
+      for (let s = 0; s <= t; s++) den += p[s] = Math.exp(p[s]! - mx);
+      for (let s = 0; s <= t; s++) {
+        const ps = p[s]! / den;
+        for (let i = 0; i < hd; i++) att[(t * Hq + h) * hd + i]! += ps * v[(s * Hkv + kh) * hd + i]!;
+      }
+    }
+  }
+  const o = linear(att, n, Hq * hd, w.o, D);
+  for (let i = 0; i < n * D; i++) x[i]! += o[i]!;
+}
+
+/** SwiGLU activation a = silu(gate(norm2(x))) ⊙ up(norm2(x)), [n, F]. */
+function mlpAct(m: Ref64Weights, l: number, x: Float64Array, n: number): Float64Array {
+  const w = m.layers[l]!;
+  const xn = rmsnorm(x, n, m.D, w.ln2, m.eps);
+  const g = linear(xn, n, m.D, w.gate, m.F);
+  const u = linear(xn, n, m.D, w.up, m.F);
+  for (let i = 0; i < n * m.F; i++) g[i] = silu(g[i]!) * u[i]!;
+  return g;
+}
+
+// ---- the edit batch and loss (native/edit.cpp) ----
+export interface EditRows {
+  tokens: Int32Array; // [R*T], left-padded
+  R: number;
+  T: number;
+  pad: Int32Array;
+  labels: Int32Array; // [R*T], -1 = none
+  labelWeights: Float32Array;
+  kind: Int32Array; // 0 edit, 1 irrelevant
+}
+
+export interface MarginHyper {
+  margin: boolean;
+  alpha: number;
+  beta: number;
+  gamma: number;
+  act: 0 | 1;
+}
+
+interface RowCache {
+  n: number; // valid tokens
+  A: Float64Array; // [n, F]
+  hL: Float64Array; // [n, D]
+  om: Float64Array; // [n, D] = A·W_vᵀ
+  labels: { t: number; id: number; w: number }[]; // t within the unpadded row
+}
+
+export interface LossParts {
+  loss: number;
+  ce: number;
+  h1: number;
+  h2: number;
+  h3: number;
+  /** Number of strictly positive entries of each hinge. */
+  pos: [number, number, number];
+  drow: number[]; // per-row mean distance over valid tokens
+}
+
+export class EditLoss64 {
+  private rows: RowCache[] = [];
+  constructor(
+    readonly m: Ref64Weights,
+    readonly L: number,
+    readonly batch: EditRows,
+  ) {
+    const { R, T } = batch;
+    for (let r = 0; r < R; r++) {
+      const pad = batch.pad[r]!;
+      const n = T - pad;
+      const ids = Array.from(batch.tokens.subarray(r * T + pad, (r + 1) * T));
+      const x = new Float64Array(n * m.D);
+      ids.forEach((id, t) => x.set(m.embed.subarray(id * m.D, (id + 1) * m.D), t * m.D));
+      for (let l = 0; l < L; l++) {
+        attnBlock(m, l, x, n);
+        const a = mlpAct(m, l, x, n);
+        const o = linear(a, n, m.F, m.layers[l]!.down, m.D);
+        for (let i = 0; i < n * m.D; i++) x[i]! += o[i]!;
+      }
+      attnBlock(m, L, x, n);
+      const A = mlpAct(m, L, x, n);
+      const om = linear(A, n, m.F, m.layers[L]!.down, m.D);
+      const labels: RowCache['labels'] = [];
+      for (let t = pad; t < T; t++) {
+        const id = batch.labels[r * T + t]!;
+        if (id >= 0) labels.push({ t: t - pad, id, w: batch.labelWeights[r * T + t]! });
+      }
+      this.rows.push({ n, A, hL: x, om, labels });
+    }
+  }
+
+  /** The per-token distances d[t] = ‖φ(o_side) − φ(o_main)‖ of every row (valid tokens only). */
+  private dist(os: Float64Array, om: Float64Array, n: number, act: 0 | 1): Float64Array {
+    const D = this.m.D;
+    const phi = act === 1 ? silu : (z: number): number => z;
+    const d = new Float64Array(n);
+    for (let t = 0; t < n; t++) {
+      let ss = 0;
+      for (let i = 0; i < D; i++) ss += (phi(os[t * D + i]!) - phi(om[t * D + i]!)) ** 2;
+      d[t] = Math.sqrt(ss);
+    }
+    return d;
+  }
+
+  /** The edit loss at W' ([D, F] row-major, float64). */
+  loss(Wp: Float64Array, h: MarginHyper): LossParts {
+    const { m, L } = this;
+    const { D, F, V } = m;
+    let ce = 0;
+    const drow: number[] = [];
+    for (const row of this.rows) {
+      const { n } = row;
+      const os = linear(row.A, n, F, Wp, D);
+      if (h.margin) {
+        const d = this.dist(os, row.om, n, h.act);
+        drow.push(d.reduce((a, b) => a + b, 0) / n);
+      }
+      if (row.labels.length === 0) continue;
+      const x = new Float64Array(n * D);
+      for (let i = 0; i < n * D; i++) x[i] = row.hL[i]! + os[i]!;
+      for (let l = L + 1; l < m.nL; l++) {
+        attnBlock(m, l, x, n);
+        const a = mlpAct(m, l, x, n);
+        const o = linear(a, n, F, m.layers[l]!.down, D);
+        for (let i = 0; i < n * D; i++) x[i]! += o[i]!;
+      }
+      const rowsX = new Float64Array(row.labels.length * D);
+      row.labels.forEach((lb, i) => rowsX.set(x.subarray(lb.t * D, (lb.t + 1) * D), i * D));
+      const hn = rmsnorm(rowsX, row.labels.length, D, m.norm, m.eps);
+      const logits = linear(hn, row.labels.length, D, m.lmHead, V);
+      row.labels.forEach((lb, i) => {
+        const z = logits.subarray(i * V, (i + 1) * V);
+        let mx = -Infinity;
+        for (const v of z) mx = Math.max(mx, v);
+        let den = 0;
+        for (const v of z) den += Math.exp(v - mx);
+        ce += lb.w * (mx + Math.log(den) - z[lb.id]!);
+      });
+    }
+    let h1 = 0;
+    let h2 = 0;
+    let h3 = 0;
+    const pos: [number, number, number] = [0, 0, 0];
+    if (h.margin) {
+      const kind = this.batch.kind;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      for (let r = 0; r < drow.length; r++) {
+        if (kind[r] === 1) {
+          const v2 = drow[r]! - h.alpha;
+          if (v2 > 0) (s2 += v2), pos[1]++;
+          for (let e = 0; e < drow.length; e++) {
+            if (kind[e] !== 0) continue;
+            const v1 = drow[r]! - drow[e]! + h.gamma;
+            if (v1 > 0) (s1 += v1), pos[0]++;
+          }
+        } else {
+          const v3 = h.beta - drow[r]!;
+          if (v3 > 0) (s3 += v3), pos[2]++;
+        }
+      }
+      h1 = pos[0] ? s1 / pos[0] : 0;
+      h2 = pos[1] ? s2 / pos[1] : 0;
+      h3 = pos[2] ? s3 / pos[2] : 0;
+    }
+    return { loss: ce + h1 + h2 + h3, ce, h1, h2, h3, pos, drow };
+  }
+}
