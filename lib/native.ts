@@ -83,6 +83,7 @@ export interface NativeEditBatch {
   labels: Int32Array; // [R*T]: the id the logits at (r, t) must predict, or -1
   labelWeights: Float32Array; // [R*T]: CE weight at (r, t)
   kind: Int32Array; // [R]: 0 = edit row, 1 = irrelevant row (routing margin only)
+  sample?: Int32Array; // [R]: sample index of each edit row in a REPAIR batch (-1 on irrelevant rows); default: one sample
 }
 
 export interface NativeEditHyper {
@@ -99,6 +100,11 @@ export interface NativeEditHyper {
   act: 0 | 1 | 2; // φ of the activation score: 0 identity (paper), 1 SiLU, 2 GELU-tanh
   earlyStop: boolean;
   fullForward: boolean; // recompute the frozen prefix every step (benchmark baseline)
+  actWeight?: number; // λ_a (REPAIR Eq. 6), default 1
+  kd?: boolean; // intra-batch distillation across the batch's samples (REPAIR Eq. 4), default off
+  kdWeight?: number; // λ_KD, default 1
+  kdLambda?: number; // λ of the cosine term, default 0.2
+  kdTheta?: number; // ϑ of the variance term, default 0.1 (negative: a diversity bonus)
 }
 
 export interface NativeEditResult {
@@ -106,6 +112,11 @@ export interface NativeEditResult {
   ce: Float32Array;
   act: Float32Array;
   steps: number;
+  kd: Float32Array; // L_KD per step (0 when off)
+  sampleStat: Float32Array; // per sample at the last step: mean routing score of its edit rows
+  samplePromptStat: Float32Array; // per sample: the same over prompt tokens
+  sampleCe: Float32Array; // per sample: its weighted CE (its share of L_edit)
+  sampleKd: Float32Array; // per sample: 1 − cos(o_i, o_teacher) (0 for the teacher or when KD is off)
   thresholdStat: number; // mean over edit rows of the per-row mean distance at the last step (§1.5)
   promptStat: number; // the same over the prompt tokens of each edit row only (routing of bare prompts)
   earlyStop: boolean;

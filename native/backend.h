@@ -150,6 +150,22 @@ class Backend {
   //   shards: host array of k backend pointers; weights: host array of k floats.
   virtual void ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
                           size_t n, float density) RE_EDIT_OP;
+
+  // ---- REPAIR kernels ------------------------------------------------------------------------------
+  // Intra-batch distillation (REPAIR Eq. 4) on b pooled features feat[b, D]; row 0 is the teacher.
+  //   o_i = feat_i / ‖feat_i‖;  L_cos = mean_{i>=1} (1 − o_i·o_0);  L_var = (1/b)·Σ_i ‖o_i − ō‖², ō = mean_i o_i
+  //   L = lambda·L_cos + theta·L_var   (theta < 0 flips the variance term into a diversity bonus)
+  //   out[0] = L, out[1 + i] = 1 − o_i·o_0 (the per-sample consistency score; out[1] = 0).
+  //   dfeat[i] = ∂L/∂feat_i for i >= 1; dfeat[0] = 0 (the teacher is a stop-gradient). A zero feature row
+  //   counts as direction 0 with zero gradient. b >= 2.
+  virtual void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) RE_EDIT_OP;
+
+  // Loss-aware merge (REPAIR Alg. 4) of k f32 shards [n] against base [n] with weights w (softmax(−α·L)):
+  //   τ_i = shard_i − base; zeros are neutral (a masked entry takes no part);
+  //   all non-zero τ_i[p] of one sign → δ = Σ_i w_i·τ_i[p];  mixed signs → δ = τ_j[p], j = argmax_i w_i·|τ_i[p]|
+  //   (ties → lower i); no non-zero τ → δ = 0.  out = base + δ.  out may alias a shard.
+  virtual void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
+                                size_t n) RE_EDIT_OP;
 };
 
 // The CPU backend always exists. nthreads <= 0 picks the machine's parallelism.

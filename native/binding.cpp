@@ -402,6 +402,11 @@ class EditWorker : public ModelWorker {
     o.Set("thresholdStat", Napi::Number::New(env, res_.threshold_stat));
     o.Set("promptStat", Napi::Number::New(env, res_.prompt_stat));
     o.Set("earlyStop", Napi::Boolean::New(env, res_.early));
+    o.Set("kd", arr(res_.kd));
+    o.Set("sampleStat", arr(res_.sample_stat));
+    o.Set("samplePromptStat", arr(res_.sample_prompt_stat));
+    o.Set("sampleCe", arr(res_.sample_ce));
+    o.Set("sampleKd", arr(res_.sample_kd));
     return o;
   }
 
@@ -623,6 +628,7 @@ Napi::Value NativeModel::SideEdit(const Napi::CallbackInfo& info) {
   b.labels = int32_vec(env, bo.Get("labels"), "batch.labels");
   b.label_w = f32_vec(env, bo.Get("labelWeights"), "batch.labelWeights");
   b.kind = int32_vec(env, bo.Get("kind"), "batch.kind");
+  if (bo.Has("sample") && !bo.Get("sample").IsUndefined()) b.sample = int32_vec(env, bo.Get("sample"), "batch.sample");
   re::EditHyper h;
   h.n_iter = int_field(env, ho, "nIter", "hyper", 1, 100000);
   h.lr = (float)num_field(env, ho, "lr", "hyper");
@@ -639,6 +645,14 @@ Napi::Value NativeModel::SideEdit(const Napi::CallbackInfo& info) {
   h.act = int_field(env, ho, "act", "hyper", 0, 2);
   h.early_stop = ho.Get("earlyStop").ToBoolean();
   h.full_forward = ho.Get("fullForward").ToBoolean();
+  auto opt_num = [&](const char* k, float dflt) -> float {
+    return ho.Has(k) && !ho.Get(k).IsUndefined() ? (float)num_field(env, ho, k, "hyper") : dflt;
+  };
+  h.act_weight = opt_num("actWeight", 1.f);
+  h.kd = ho.Has("kd") && ho.Get("kd").ToBoolean();
+  h.kd_weight = opt_num("kdWeight", 1.f);
+  h.kd_lambda = opt_num("kdLambda", 0.2f);
+  h.kd_theta = opt_num("kdTheta", 0.1f);
   re::Model* m = begin_call(env);
   auto* w = new EditWorker(env, this, m, side, slot, std::move(b), h, info[4]);
   w->Queue();

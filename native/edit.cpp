@@ -272,6 +272,28 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
     else fail(RE_ERR_ARG, "edit: row kind must be 0 (edit) or 1 (irrelevant)");
   }
   if (n_edit == 0) fail(RE_ERR_ARG, "edit: at least one edit row is needed");
+  // samples (REPAIR batches): every edit row belongs to one; sample ids are 0..S-1, each with >= 1 row
+  std::vector<int32_t> sample_of(R, -1);
+  int nsamp = 1;
+  if (!eb.sample.empty()) {
+    if ((int)eb.sample.size() != R) fail(RE_ERR_ARG, "edit: sample must hold one entry per row");
+    nsamp = 0;
+    for (int r = 0; r < R; ++r)
+      if (eb.kind[r] == 0) nsamp = std::max(nsamp, eb.sample[r] + 1);
+    std::vector<int> rows_of(std::max(nsamp, 0), 0);
+    for (int r = 0; r < R; ++r) {
+      if (eb.kind[r] != 0) continue;
+      if (eb.sample[r] < 0 || eb.sample[r] >= nsamp) fail(RE_ERR_ARG, "edit: sample ids of edit rows must be in [0, samples)");
+      ++rows_of[eb.sample[r]];
+    }
+    for (int c : rows_of)
+      if (c == 0) fail(RE_ERR_ARG, "edit: every sample id in [0, samples) needs at least one edit row");
+  }
+  for (int r = 0; r < R; ++r)
+    if (eb.kind[r] == 0) sample_of[r] = eb.sample.empty() ? 0 : eb.sample[r];
+  const bool use_kd = h.kd && nsamp >= 2;
+  if (!std::isfinite(h.act_weight) || !std::isfinite(h.kd_weight) || !std::isfinite(h.kd_lambda) || !std::isfinite(h.kd_theta))
+    fail(RE_ERR_ARG, "edit: loss weights must be finite");
   std::vector<int32_t> lrows, lbl;
   std::vector<float> lw;
   for (int i = 0; i < BT; ++i) {
@@ -318,6 +340,11 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   int32_t* lrows_d = reinterpret_cast<int32_t*>(buf(RL));
   int32_t* lbl_d = reinterpret_cast<int32_t*>(buf(RL));
   float* snapshot = buf((size_t)D * F);
+  float* pool = buf((size_t)nsamp * BT);    // P [S, BT]: mean over each sample's valid edit-row tokens
+  float* poolT = buf((size_t)BT * nsamp);   // Pᵀ
+  float* feat = buf((size_t)nsamp * D);
+  float* dfeat = buf((size_t)nsamp * D);
+  float* kdout = buf((size_t)nsamp + 1);
   struct Acts {
     float *x_in, *xn1, *q, *k, *v, *kc, *vc, *att, *h, *xn2, *gate, *up, *act;
   };
@@ -341,6 +368,22 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   be_->upload(lbl_d, lbl.data(), (size_t)RL * 4);
   be_->upload(lwd, lw.data(), (size_t)RL * 4);
   be_->copy(snapshot, Wp, (size_t)D * F * 4);
+  if (use_kd) {
+    std::vector<float> P((size_t)nsamp * BT, 0.0f), PT((size_t)BT * nsamp, 0.0f);
+    std::vector<int> cnt(nsamp, 0);
+    for (int r = 0; r < R; ++r)
+      if (sample_of[r] >= 0) cnt[sample_of[r]] += T - eb.pad[r];
+    for (int r = 0; r < R; ++r) {
+      const int sidx = sample_of[r];
+      if (sidx < 0) continue;
+      for (int t = eb.pad[r]; t < T; ++t) {
+        P[(size_t)sidx * BT + (size_t)r * T + t] = 1.0f / cnt[sidx];
+        PT[((size_t)r * T + t) * nsamp + sidx] = 1.0f / cnt[sidx];
+      }
+    }
+    be_->upload(pool, P.data(), P.size() * 4);
+    be_->upload(poolT, PT.data(), PT.size() * 4);
+  }
 
   int32_t *d_ids, *d_pos, *d_pad;
   upload_ids(eb.tokens, R, T, eb.pad, &d_ids, &d_pos, &d_pad);
@@ -357,7 +400,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
     be_->linear(om, A, wl.down, WeightRef{}, BT, D, F, false);
   };
 
-  std::vector<float> dist_h(BT), loss_h(RL), gd_h(BT);
+  std::vector<float> dist_h(BT), loss_h(RL), gd_h(BT), kd_h((size_t)nsamp + 1, 0.0f);
   std::vector<int> valid(R), prompt_end(R, T - 1);  // prompt tokens of an edit row: [pad, prompt_end]
   for (int r = 0; r < R; ++r) {
     valid[r] = T - eb.pad[r];
@@ -406,6 +449,12 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
 
       // ---- routing margin (§1.4): three hinges over per-row mean distances ----
       double act_loss = 0, thr_stat = 0, prompt_stat = 0;
+      std::vector<double> s_stat(nsamp, 0.0), s_prompt(nsamp, 0.0), s_ce(nsamp, 0.0);
+      std::vector<int> s_rows(nsamp, 0);
+      for (int i = 0; i < RL; ++i) {
+        const int sidx = sample_of[lrows[i] / T];
+        if (sidx >= 0) s_ce[sidx] += loss_h[i];
+      }
       std::fill(gd_h.begin(), gd_h.end(), 0.0f);
       if (h.margin) {
         be_->act_dist(dist, os, om, BT, 1, D, h.act);
@@ -435,7 +484,11 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
             thr_stat += drow[r] / n_edit;
             double pm = 0;
             for (int t = eb.pad[r]; t <= prompt_end[r]; ++t) pm += dist_h[(size_t)r * T + t];
-            prompt_stat += pm / (prompt_end[r] - eb.pad[r] + 1) / n_edit;
+            pm /= (prompt_end[r] - eb.pad[r] + 1);
+            prompt_stat += pm / n_edit;
+            s_stat[sample_of[r]] += drow[r];
+            s_prompt[sample_of[r]] += pm;
+            ++s_rows[sample_of[r]];
           }
         }
         act_loss = (p1 ? s1 / p1 : 0) + (p2 ? s2 / p2 : 0) + (p3 ? s3 / p3 : 0);
@@ -452,9 +505,19 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
           }
         }
         for (int r = 0; r < R; ++r)
-          for (int t = eb.pad[r]; t < T; ++t) gd_h[(size_t)r * T + t] = (float)(g_row[r] / valid[r]);
+          for (int t = eb.pad[r]; t < T; ++t) gd_h[(size_t)r * T + t] = (float)(h.act_weight * g_row[r] / valid[r]);
+        act_loss *= h.act_weight;
       }
-      const double loss = ce + act_loss;
+      // ---- intra-batch distillation (REPAIR Eq. 4) on the pooled side outputs of each sample ----
+      double kd_loss = 0;
+      if (use_kd) {
+        be_->linear_dx(feat, pool, WeightRef{os, DType::F32}, nsamp, BT, D, false);  // feat = P·o_side
+        be_->kd_loss(kdout, dfeat, feat, nsamp, D, h.kd_weight * h.kd_lambda, h.kd_weight * h.kd_theta);
+        be_->download(kd_h.data(), kdout, kd_h.size() * 4);
+        be_->sync();
+        kd_loss = kd_h[0];
+      }
+      const double loss = ce + act_loss + kd_loss;
       if (!std::isfinite(loss))
         fail("ERR_NAN_LOSS", "edit: the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
                                  " at step " + std::to_string(it) + " (learning rate too high?); the edit was not stored");
@@ -462,6 +525,19 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       const size_t nl = res.loss.size();
       const bool stop = h.early_stop && nl >= 2 && std::fabs(res.loss[nl - 1] - res.loss[nl - 2]) <= 1e-4f &&
                         res.loss[nl - 1] <= 0.02f;
+      // per-sample figures of this step (kept from the last executed step)
+      res.sample_stat.assign(nsamp, 0.f);
+      res.sample_prompt_stat.assign(nsamp, 0.f);
+      res.sample_ce.assign(nsamp, 0.f);
+      res.sample_kd.assign(nsamp, 0.f);
+      for (int si = 0; si < nsamp; ++si) {
+        if (s_rows[si]) {
+          res.sample_stat[si] = (float)(s_stat[si] / s_rows[si]);
+          res.sample_prompt_stat[si] = (float)(s_prompt[si] / s_rows[si]);
+        }
+        res.sample_ce[si] = (float)s_ce[si];
+        res.sample_kd[si] = use_kd ? kd_h[1 + si] : 0.f;
+      }
       if (stop || it == h.n_iter - 1) {
         res.threshold_stat = (float)thr_stat;
         res.prompt_stat = (float)prompt_stat;
@@ -499,11 +575,13 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
         be_->upload(gd, gd_h.data(), (size_t)BT * 4);
         be_->act_dist_bwd(dx, gd, os, om, BT, D, h.act, true);
       }
+      if (use_kd) be_->linear_dx(dx, poolT, WeightRef{dfeat, DType::F32}, BT, nsamp, D, true);  // += Pᵀ·∂L/∂feat
       // ---- update: W' ← clamp(W' − lr·(M ⊙ Gᵀ·A + wd·W'), W_v ± c) ----
       be_->masked_sgd(Wp, dx, A, wl.down, BT, D, F, h.seed, h.rho, h.lr, h.wd, h.clamp);
       res.loss.push_back((float)loss);
       res.ce.push_back((float)ce);
       res.act.push_back((float)act_loss);
+      res.kd.push_back((float)kd_loss);
       ++res.steps;
       if (progress) progress(it, (float)loss);
     }

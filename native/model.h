@@ -55,6 +55,8 @@ struct EditBatch {
   std::vector<int32_t> labels;   // [R*T] the id the logits at (r, t) must predict, or -1
   std::vector<float> label_w;    // [R*T] CE weight at (r, t) (L_edit's per-row 1/(n+1) and 1/rows)
   std::vector<int32_t> kind;     // [R] 0 = edit row, 1 = irrelevant row (routing margin only)
+  std::vector<int32_t> sample;   // [R] sample index of each edit row (REPAIR batches; -1 for irrelevant rows);
+                                 // empty = every edit row belongs to sample 0
 };
 
 struct EditHyper {
@@ -66,6 +68,11 @@ struct EditHyper {
   int act = 1;                                          // φ: 0 identity (paper), 1 SiLU, 2 GELU-tanh
   bool early_stop = true;
   bool full_forward = false;  // recompute the frozen prefix every step (the slow path, for benchmarks)
+  float act_weight = 1.f;     // λ_a of REPAIR Eq. 6 (WISE: 1)
+  bool kd = false;            // REPAIR intra-batch distillation over the batch's samples (Eq. 4)
+  float kd_weight = 1.f;      // λ_KD
+  float kd_lambda = 0.2f;     // λ (cosine term)
+  float kd_theta = 0.1f;      // ϑ (variance term; negative = diversity bonus)
 };
 
 struct EditResult {
@@ -74,6 +81,9 @@ struct EditResult {
   float threshold_stat = 0.f;  // mean over edit rows of the per-row mean distance (§1.5)
   float prompt_stat = 0.f;     // the same over each edit row's prompt tokens only (routing before generation)
   bool early = false;
+  // per sample, at the last executed step
+  std::vector<float> sample_stat, sample_prompt_stat, sample_ce, sample_kd;
+  std::vector<float> kd;  // L_KD per step (0 when off)
 };
 
 // Row routing for a forward pass: rows whose slot is >= 0 use that side-memory slot at its layer.

@@ -75,6 +75,10 @@ class CpuBackend final : public Backend {
   void ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k, size_t n,
                   float density) override;
 
+  void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) override;
+  void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
+                        size_t n) override;
+
   ThreadPool& pool() { return pool_; }
 
  private:

@@ -1,0 +1,80 @@
+// repair.cpp — CPU reference for the REPAIR kernels: the intra-batch distillation loss (Eq. 4) with its
+// gradient to the pooled features, and the loss-aware merge rule of Alg. 4.
+#include <cmath>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+
+namespace re {
+
+void CpuBackend::kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) {
+  // Normalise (double), then L = λ·mean_{i>=1}(1 − o_i·o_0) + θ·(1/b)·Σ‖o_i − ō‖².
+  std::vector<double> o((size_t)b * D), nrm(b), mean(D, 0.0);
+  for (int i = 0; i < b; ++i) {
+    double ss = 0;
+    for (int e = 0; e < D; ++e) ss += (double)feat[(size_t)i * D + e] * feat[(size_t)i * D + e];
+    nrm[i] = std::sqrt(ss);
+    for (int e = 0; e < D; ++e) o[(size_t)i * D + e] = nrm[i] > 0 ? feat[(size_t)i * D + e] / nrm[i] : 0.0;
+  }
+  for (int i = 0; i < b; ++i)
+    for (int e = 0; e < D; ++e) mean[e] += o[(size_t)i * D + e] / b;
+  double lcos = 0, lvar = 0;
+  out[1] = 0.0f;
+  for (int i = 1; i < b; ++i) {
+    double c = 0;
+    for (int e = 0; e < D; ++e) c += o[(size_t)i * D + e] * o[e];
+    out[1 + i] = (float)(1.0 - c);
+    lcos += (1.0 - c) / (b - 1);
+  }
+  for (int i = 0; i < b; ++i)
+    for (int e = 0; e < D; ++e) {
+      const double d = o[(size_t)i * D + e] - mean[e];
+      lvar += d * d / b;
+    }
+  out[0] = (float)(lambda * lcos + theta * lvar);
+  // Gradient w.r.t. o_i (i >= 1): λ/(b−1)·(−o_0) + θ·(2/b)·(o_i − ō)   [Σ_j (o_j − ō) = 0 kills the ō path]
+  // then through o = f/‖f‖: ∂/∂f = (g − (g·o)·o)/‖f‖.
+  std::fill(dfeat, dfeat + D, 0.0f);
+  std::vector<double> g(D);
+  for (int i = 1; i < b; ++i) {
+    double go = 0;
+    for (int e = 0; e < D; ++e) {
+      g[e] = -lambda / (b - 1) * o[e] + theta * 2.0 / b * (o[(size_t)i * D + e] - mean[e]);
+      go += g[e] * o[(size_t)i * D + e];
+    }
+    for (int e = 0; e < D; ++e)
+      dfeat[(size_t)i * D + e] = nrm[i] > 0 ? (float)((g[e] - go * o[(size_t)i * D + e]) / nrm[i]) : 0.0f;
+  }
+}
+
+void CpuBackend::loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
+                                  size_t n) {
+  const int chunk = 4096;
+  pool_.parallel_for((int)((n + chunk - 1) / chunk), [&](int c) {
+    const size_t p0 = (size_t)c * chunk, p1 = std::min(n, p0 + chunk);
+    std::vector<float> b(p1 - p0);
+    weight_row_to_f32(b.data(), base, p0, p1 - p0);
+    for (size_t p = p0; p < p1; ++p) {
+      const double bp = b[p - p0];
+      int pos = 0, neg = 0, best = -1;
+      double sum = 0, bestv = -1;
+      for (int i = 0; i < k; ++i) {
+        const double t = (double)shards[i][p] - bp;
+        if (t == 0) continue;
+        (t > 0 ? pos : neg)++;
+        sum += weights[i] * t;
+        const double s = weights[i] * std::fabs(t);
+        if (s > bestv) {
+          bestv = s;
+          best = i;
+        }
+      }
+      double delta = 0;
+      if (pos && neg) delta = (double)shards[best][p] - bp;
+      else if (pos || neg) delta = sum;
+      out[p] = (float)(bp + delta);
+    }
+  }, (double)n * k * 3);
+}
+
+}  // namespace re
