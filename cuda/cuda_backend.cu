@@ -17,11 +17,34 @@
 
 // defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
 #include "common.cuh"
-// defines: philox4x32 / philox_keep (no op uses it yet; included so it stays nvcc-clean on every build)
+// defines: philox4x32 / philox_keep (the mask RNG; masked_sgd in wise.cu uses it, included here so it stays nvcc-clean)
 #include "philox.h"
 
 namespace re {
 namespace cuda {
+
+// ---- launchers of the editing ops (backward.cu, wise.cu; all enqueue on `st`) ------------------
+void scatter_add_rows_backward(cudaStream_t st, float* y, const float* x, const int32_t* idx, int n, int D);
+void linear_dx_backward(cudaStream_t st, int sm_count, float* dx, const float* dy, WeightRef W, int M, int N, int K,
+                        bool accumulate);
+void rmsnorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
+                          float eps, bool accumulate);
+void rope_bwd_backward(cudaStream_t st, float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head,
+                       int head_dim);
+void attention_bwd_backward(cudaStream_t st, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                            const float* kc, const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd,
+                            float scale);
+void swiglu_bwd_backward(cudaStream_t st, float* dgate, float* dup, const float* dy, const float* gate, const float* up,
+                         int n);
+void cross_entropy_backward(cudaStream_t st, float* loss, float* dlogits, const float* logits, const int32_t* labels,
+                            const float* weight, int R, int V);
+void act_dist_wise(cudaStream_t st, float* d, const float* os, const float* om, int n, int nm, int D, int act);
+void act_dist_bwd_wise(cudaStream_t st, float* dos, const float* gd, const float* os, const float* om, int n, int D,
+                       int act, bool accumulate);
+void masked_sgd_wise(cudaStream_t st, float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K,
+                     uint64_t seed, float rho, float lr, float wd, float clamp);
+void ties_merge_wise(cudaStream_t st, int sm_count, float* out, WeightRef base, const float* const* shards,
+                     const float* weights, int k, size_t n, float density);
 
 class CudaBackend final : public Backend {
  public:
@@ -151,6 +174,59 @@ class CudaBackend final : public Backend {
   void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override {
     enter("gather_rows");
     run("gather_rows", [&] { gather_rows_forward(stream_, y, x, idx, n, D); });
+  }
+
+  // ---- editing ops (backward.cu, wise.cu) ---------------------------------------------------------
+  void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) override {
+    enter("scatter_add_rows");
+    run("scatter_add_rows", [&] { scatter_add_rows_backward(stream_, y, x, idx, n, D); });
+  }
+  void linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) override {
+    enter("linear_dx");
+    run("linear_dx", [&] { linear_dx_backward(stream_, sm_count_, dx, dy, W, M, N, K, accumulate); });
+  }
+  void rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
+                   bool accumulate) override {
+    enter("rmsnorm_bwd");
+    run("rmsnorm_bwd", [&] { rmsnorm_bwd_backward(stream_, dx, dy, x, w, M, D, eps, accumulate); });
+  }
+  void rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override {
+    enter("rope_bwd");
+    run("rope_bwd", [&] { rope_bwd_backward(stream_, dx, pos, inv_freq, n_tok, n_head, head_dim); });
+  }
+  void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kc,
+                     const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd, float scale) override {
+    enter("attention_bwd");
+    run("attention_bwd",
+        [&] { attention_bwd_backward(stream_, dq, dk, dv, dout, q, kc, vc, pad, B, T, Hq, Hkv, hd, scale); });
+  }
+  void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) override {
+    enter("swiglu_bwd");
+    run("swiglu_bwd", [&] { swiglu_bwd_backward(stream_, dgate, dup, dy, gate, up, n); });
+  }
+  void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* labels, const float* weight,
+                     int R, int V) override {
+    enter("cross_entropy");
+    run("cross_entropy", [&] { cross_entropy_backward(stream_, loss, dlogits, logits, labels, weight, R, V); });
+  }
+  void act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) override {
+    enter("act_dist");
+    run("act_dist", [&] { act_dist_wise(stream_, d, os, om, n, nm, D, act); });
+  }
+  void act_dist_bwd(float* dos, const float* gd, const float* os, const float* om, int n, int D, int act,
+                    bool accumulate) override {
+    enter("act_dist_bwd");
+    run("act_dist_bwd", [&] { act_dist_bwd_wise(stream_, dos, gd, os, om, n, D, act, accumulate); });
+  }
+  void masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K, uint64_t seed,
+                  float rho, float lr, float wd, float clamp) override {
+    enter("masked_sgd");
+    run("masked_sgd", [&] { masked_sgd_wise(stream_, Wp, G, A, Wv, M, N, K, seed, rho, lr, wd, clamp); });
+  }
+  void ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k, size_t n,
+                  float density) override {
+    enter("ties_merge");
+    run("ties_merge", [&] { ties_merge_wise(stream_, sm_count_, out, base, shards, weights, k, n, density); });
   }
 
  private:
