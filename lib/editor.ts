@@ -7,12 +7,13 @@ import { dirname, basename, join } from 'node:path';
 import { RepairError, disposedError, toRepairError } from './errors.js';
 import { modelInternals, type GenerateOptions, type GenerateResult, type LogitsOptions, type LogitsResult, type Model, type Prompt } from './model.js';
 import type { ModelConfig } from './config.js';
-import type { NativeEditBatch, NativeEditHyper, NativeModel } from './native.js';
+import type { NativeEditBatch, NativeEditHyper, NativeEditResult, NativeModel } from './native.js';
+import { errorRates, formBatches, lossAwareWeights, resolveRepairOptions, type RepairOptions } from './repair.js';
 
 export const MEMORY_FORMAT = 'repair-edit.side-memory';
 export const MEMORY_FORMAT_VERSION = 1;
 
-export type EditMethod = 'wise' | 'ft';
+export type EditMethod = 'wise' | 'ft' | 'repair';
 export type ScoreMode = 'code' | 'paper';
 
 /** One edit: make `target` the answer to `prompt`. */
@@ -80,11 +81,33 @@ export interface EditorConfig {
    * next texts of the irrelevant pool, which tightens routing on small models at a small cost per step.
    */
   irrelevantRows: number;
+  /** REPAIR's closed-loop options (method 'repair' only; see lib/repair.ts for every default and its source). */
+  repair?: RepairOptions;
   /** Where the defaults came from (preset name). */
   preset: string;
 }
 
-export type EditorOptions = Partial<Omit<EditorConfig, 'preset'>>;
+export type EditorOptions = Partial<Omit<EditorConfig, 'preset' | 'repair'>> & { repair?: Partial<RepairOptions> };
+
+/** What the REPAIR loop reports through editMany's onEvent. */
+export type RepairEvent =
+  | { type: 'edit-trained'; ids: string[]; memory: string; steps: number; loss: number; kd: number; kdScores: number[] }
+  | { type: 'residual-added'; ids: string[]; kdScores: number[] }
+  | { type: 'residual-rebatched'; ids: string[] }
+  | { type: 'error-detected'; id: string; score: number; memory: string }
+  | { type: 'shard-pruned'; memory: string; reason: 'error-rate' | 'feedback-pool'; errorRate: number; edits: string[] }
+  | { type: 'edits-reintegrated'; ids: string[] }
+  | { type: 'gave-up'; id: string; attempts: number }
+  | { type: 'shards-merged'; into: string; from: string[]; rule: 'ties' | 'loss-aware'; weights: number[]; losses: number[] };
+
+export interface EditManyResult {
+  /** One entry per trained batch sample, in training order (a re-trained edit appears again). */
+  results: EditResult[];
+  /** Edits dropped after exhausting their retrigger budget (no longer in effect). */
+  gaveUp: string[];
+  /** Retriggers (prunes) run in this call. */
+  retriggers: number;
+}
 
 export interface EditProgress {
   step: number;
@@ -127,6 +150,8 @@ interface ShardPart {
   edits: string[];
 }
 interface MemoryState {
+  /** Stable name (survives slot moves; a merge makes a new one): what events and error rates refer to. */
+  uid: string;
   kind: 'shard' | 'merged';
   minAct: number;
   /** min over its edits of the prompt-only score: the threshold base for routing bare prompts. */
@@ -138,6 +163,7 @@ interface MemoryState {
   weights: number[];
 }
 interface WorkingState {
+  uid: string;
   seed: number;
   minAct: number;
   minPrompt: number;
@@ -148,6 +174,26 @@ interface StoredEdit {
   irrelevant: string[];
   score: number;
   promptScore: number;
+  /** Its share of L_edit at the last training step (the loss-aware merge's L_i averages these). */
+  loss: number;
+}
+/** An edit waiting to be trained (the queue, the residual pool). */
+interface Pending {
+  id: string;
+  request: EditRequest;
+  attempts: number;
+}
+/** The REPAIR loop's state: saved with the memory file so an interrupted editMany can resume. */
+interface LoopState {
+  queue: Pending[];
+  residual: Pending[];
+  /** E: edits whose last monitored prediction failed. */
+  feedback: string[];
+  /** Last monitored status of each edit: the memory it routed to (uid, or 'main') and a(x). */
+  status: Record<string, { memory: string; score: number; ok: boolean }>;
+  attempts: Record<string, number>;
+  gaveUp: string[];
+  uidCounter: number;
 }
 
 interface Metadata {
@@ -159,12 +205,14 @@ interface Metadata {
   irrelevantPool: string[];
   editCount: number;
   shardCount: number;
+  loop: LoopState;
   globalMinAct: number;
   globalMinPrompt: number;
   working: WorkingState;
   memories: MemoryState[];
   edits: Record<string, StoredEdit>;
   nextId: number;
+  irrCursor: number;
 }
 
 const TEMPLATE_SEEDS = ['I', 'You', 'Because', 'Yes', 'Q: '];
@@ -224,11 +272,19 @@ function resolveConfig(model: Model, opts: EditorOptions): EditorConfig {
     irrelevantRows: 1,
     preset: p.preset,
   };
+  if (method === 'repair') {
+    // REPAIR runs "frequent knowledge fusion": the REPAIR repo's yamls save every 5 edits; k = 2 shards
+    // per merged memory is the best of the paper's Fig. 6a sweep [ALGORITHM.md §2.9].
+    c.saveFreq = 5;
+    c.mergeFreq = 10;
+  }
   for (const [k, v] of Object.entries(opts)) {
-    if (v === undefined) continue;
+    if (v === undefined || k === 'repair') continue;
     if (!(k in c) && k !== 'contextTemplates' && k !== 'irrelevantPool') throw bad(`unknown editor option '${k}'`, k);
     (c as unknown as Record<string, unknown>)[k] = v;
   }
+  if (opts.repair !== undefined && method !== 'repair') throw bad("editor option repair is only for method 'repair'", 'repair');
+  if (method === 'repair') c.repair = resolveRepairOptions(opts.repair, typeof c.mergeFreq === 'number' ? c.mergeFreq : 10);
   validateConfig(c, cfg);
   return c;
 }
@@ -243,7 +299,7 @@ function validateConfig(c: EditorConfig, cfg: ModelConfig): void {
     if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw bad(`editor option ${k} must be ${what}, got ${JSON.stringify(v)}`, k);
   };
   const int = (k: keyof EditorConfig, lo: number, hi: number) => num(k, (x) => Number.isInteger(x) && x >= lo && x <= hi, `an integer in [${lo}, ${hi}]`);
-  if (c.method !== 'wise' && c.method !== 'ft') throw bad(`editor option method must be 'wise' or 'ft', got ${JSON.stringify(c.method)}`, 'method');
+  if (c.method !== 'wise' && c.method !== 'ft' && c.method !== 'repair') throw bad(`editor option method must be 'wise', 'repair' or 'ft', got ${JSON.stringify(c.method)}`, 'method');
   int('layer', 0, cfg.numLayers - 1);
   num('lr', (x) => x > 0, 'a number > 0');
   int('nIter', 1, 100000);
@@ -335,11 +391,12 @@ export class Editor {
   #shardCount = 0;
   #globalMinAct = NO_ACT;
   #globalMinPrompt = NO_ACT;
-  #working: WorkingState = { seed: 0, minAct: NO_ACT, minPrompt: NO_ACT, edits: [] };
+  #working: WorkingState = { uid: 'w0', seed: 0, minAct: NO_ACT, minPrompt: NO_ACT, edits: [] };
   #memories: MemoryState[] = [];
   #edits = new Map<string, StoredEdit>();
   #nextId = 1;
   #irrCursor = 0;
+  #loop: LoopState = { queue: [], residual: [], feedback: [], status: {}, attempts: {}, gaveUp: [], uidCounter: 1 };
 
   private constructor(model: Model, config: EditorConfig) {
     this.model = model;
@@ -351,11 +408,11 @@ export class Editor {
     if (model.disposed) throw disposedError();
     const config = resolveConfig(model, opts ?? {});
     const ed = new Editor(model, config);
-    const texts = config.contextTemplates || config.irrelevantPool ? [] : await contextTexts(model, config.seed);
+    const texts = config.contextTemplates && config.irrelevantPool ? [] : await contextTexts(model, config.seed);
     ed.#templates = config.contextTemplates ? [...config.contextTemplates] : ['{}', ...texts.map((t) => `${t} {}`)];
-    ed.#irrelevantPool = config.irrelevantPool ? [...config.irrelevantPool] : texts.length ? texts : await contextTexts(model, config.seed);
+    ed.#irrelevantPool = config.irrelevantPool ? [...config.irrelevantPool] : texts;
     await ed.#attach();
-    ed.#working = { seed: shardSeed(config.seed, 0), minAct: NO_ACT, minPrompt: NO_ACT, edits: [] };
+    ed.#working = { uid: ed.#uid('w'), seed: shardSeed(config.seed, 0), minAct: NO_ACT, minPrompt: NO_ACT, edits: [] };
     ed.#shardCount = 1;
     return ed;
   }
@@ -377,10 +434,14 @@ export class Editor {
     });
   }
 
+  #uid(prefix: string): string {
+    return `${prefix}${this.#loop.uidCounter++}`;
+  }
+
   get disposed(): boolean {
     return this.#disposed || this.model.disposed;
   }
-  /** Number of edits applied (rolled-back ones included: the cadence counter never goes back). */
+  /** Number of edits trained (re-trained and rolled-back ones included: the cadence counter never goes back). */
   get editCount(): number {
     return this.#editCount;
   }
@@ -389,15 +450,20 @@ export class Editor {
     return this.#templates;
   }
   /** Summary of the working memory and every side memory. */
-  memories(): { working: { edits: string[]; threshold: number }; memories: { kind: string; edits: string[]; threshold: number }[] } {
+  memories(): { working: { name: string; edits: string[]; threshold: number }; memories: { name: string; kind: string; edits: string[]; threshold: number }[] } {
     return {
-      working: { edits: [...this.#working.edits], threshold: this.#threshold(this.#working.minAct) },
-      memories: this.#memories.map((m) => ({ kind: m.kind, edits: [...m.edits], threshold: this.#threshold(m.minAct) })),
+      working: { name: this.#working.uid, edits: [...this.#working.edits], threshold: this.#threshold(this.#working.minAct) },
+      memories: this.#memories.map((m) => ({ name: m.uid, kind: m.kind, edits: [...m.edits], threshold: this.#threshold(m.minAct) })),
     };
   }
   /** The ids of the edits currently in effect, in order. */
   edits(): string[] {
     return [...this.#edits.keys()];
+  }
+  /** REPAIR loop state: edits still queued (an interrupted editMany resumes them), the residual and feedback pools. */
+  pending(): { queued: string[]; residual: string[]; feedback: string[]; gaveUp: string[] } {
+    const l = this.#loop;
+    return { queued: l.queue.map((p) => p.id), residual: l.residual.map((p) => p.id), feedback: [...l.feedback], gaveUp: [...l.gaveUp] };
   }
 
   #check(): void {
@@ -415,33 +481,42 @@ export class Editor {
     return this.model.tokenizer.applyChatTemplate([{ role: 'user', content: body }], { addGenerationPrompt: true });
   }
 
-  /** Build the training rows of one edit: 11 template rows + (wise) the irrelevant row(s). */
+  /** Build the training rows of one edit: 11 template rows + (wise/repair) the irrelevant row(s). */
   buildBatch(req: EditRequest, irrelevant: string | readonly string[]): NativeEditBatch {
-    const irr = typeof irrelevant === 'string' ? [irrelevant] : irrelevant;
+    return this.#buildRows([{ request: req, irrelevant: typeof irrelevant === 'string' ? [irrelevant] : irrelevant }]);
+  }
+
+  /**
+   * Rows of a batch of samples: each sample's 11 template rows (its sample id), then every sample's
+   * irrelevant rows. L_edit = mean over samples of (mean over its rows of Σ CE / (#target + 1)).
+   */
+  #buildRows(samples: readonly { request: EditRequest; irrelevant: readonly string[] }[]): NativeEditBatch {
     const tok = this.model.tokenizer;
-    const edit: { ids: number[]; p: number }[] = [];
-    for (const t of this.#templates) {
-      let promptIds: number[];
-      let ids: number[];
-      if (this.config.useChatTemplate) {
-        const pt = this.#promptText(t, req.prompt);
-        promptIds = tok.encode(pt);
-        ids = tok.encode(`${pt} ${req.target}`);
-      } else {
-        const i = t.lastIndexOf('{}');
-        const pre = t.slice(0, i);
-        const post = t.slice(i + 2);
-        promptIds = tok.encode(pre + req.prompt + post);
-        ids = tok.encode(pre + req.prompt + ' ' + req.target + post);
+    const edit: { ids: number[]; p: number; sample: number }[] = [];
+    samples.forEach(({ request: req }, si) => {
+      for (const t of this.#templates) {
+        let promptIds: number[];
+        let ids: number[];
+        if (this.config.useChatTemplate) {
+          const pt = this.#promptText(t, req.prompt);
+          promptIds = tok.encode(pt);
+          ids = tok.encode(`${pt} ${req.target}`);
+        } else {
+          const i = t.lastIndexOf('{}');
+          const pre = t.slice(0, i);
+          const post = t.slice(i + 2);
+          promptIds = tok.encode(pre + req.prompt + post);
+          ids = tok.encode(pre + req.prompt + ' ' + req.target + post);
+        }
+        if (ids.length <= promptIds.length) {
+          throw new RepairError('ERR_EDIT_REQUEST', `the target ${JSON.stringify(req.target)} adds no token to the prompt`, { field: 'target' });
+        }
+        edit.push({ ids, p: promptIds.length, sample: si });
       }
-      if (ids.length <= promptIds.length) {
-        throw new RepairError('ERR_EDIT_REQUEST', `the target ${JSON.stringify(req.target)} adds no token to the prompt`, { field: 'target' });
-      }
-      edit.push({ ids, p: promptIds.length });
-    }
+    });
     const rows = edit.map((e) => e.ids);
-    const wise = this.config.method === 'wise';
-    if (wise) for (const t of irr) rows.push(tok.encode(t));
+    const margin = this.config.method !== 'ft';
+    if (margin) for (const s of samples) for (const t of s.irrelevant) rows.push(tok.encode(t));
     const R = rows.length;
     const T = Math.max(...rows.map((r) => r.length));
     if (T > this.model.config.maxPositions) {
@@ -455,25 +530,28 @@ export class Editor {
     const labels = new Int32Array(R * T).fill(-1);
     const labelWeights = new Float32Array(R * T);
     const kind = new Int32Array(R);
+    const sample = new Int32Array(R).fill(-1);
     rows.forEach((r, i) => {
       pad[i] = T - r.length;
       tokens.set(r, i * T + pad[i]!);
     });
-    // L_edit: per row Σ CE over target tokens / (#target + 1), averaged over the edit rows (§1.4).
+    const perSample = this.#templates.length;
     edit.forEach((e, i) => {
       const n = e.ids.length - e.p;
       for (let j = e.p; j < e.ids.length; j++) {
         const pos = i * T + pad[i]! + j - 1; // logits at j-1 predict token j
         labels[pos] = e.ids[j]!;
-        labelWeights[pos] = 1 / ((n + 1) * edit.length);
+        labelWeights[pos] = 1 / ((n + 1) * perSample * samples.length);
       }
+      sample[i] = e.sample;
     });
-    if (wise) for (let i = edit.length; i < R; i++) kind[i] = 1;
-    return { tokens, R, T, pad, labels, labelWeights, kind };
+    for (let i = edit.length; i < R; i++) kind[i] = 1;
+    return { tokens, R, T, pad, labels, labelWeights, kind, ...(samples.length > 1 ? { sample } : {}) };
   }
 
-  #hyper(seed: number): NativeEditHyper {
+  #hyper(seed: number, kd = false): NativeEditHyper {
     const c = this.config;
+    const r = c.repair;
     return {
       nIter: c.nIter,
       lr: c.lr,
@@ -481,81 +559,146 @@ export class Editor {
       clamp: c.normConstraint,
       maskRatio: c.maskRatio,
       seed,
-      margin: c.method === 'wise',
+      margin: c.method !== 'ft',
       alpha: c.actMargin[0],
       beta: c.actMargin[1],
       gamma: c.actMargin[2],
       act: actCode(this.model, c.scoreMode),
       earlyStop: c.earlyStop,
       fullForward: false,
+      ...(r ? { actWeight: r.actWeight } : {}),
+      ...(r && kd ? { kd: true, kdWeight: r.kdWeight, kdLambda: r.kdLambda, kdTheta: r.kdVarianceSign * r.kdTheta } : {}),
     };
   }
 
-  #validateRequest(req: EditRequest): void {
-    if (typeof req !== 'object' || req === null) throw new RepairError('ERR_EDIT_REQUEST', 'an edit request must be an object');
+  #validateRequest(req: EditRequest, where = 'the edit request'): void {
+    const fail = (msg: string, field?: string): never => {
+      throw new RepairError('ERR_EDIT_REQUEST', `${where}: ${msg}`, field ? { field } : undefined);
+    };
+    if (typeof req !== 'object' || req === null) fail('an edit request must be an object');
     for (const k of ['prompt', 'target'] as const) {
-      if (typeof req[k] !== 'string' || req[k].trim() === '') throw new RepairError('ERR_EDIT_REQUEST', `the edit request's ${k} must be a non-empty string`, { field: k });
+      if (typeof req[k] !== 'string' || req[k].trim() === '') fail(`${k} must be a non-empty string`, k);
     }
     for (const k of ['rephrase', 'irrelevant', 'id'] as const) {
-      if (req[k] !== undefined && (typeof req[k] !== 'string' || req[k] === '')) throw new RepairError('ERR_EDIT_REQUEST', `the edit request's ${k} must be a non-empty string`, { field: k });
+      if (req[k] !== undefined && (typeof req[k] !== 'string' || req[k] === '')) fail(`${k} must be a non-empty string`, k);
     }
-    if (req.id !== undefined && this.#edits.has(req.id)) throw new RepairError('ERR_EDIT_REQUEST', `an edit with id ${req.id} already exists`, { field: 'id' });
+    if (req.id !== undefined && (this.#edits.has(req.id) || this.#loop.queue.some((p) => p.id === req.id))) fail(`an edit with id ${req.id} already exists`, 'id');
     if (req.locality !== undefined && (!Array.isArray(req.locality) || !req.locality.every((l) => l && typeof l.prompt === 'string' && typeof l.answer === 'string')))
-      throw new RepairError('ERR_EDIT_REQUEST', 'locality must be an array of {prompt, answer} strings', { field: 'locality' });
+      fail('locality must be an array of {prompt, answer} strings', 'locality');
+  }
+
+  #irrelevantFor(req: EditRequest): string[] {
+    const pool = this.#irrelevantPool;
+    const out: string[] = [];
+    if (req.irrelevant !== undefined) out.push(req.irrelevant);
+    if (pool.length === 0 && out.length === 0) throw new RepairError('ERR_EDIT_REQUEST', 'no irrelevant text: pass request.irrelevant or the irrelevantPool option');
+    while (out.length < this.config.irrelevantRows) out.push(pool[this.#irrCursor++ % pool.length]!);
+    return out;
   }
 
   /**
    * Apply one edit (all n_iter steps in one native call). On failure or abort nothing changes.
+   * With method 'repair' this is editMany([request]): the closed loop runs on it.
    */
-  async edit(request: EditRequest, opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void } = {}): Promise<EditResult> {
+  async edit(request: EditRequest, opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void; onEvent?: (e: RepairEvent) => void } = {}): Promise<EditResult> {
     this.#check();
-    this.#validateRequest(request);
-    const pool = this.#irrelevantPool;
-    const irrelevant: string[] = [];
-    let cursor = this.#irrCursor;
-    if (request.irrelevant !== undefined) irrelevant.push(request.irrelevant);
-    while (irrelevant.length < this.config.irrelevantRows) irrelevant.push(pool[cursor++ % pool.length]!);
-    const batch = this.buildBatch(request, irrelevant);
-    if (this.config.method === 'wise' && this.#editCount % this.config.saveFreq === 0 && this.#working.edits.length === 0) {
-      // a new shard starts: a fresh mask (§1.6)
-      this.#working.seed = shardSeed(this.config.seed, this.#shardCount++);
+    if (this.config.method === 'repair') {
+      const r = await this.editMany([request], { signal: opts.signal, onEvent: opts.onEvent });
+      const mine = r.results.filter((x) => x.id === (request.id ?? x.id));
+      const last = mine.at(-1);
+      if (!last) throw new RepairError('ERR_INTERNAL', 'the edit was not trained');
+      return last;
     }
-    const hyper = this.#hyper(this.#working.seed);
-    const mi = modelInternals(this.model);
-    const nIter = this.config.nIter;
-    const res = await mi.enqueue(
-      (nm) => nm.sideEdit(this.#side, 0, batch, hyper, opts.onProgress ? (step, loss) => opts.onProgress!({ step, nIter, loss }) : undefined),
-      opts.signal,
-    );
-    this.#irrCursor = cursor;
+    this.#validateRequest(request);
     const id = request.id ?? this.#freshId();
-    this.#edits.set(id, { request: structuredClone(request), irrelevant, score: res.thresholdStat, promptScore: res.promptStat });
-    this.#working.edits.push(id);
-    this.#working.minAct = Math.min(this.#working.minAct, res.thresholdStat);
-    this.#working.minPrompt = Math.min(this.#working.minPrompt, res.promptStat);
-    this.#globalMinAct = Math.min(this.#globalMinAct, res.thresholdStat);
-    this.#globalMinPrompt = Math.min(this.#globalMinPrompt, res.promptStat);
-    this.#editCount++;
-    let memory: 'working' | number = 'working';
-    if (this.config.method === 'wise') memory = await this.#cadence(id);
-    return { id, steps: res.steps, losses: Array.from(res.loss), memory, score: res.thresholdStat };
+    const [res] = await this.#train([{ id, request, attempts: 0 }], false, opts);
+    return res!;
   }
 
   #freshId(): string {
-    while (this.#edits.has(`e${this.#nextId}`)) this.#nextId++;
+    while (this.#edits.has(`e${this.#nextId}`) || this.#loop.queue.some((p) => p.id === `e${this.#nextId}`)) this.#nextId++;
     return `e${this.#nextId++}`;
   }
 
-  /** §1.7: save every saveFreq edits, merge every mergeFreq. Returns where edit `id` ended up. */
-  async #cadence(id: string): Promise<'working' | number> {
+  /**
+   * Train a batch of samples into the working memory in one native call, record them, run the cadence.
+   * Throws (leaving everything as it was) when the native edit fails or is aborted.
+   */
+  async #train(items: Pending[], kd: boolean, opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void } = {}): Promise<EditResult[]> {
+    const cursor = this.#irrCursor;
+    const samples = items.map((p) => ({ request: p.request, irrelevant: this.#irrelevantFor(p.request) }));
+    let batch: NativeEditBatch;
+    try {
+      batch = this.#buildRows(samples);
+    } catch (e) {
+      this.#irrCursor = cursor;
+      throw e;
+    }
+    const fresh = this.#working.edits.length === 0;
+    const seed = fresh ? shardSeed(this.config.seed, this.#shardCount) : this.#working.seed;
+    const hyper = this.#hyper(seed, kd && items.length > 1);
+    const nIter = this.config.nIter;
+    let res: NativeEditResult;
+    try {
+      res = await modelInternals(this.model).enqueue(
+        (nm) => nm.sideEdit(this.#side, 0, batch, hyper, opts.onProgress ? (step, loss) => opts.onProgress!({ step, nIter, loss }) : undefined),
+        opts.signal,
+      );
+    } catch (e) {
+      this.#irrCursor = cursor;
+      throw e;
+    }
+    if (fresh) {
+      this.#working.seed = seed; // a new shard starts with a fresh mask (§1.6)
+      this.#shardCount++;
+    }
+    const S = items.length;
+    items.forEach((p, i) => {
+      const score = S > 1 ? res.sampleStat[i]! : res.thresholdStat;
+      const promptScore = S > 1 ? res.samplePromptStat[i]! : res.promptStat;
+      this.#edits.set(p.id, { request: structuredClone(p.request), irrelevant: samples[i]!.irrelevant, score, promptScore, loss: res.sampleCe[i]! * S });
+      if (!this.#working.edits.includes(p.id)) this.#working.edits.push(p.id);
+      this.#working.minAct = Math.min(this.#working.minAct, score);
+      this.#working.minPrompt = Math.min(this.#working.minPrompt, promptScore);
+      this.#globalMinAct = Math.min(this.#globalMinAct, score);
+      this.#globalMinPrompt = Math.min(this.#globalMinPrompt, promptScore);
+    });
+    const trainedInto = this.#working.uid;
+    const prev = this.#editCount;
+    this.#editCount += S;
+    if (this.config.method !== 'ft') await this.#cadence(prev);
+    this.#lastTrained = { uid: trainedInto, res };
+    return items.map((p, i) => {
+      const mi = this.#memories.findIndex((m) => m.edits.includes(p.id));
+      return {
+        id: p.id,
+        steps: res.steps,
+        losses: Array.from(res.loss),
+        memory: this.#working.edits.includes(p.id) || mi < 0 ? ('working' as const) : mi,
+        score: S > 1 ? res.sampleStat[i]! : res.thresholdStat,
+      };
+    });
+  }
+  #lastTrained: { uid: string; res: NativeEditResult } | undefined;
+
+  /** §1.7: save whenever the edit counter crosses a multiple of saveFreq, merge when it crosses mergeFreq. */
+  async #cadence(prev: number): Promise<void> {
     const c = this.config;
-    const mi = modelInternals(this.model);
-    if (this.#editCount % c.saveFreq !== 0) return 'working';
-    await mi.enqueue(async (nm) => {
+    const now = this.#editCount;
+    if (Math.floor(now / c.saveFreq) === Math.floor(prev / c.saveFreq)) return;
+    await this.#saveWorking();
+    if (Math.floor(now / c.mergeFreq) !== Math.floor(prev / c.mergeFreq)) await this.#merge();
+  }
+
+  /** Freeze the working memory as a shard (a copy) and reset it to the base weight. */
+  async #saveWorking(): Promise<void> {
+    const c = this.config;
+    await modelInternals(this.model).enqueue(async (nm) => {
       await nm.sideAdd(this.#side, 0);
       await nm.sideReset(this.#side, 0);
     });
     this.#memories.push({
+      uid: this.#working.uid,
       kind: 'shard',
       minAct: this.#working.minAct,
       minPrompt: this.#working.minPrompt,
@@ -564,19 +707,25 @@ export class Editor {
       weights: [1],
     });
     this.#working = {
+      uid: this.#uid('w'),
       seed: this.#working.seed,
       minAct: c.retrieve ? NO_ACT : this.#working.minAct,
       minPrompt: c.retrieve ? NO_ACT : this.#working.minPrompt,
       edits: [],
     };
-    if (this.#editCount % c.mergeFreq === 0) await this.#merge();
-    const where = this.#memories.findIndex((m) => m.edits.includes(id));
-    return where >= 0 ? where : 'working';
   }
 
-  async #merge(): Promise<void> {
+  /** Mean final L_edit of a memory's edits: L_i of the loss-aware merge (§2.6). */
+  #memoryLoss(m: { edits: string[] }): number {
+    const ls = m.edits.map((e) => this.#edits.get(e)?.loss).filter((x): x is number => x !== undefined);
+    return ls.length ? ls.reduce((a, b) => a + b, 0) / ls.length : 0;
+  }
+
+  async #merge(onEvent?: (e: RepairEvent) => void): Promise<void> {
     const c = this.config;
     const mi = modelInternals(this.model);
+    const lossAware = c.method === 'repair' && c.repair!.lossAwareMerge;
+    const emit = onEvent ?? this.#onEvent;
     if (c.retrieve) {
       const k = c.mergeFreq / c.saveFreq;
       if (k < 2) return; // one shard per merge: nothing to merge
@@ -584,19 +733,25 @@ export class Editor {
       const group = this.#memories.slice(first);
       if (first < 0 || group.some((m) => m.kind !== 'shard')) return;
       const slots = Int32Array.from(group.map((_, i) => first + i + 1));
-      const w = c.mergeWeight / k;
+      const losses = group.map((m) => this.#memoryLoss(m));
+      const w = lossAware ? lossAwareWeights(losses, c.repair!.mergeAlpha) : group.map(() => c.mergeWeight / k);
       await mi.enqueue(async (nm) => {
-        await nm.sideTies(this.#side, slots[0]!, slots, Float32Array.from(group.map(() => w)), c.mergeDensity);
+        if (lossAware) await nm.sideMergeLossAware(this.#side, slots[0]!, slots, Float32Array.from(w));
+        else await nm.sideTies(this.#side, slots[0]!, slots, Float32Array.from(w), c.mergeDensity);
         await nm.sideRemove(this.#side, slots.slice(1));
       });
+      const uid = this.#uid('m');
       this.#memories.splice(first, k, {
+        uid,
         kind: 'merged',
         minAct: Math.min(...group.map((m) => m.minAct)),
         minPrompt: Math.min(...group.map((m) => m.minPrompt)),
         edits: group.flatMap((m) => m.edits),
         parts: group.flatMap((m) => m.parts),
-        weights: group.map(() => w),
+        weights: w,
       });
+      this.#remapStatus(group.map((m) => m.uid), uid);
+      emit?.({ type: 'shards-merged', into: uid, from: group.map((m) => m.uid), rule: lossAware ? 'loss-aware' : 'ties', weights: w, losses });
     } else {
       // WISE-Merge: fold the pending shards into the one merged memory (memory 0).
       const merged = this.#memories[0]?.kind === 'merged' ? this.#memories[0] : undefined;
@@ -604,15 +759,23 @@ export class Editor {
       if (shards.length === 0) return;
       const shardSlots = shards.map((m) => this.#memories.indexOf(m) + 1);
       const srcs = merged ? [...shardSlots, 1] : shardSlots;
-      const weights = merged ? [...shards.map(() => 0.4 / shards.length), 0.6] : shards.map(() => c.mergeWeight / shards.length);
+      const all = merged ? [...shards, merged] : shards;
+      const losses = all.map((m) => this.#memoryLoss(m));
+      const weights = lossAware
+        ? lossAwareWeights(losses, c.repair!.mergeAlpha)
+        : merged
+          ? [...shards.map(() => 0.4 / shards.length), 0.6]
+          : shards.map(() => c.mergeWeight / shards.length);
       const dst = merged ? 1 : shardSlots[0]!;
       await mi.enqueue(async (nm) => {
-        await nm.sideTies(this.#side, dst, Int32Array.from(srcs), Float32Array.from(weights), c.mergeDensity);
+        if (lossAware) await nm.sideMergeLossAware(this.#side, dst, Int32Array.from(srcs), Float32Array.from(weights));
+        else await nm.sideTies(this.#side, dst, Int32Array.from(srcs), Float32Array.from(weights), c.mergeDensity);
         await nm.sideRemove(this.#side, Int32Array.from(shardSlots.filter((s) => s !== dst)));
       });
-      const all = merged ? [merged, ...shards] : shards;
+      const uid = this.#uid('m');
       this.#memories = [
         {
+          uid,
           kind: 'merged',
           minAct: Math.min(...all.map((m) => m.minAct)),
           minPrompt: Math.min(...all.map((m) => m.minPrompt)),
@@ -621,7 +784,260 @@ export class Editor {
           weights,
         },
       ];
+      this.#remapStatus(all.map((m) => m.uid), uid);
+      emit?.({ type: 'shards-merged', into: uid, from: all.map((m) => m.uid), rule: lossAware ? 'loss-aware' : 'ties', weights, losses });
     }
+  }
+  #onEvent: ((e: RepairEvent) => void) | undefined;
+
+  #remapStatus(from: string[], to: string): void {
+    for (const s of Object.values(this.#loop.status)) if (from.includes(s.memory)) s.memory = to;
+  }
+
+  // ---- the REPAIR closed loop (ALGORITHM.md §2.1, Alg. 1) ----
+  /**
+   * Apply many edits. For 'wise'/'ft' they are applied one by one, in order. For 'repair' the closed loop
+   * runs: distribution-aware batches (with the residual pool), intra-batch distillation, the error
+   * monitor, pruning and reintegration of failing memories, loss-aware merges. The queue lives in the
+   * editor: after an abort (ERR_ABORTED) nothing half-done is kept, and editMany([]) resumes.
+   */
+  async editMany(
+    records: readonly EditRequest[],
+    opts: { signal?: AbortSignal; onEvent?: (e: RepairEvent) => void; onProgress?: (p: { done: number; total: number }) => void } = {},
+  ): Promise<EditManyResult> {
+    this.#check();
+    if (!Array.isArray(records)) throw new RepairError('ERR_EDIT_REQUEST', 'editMany: records must be an array');
+    const ids = new Set<string>();
+    records.forEach((r, i) => {
+      this.#validateRequest(r, `record ${i}`);
+      if (r.id !== undefined) {
+        if (ids.has(r.id)) throw new RepairError('ERR_EDIT_REQUEST', `record ${i}: duplicate id ${r.id}`, { index: i, field: 'id' });
+        ids.add(r.id);
+      }
+    });
+    for (const r of records) this.#loop.queue.push({ id: r.id ?? this.#freshId(), request: structuredClone(r), attempts: 0 });
+    const results: EditResult[] = [];
+    const gaveUp: string[] = [];
+    let retriggers = 0;
+    this.#onEvent = opts.onEvent;
+    try {
+      if (this.config.method !== 'repair') {
+        const total = this.#loop.queue.length;
+        while (this.#loop.queue.length) {
+          if (opts.signal?.aborted) throw new RepairError('ERR_ABORTED', 'editMany was aborted');
+          const p = this.#loop.queue[0]!;
+          const r = await this.#train([p], false, { signal: opts.signal });
+          this.#loop.queue.shift();
+          results.push(...r);
+          opts.onEvent?.({ type: 'edit-trained', ids: [p.id], memory: this.#lastTrained!.uid, steps: r[0]!.steps, loss: r[0]!.losses.at(-1) ?? 0, kd: 0, kdScores: [0] });
+          opts.onProgress?.({ done: total - this.#loop.queue.length, total });
+        }
+        return { results, gaveUp, retriggers };
+      }
+      const ro = this.config.repair!;
+      const loop = this.#loop;
+      let total = loop.queue.length + loop.residual.length;
+      let done = 0;
+      while (loop.queue.length || loop.residual.length) {
+        if (opts.signal?.aborted) throw new RepairError('ERR_ABORTED', 'editMany was aborted');
+        // FORMBATCHES over the next window of incoming edits plus the residual pool
+        const incoming = loop.queue.slice(0, ro.batching ? ro.window : 1);
+        const residual = ro.batching ? [...loop.residual] : loop.queue.length ? [] : loop.residual.slice(0, 1);
+        const pool = [...incoming, ...residual];
+        let batches: Pending[][];
+        if (ro.batching && pool.length > 1) {
+          const feats = await this.#features(pool.map((p) => p.request.prompt), opts.signal);
+          batches = formBatches(feats, ro.batchSize).map((b) => b.map((i) => pool[i]!));
+        } else {
+          batches = pool.map((p) => [p]);
+        }
+        if (residual.length) opts.onEvent?.({ type: 'residual-rebatched', ids: residual.map((p) => p.id) });
+        for (const batch of batches) {
+          if (opts.signal?.aborted) throw new RepairError('ERR_ABORTED', 'editMany was aborted');
+          const trained = await this.#train(batch, ro.kd, { signal: opts.signal });
+          // the batch is in: take it off the queue / residual pool
+          const bIds = new Set(batch.map((p) => p.id));
+          loop.queue = loop.queue.filter((p) => !bIds.has(p.id));
+          loop.residual = loop.residual.filter((p) => !bIds.has(p.id));
+          results.push(...trained);
+          done += batch.length;
+          const res = this.#lastTrained!.res;
+          const kdScores = Array.from(res.sampleKd);
+          opts.onEvent?.({ type: 'edit-trained', ids: batch.map((p) => p.id), memory: this.#lastTrained!.uid, steps: res.steps, loss: res.loss.at(-1) ?? 0, kd: res.kd.at(-1) ?? 0, kdScores });
+          // FILTERANDRECLUSTER: samples inconsistent with the batch teacher are re-batched later
+          if (ro.kd && batch.length > 1) {
+            const out = batch.filter((p, i) => i > 0 && kdScores[i]! >= ro.epsCons && p.attempts < ro.budget);
+            for (const p of out) {
+              p.attempts++;
+              loop.residual.push(p);
+              total++;
+            }
+            if (out.length) opts.onEvent?.({ type: 'residual-added', ids: out.map((p) => p.id), kdScores: out.map((p) => kdScores[batch.indexOf(p)]!) });
+          }
+          // EVALUATE + RETRIGGER
+          if (ro.monitor) {
+            await this.#monitor(batch, opts.signal, opts.onEvent);
+            const r = await this.#maybeRetrigger(opts.onEvent, gaveUp);
+            if (r) {
+              retriggers++;
+              total += r;
+              break; // the queue changed: form batches again
+            }
+          }
+          opts.onProgress?.({ done, total });
+        }
+      }
+      return { results, gaveUp, retriggers };
+    } finally {
+      this.#onEvent = undefined;
+    }
+  }
+
+  /** ModelFeat(x) for batching: mean over tokens of the edited layer's activation A(x) (§2.4, §2.9). */
+  async #features(prompts: string[], signal?: AbortSignal): Promise<Float32Array[]> {
+    const ids = prompts.map((p) => this.model.tokenizer.encode(this.#promptText('{}', p)));
+    const T = Math.max(...ids.map((x) => x.length));
+    const B = ids.length;
+    const tokens = new Int32Array(B * T);
+    const pad = new Int32Array(B);
+    ids.forEach((x, b) => {
+      pad[b] = T - x.length;
+      tokens.set(x, b * T + pad[b]!);
+    });
+    const F = this.model.config.intermediateSize;
+    const flat = await modelInternals(this.model).enqueue((nm) => nm.sideFeatures(this.#side, tokens, B, T, pad), signal);
+    return Array.from({ length: B }, (_, b) => flat.subarray(b * F, (b + 1) * F));
+  }
+
+  #slotUid(slot: number): string {
+    return slot < 0 ? 'main' : slot === 0 ? this.#working.uid : this.#memories[slot - 1]!.uid;
+  }
+
+  /** EVALUATE (§2.2): a(x) of each edit on its routed prediction; failures go to the feedback pool E. */
+  async #monitor(batch: Pending[], signal: AbortSignal | undefined, onEvent?: (e: RepairEvent) => void): Promise<void> {
+    const ro = this.config.repair!;
+    const loop = this.#loop;
+    for (const p of batch) {
+      let score: number;
+      let memory: string;
+      if (ro.correctness === 'token') {
+        const r = await this.#routedTokenAccuracy(p.request.prompt, p.request.target, signal);
+        score = r.acc;
+        memory = r.memory;
+      } else {
+        const tgt = this.model.tokenizer.encode(p.request.target, { addSpecialTokens: false });
+        let route = 'main';
+        const g = await modelInternals(this.model).generateRouted(this.#promptText('{}', p.request.prompt), { maxNewTokens: tgt.length + 2, signal }, async (nm, pids) => {
+          const sc = await this.#scores(nm, Int32Array.from(pids), 1, pids.length, new Int32Array(1));
+          const d = this.#decide((s) => sc[s]![0]!, 'prompt');
+          route = this.#slotUid(d.slot);
+          return { side: this.#side, slot: d.slot };
+        });
+        score = g.completion.trim().startsWith(p.request.target.trim()) ? 1 : 0;
+        memory = route;
+      }
+      const ok = score >= ro.tauCorrect;
+      loop.status[p.id] = { memory, score, ok };
+      if (!ok) {
+        if (!loop.feedback.includes(p.id)) loop.feedback.push(p.id);
+        onEvent?.({ type: 'error-detected', id: p.id, score, memory });
+      } else {
+        loop.feedback = loop.feedback.filter((e) => e !== p.id);
+      }
+    }
+  }
+
+  /** Teacher-forced token accuracy of prompt + " " + target through the router (full-row basis). */
+  async #routedTokenAccuracy(prompt: string, target: string, signal?: AbortSignal): Promise<{ acc: number; memory: string }> {
+    const tok = this.model.tokenizer;
+    const pt = this.#promptText('{}', prompt);
+    const ids = tok.encode(`${pt} ${target}`);
+    const pl = tok.encode(pt).length;
+    let memory = 'main';
+    const lg = await modelInternals(this.model).logitsRouted([ids], { positions: 'all', signal }, async (nm, b) => {
+      const sc = await this.#scores(nm, b.tokens, b.B, b.T, b.pad);
+      const d = this.#decide((s) => sc[s]![0]!, 'full');
+      memory = this.#slotUid(d.slot);
+      return { side: this.#side, slots: Int32Array.of(d.slot) };
+    });
+    let ok = 0;
+    for (let j = pl; j < ids.length; j++) {
+      const row = lg.at(0, j - 1);
+      let best = 0;
+      for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
+      if (best === ids[j]) ok++;
+    }
+    return { acc: ids.length > pl ? ok / (ids.length - pl) : 0, memory };
+  }
+
+  /**
+   * RETRIGGER (§2.3): when |E| > τ_E or a memory's error rate (over all monitored edits routed to it)
+   * exceeds τ_prune, drop the worst memory with its threshold, and put its edits plus the failures at the
+   * front of the queue; they are retrained into a fresh shard. An edit re-queued more than `budget` times
+   * is given up (and no longer in effect). Returns the number of edits re-queued (0: nothing happened).
+   */
+  async #maybeRetrigger(onEvent: ((e: RepairEvent) => void) | undefined, gaveUp: string[]): Promise<number> {
+    const ro = this.config.repair!;
+    const loop = this.#loop;
+    const rates = [...errorRates(Object.values(loop.status).map((s) => ({ memory: s.memory === 'main' ? undefined : s.memory, ok: s.ok })))].filter(([, r]) => r.n >= ro.minMonitored);
+    const worst = rates.reduce<[string, { n: number; failed: number; rate: number }] | undefined>((a, b) => (!a || b[1].rate > a[1].rate ? b : a), undefined);
+    const byRate = worst !== undefined && worst[1].rate > ro.tauPrune;
+    const byPool = loop.feedback.length > ro.tauE;
+    if (!byRate && !byPool) return 0;
+    // the memory to prune: the worst by rate; with only a full feedback pool, the one most failures route to
+    let target = worst?.[0];
+    if (!byRate) {
+      const counts = new Map<string, number>();
+      for (const e of loop.feedback) {
+        const m = loop.status[e]?.memory;
+        if (m && m !== 'main') counts.set(m, (counts.get(m) ?? 0) + 1);
+      }
+      target = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0];
+    }
+    let pruned: string[] = [];
+    if (target !== undefined) {
+      if (target === this.#working.uid) {
+        pruned = [...this.#working.edits];
+        await modelInternals(this.model).enqueue((nm) => nm.sideReset(this.#side, 0));
+        this.#working = { uid: this.#uid('w'), seed: this.#working.seed, minAct: NO_ACT, minPrompt: NO_ACT, edits: [] };
+      } else {
+        const i = this.#memories.findIndex((m) => m.uid === target);
+        if (i >= 0) {
+          pruned = [...this.#memories[i]!.edits];
+          await modelInternals(this.model).enqueue((nm) => nm.sideRemove(this.#side, Int32Array.of(i + 1)));
+          this.#memories.splice(i, 1);
+        }
+      }
+      onEvent?.({ type: 'shard-pruned', memory: target, reason: byRate ? 'error-rate' : 'feedback-pool', errorRate: worst?.[0] === target ? worst[1].rate : 0, edits: pruned });
+    }
+    // reintegrate: the pruned memory's edits + the failures, at the front of the queue, into a fresh shard
+    if (this.#working.edits.length > 0) await this.#saveWorking();
+    const again = [...new Set([...pruned, ...loop.feedback])];
+    const requeue: Pending[] = [];
+    for (const id of again) {
+      const st = this.#edits.get(id) ?? loop.queue.find((p) => p.id === id) ?? loop.residual.find((p) => p.id === id);
+      if (!st) continue;
+      const attempts = (loop.attempts[id] ?? 0) + 1;
+      const stillHeld = this.#memories.some((m) => m.edits.includes(id)) || this.#working.edits.includes(id);
+      if (attempts > ro.budget) {
+        if (!stillHeld) {
+          this.#edits.delete(id);
+          loop.gaveUp.push(id);
+          gaveUp.push(id);
+          onEvent?.({ type: 'gave-up', id, attempts: attempts - 1 });
+        }
+        continue;
+      }
+      loop.attempts[id] = attempts;
+      if (!stillHeld) this.#edits.delete(id);
+      requeue.push({ id, request: 'request' in st ? st.request : (st as Pending).request, attempts });
+    }
+    for (const id of again) delete loop.status[id];
+    loop.feedback = [];
+    loop.queue = [...requeue, ...loop.queue.filter((p) => !requeue.some((r) => r.id === p.id))];
+    loop.residual = loop.residual.filter((p) => !requeue.some((r) => r.id === p.id));
+    if (requeue.length) onEvent?.({ type: 'edits-reintegrated', ids: requeue.map((p) => p.id) });
+    return requeue.length || (target !== undefined ? 1 : 0);
   }
 
   // ---- routing (§1.9) ----
@@ -739,22 +1155,25 @@ export class Editor {
 
   // ---- rollback ----
   /**
-   * Undo one edit. The memory that holds it is retrained without it (same masks, same order) and, for a
-   * merged memory, re-merged: the cost is one edit's training per remaining edit in that memory
-   * (at most saveFreq for a shard, mergeFreq for a merged memory), plus one TIES merge.
+   * Undo one edit. Every memory that holds it is retrained without it (same masks, same order) and, for a
+   * merged memory, re-merged: the cost is one edit's training per remaining edit in those memories
+   * (at most saveFreq for a shard, mergeFreq for a merged memory), plus one merge.
    */
   async rollback(editId: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
     this.#check();
-    if (!this.#edits.has(editId)) throw new RepairError('ERR_UNKNOWN_EDIT', `no edit with id ${editId}`, { id: editId });
+    const loop = this.#loop;
+    const queued = loop.queue.some((p) => p.id === editId) || loop.residual.some((p) => p.id === editId);
+    if (!this.#edits.has(editId) && !queued) throw new RepairError('ERR_UNKNOWN_EDIT', `no edit with id ${editId}`, { id: editId });
     const mi = modelInternals(this.model);
     const replay = async (nm: NativeModel, slot: number, part: ShardPart): Promise<{ minAct: number; minPrompt: number }> => {
       let minAct = NO_ACT;
       let minPrompt = NO_ACT;
       for (const e of part.edits) {
         const st = this.#edits.get(e)!;
-        const r = await nm.sideEdit(this.#side, slot, this.buildBatch(st.request, st.irrelevant), this.#hyper(part.seed));
+        const r = await nm.sideEdit(this.#side, slot, this.#buildRows([{ request: st.request, irrelevant: st.irrelevant }]), this.#hyper(part.seed));
         st.score = r.thresholdStat;
         st.promptScore = r.promptStat;
+        st.loss = r.sampleCe[0] ?? st.loss;
         minAct = Math.min(minAct, r.thresholdStat);
         minPrompt = Math.min(minPrompt, r.promptStat);
       }
@@ -767,9 +1186,10 @@ export class Editor {
         return replay(nm, 0, part);
       }, opts.signal);
       this.#working = { ...this.#working, edits: part.edits, ...st };
-    } else {
-      const mIdx = this.#memories.findIndex((m) => m.edits.includes(editId));
+    }
+    for (let mIdx = this.#memories.length - 1; mIdx >= 0; mIdx--) {
       const m = this.#memories[mIdx]!;
+      if (!m.edits.includes(editId)) continue;
       const slot = mIdx + 1;
       const parts = m.parts.map((p) => ({ seed: p.seed, edits: p.edits.filter((e) => e !== editId) }));
       const keep = parts.map((p, i) => ({ p, w: m.weights[i] ?? 1 })).filter((x) => x.p.edits.length > 0);
@@ -783,6 +1203,7 @@ export class Editor {
         }, opts.signal);
         this.#memories[mIdx] = { ...m, ...st, edits: keep[0]!.p.edits, parts: [keep[0]!.p] };
       } else {
+        const lossAware = this.config.method === 'repair' && this.config.repair!.lossAwareMerge;
         const st = await mi.enqueue(async (nm) => {
           const temps: number[] = [];
           const mn = { minAct: NO_ACT, minPrompt: NO_ACT };
@@ -794,7 +1215,9 @@ export class Editor {
               mn.minAct = Math.min(mn.minAct, r.minAct);
               mn.minPrompt = Math.min(mn.minPrompt, r.minPrompt);
             }
-            await nm.sideTies(this.#side, slot, Int32Array.from(temps), Float32Array.from(keep.map((x) => x.w)), this.config.mergeDensity);
+            const w = lossAware ? lossAwareWeights(keep.map((x) => this.#memoryLoss(x.p)), this.config.repair!.mergeAlpha) : keep.map((x) => x.w);
+            if (lossAware) await nm.sideMergeLossAware(this.#side, slot, Int32Array.from(temps), Float32Array.from(w));
+            else await nm.sideTies(this.#side, slot, Int32Array.from(temps), Float32Array.from(w), this.config.mergeDensity);
           } finally {
             if (temps.length) await nm.sideRemove(this.#side, Int32Array.from(temps));
           }
@@ -804,6 +1227,10 @@ export class Editor {
       }
     }
     this.#edits.delete(editId);
+    loop.queue = loop.queue.filter((p) => p.id !== editId);
+    loop.residual = loop.residual.filter((p) => p.id !== editId);
+    loop.feedback = loop.feedback.filter((e) => e !== editId);
+    delete loop.status[editId];
     this.#globalMinAct = Math.min(NO_ACT, ...[...this.#edits.values()].map((e) => e.score));
     this.#globalMinPrompt = Math.min(NO_ACT, ...[...this.#edits.values()].map((e) => e.promptScore));
   }
@@ -820,12 +1247,14 @@ export class Editor {
       irrelevantPool: this.#irrelevantPool,
       editCount: this.#editCount,
       shardCount: this.#shardCount,
+      loop: this.#loop,
       globalMinAct: this.#globalMinAct,
       globalMinPrompt: this.#globalMinPrompt,
       working: this.#working,
       memories: this.#memories,
       edits: Object.fromEntries(this.#edits),
       nextId: this.#nextId,
+      irrCursor: this.#irrCursor,
     };
   }
 
@@ -876,12 +1305,14 @@ export class Editor {
     ed.#irrelevantPool = meta.irrelevantPool;
     ed.#editCount = meta.editCount;
     ed.#shardCount = meta.shardCount;
+    ed.#loop = meta.loop;
     ed.#globalMinAct = meta.globalMinAct;
     ed.#globalMinPrompt = meta.globalMinPrompt;
     ed.#working = meta.working;
     ed.#memories = meta.memories;
     ed.#edits = new Map(Object.entries(meta.edits));
     ed.#nextId = meta.nextId;
+    ed.#irrCursor = meta.irrCursor ?? 0;
     return ed;
   }
 

@@ -170,6 +170,10 @@ export interface NativeModel {
     hyper: NativeEditHyper,
     onProgress?: (step: number, loss: number) => void,
   ): Promise<NativeEditResult>;
+  /** REPAIR's loss-aware merge (Alg. 4) of source slots into dst with the given weights. */
+  sideMergeLossAware(side: number, dst: number, srcs: Int32Array, weights: Float32Array): Promise<void>;
+  /** Batching features: mean over each row's valid tokens of the edited layer's FFN activation, [B * F]. */
+  sideFeatures(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<Float32Array>;
   /** Hex fingerprint (FNV-1a 64) of a layer's base down_proj bytes. */
   baseFingerprint(layer: number): Promise<string>;
 }

@@ -2,7 +2,10 @@
 // exporting a CliCommand and list it here.
 
 import type { CliCommand } from './common.js';
+import { demoCommand } from './demo.js';
+import { editCommand } from './edit.js';
+import { explainCommand } from './explain.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 
-export const commands: CliCommand[] = [infoCommand, generateCommand];
+export const commands: CliCommand[] = [infoCommand, generateCommand, editCommand, explainCommand, demoCommand];

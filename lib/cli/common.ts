@@ -91,3 +91,26 @@ export function interruptSignal(): { signal: AbortSignal; done(): void } {
   process.on('SIGINT', onSig);
   return { signal: ac.signal, done: () => process.off('SIGINT', onSig) };
 }
+
+/** A plain-text table: columns padded to their widest cell, 'l'eft or 'r'ight aligned (default left). */
+export function formatTable(header: readonly string[], rows: readonly (readonly string[])[], align: readonly ('l' | 'r')[] = []): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, c) => Math.max(...all.map((r) => (r[c] ?? '').length)));
+  const line = (r: readonly string[]) =>
+    widths
+      .map((w, c) => (align[c] === 'r' ? (r[c] ?? '').padStart(w) : (r[c] ?? '').padEnd(w)))
+      .join('  ')
+      .trimEnd();
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+/** Fail a command with a usage error (one `repair-edit: ERR_USAGE: ...` line, exit 2). */
+export function usageError(cmd: Command, message: string): never {
+  cmd.error(message, { code: 'repair-edit.usage', exitCode: EXIT_USAGE });
+}
+
+/** True when option `name` (camelCase) was given on the command line (not a default). */
+export function givenOnCli(cmd: Command, name: string): boolean {
+  const src = cmd.getOptionValueSource(name);
+  return src === 'cli' || src === 'env';
+}

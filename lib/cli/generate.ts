@@ -1,8 +1,10 @@
 // cli/generate.ts — `repair-edit generate [options] "prompt"`.
 
 import type { Command } from 'commander';
+import { Editor } from '../editor.js';
 import { loadModel, type BackendChoice, type Prompt } from '../model.js';
 import { choiceOption, collect, floatOption, intOption, interruptSignal, resolveModelDir, writeOut, type CliCommand } from './common.js';
+import { explanationJson } from './memory.js';
 
 interface GenerateCliOptions {
   model?: string;
@@ -19,6 +21,7 @@ interface GenerateCliOptions {
   eos: boolean;
   chat?: boolean;
   system?: string;
+  memory?: string;
   json?: boolean;
 }
 
@@ -30,6 +33,7 @@ export const generateCommand: CliCommand = {
       .description('generate a continuation; with --temperature 0 (greedy) prints the prompt and continuation exactly as decoded')
       .argument('<prompt>', 'the prompt text')
       .option('--model <dir>', 'Hugging Face model folder (default: the shipped stories260K demo model)')
+      .option('--memory <file>', 'generate through side memories saved by `repair-edit edit` (routed; --json adds the route)')
       .option('--max-new-tokens <n>', 'tokens to generate at most', intOption(0), 64)
       .option('--temperature <t>', '0 = greedy', floatOption((x) => x >= 0, 'a number >= 0'), 0)
       .option('--top-k <k>', '0 = off', intOption(0, 0x7fffffff), 0)
@@ -58,7 +62,7 @@ export const generateCommand: CliCommand = {
           const prompt: Prompt = o.chat
             ? [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: promptText }]
             : promptText;
-          const r = await model.generate(prompt, {
+          const genOpts = {
             maxNewTokens: o.maxNewTokens,
             temperature: o.temperature,
             topK: o.topK,
@@ -67,7 +71,20 @@ export const generateCommand: CliCommand = {
             stop: o.stop,
             stopOnEos: o.eos,
             signal: intr.signal,
-          });
+          };
+          if (o.memory !== undefined) {
+            await using editor = await Editor.load(model, o.memory, { signal: intr.signal });
+            const r = await editor.generate(prompt, genOpts);
+            if (o.json) {
+              // The route generate() took: decided once on the prompt, as explain() decides it.
+              const route = explanationJson(await editor.explain(prompt, { signal: intr.signal }));
+              await writeOut(`${JSON.stringify({ ...r, route, memoryFile: o.memory, model: model.dir, backend: model.backend }, null, 2)}\n`);
+            } else {
+              await writeOut(`${r.text}\n`);
+            }
+            return;
+          }
+          const r = await model.generate(prompt, genOpts);
           if (o.json) {
             await writeOut(`${JSON.stringify({ ...r, model: model.dir, backend: model.backend }, null, 2)}\n`);
           } else {

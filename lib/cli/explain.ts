@@ -1,0 +1,67 @@
+// cli/explain.ts — `repair-edit explain --memory FILE [options] "prompt"`: which memory a prompt routes
+// to, its score and threshold, and every memory's score.
+
+import type { Command } from 'commander';
+import { Editor } from '../editor.js';
+import { loadModel, type BackendChoice, type Prompt } from '../model.js';
+import { choiceOption, intOption, interruptSignal, resolveModelDir, writeOut, type CliCommand } from './common.js';
+import { explanationJson, fmtNum, routeLabel, scoresTable } from './memory.js';
+
+interface ExplainCliOptions {
+  model?: string;
+  memory: string;
+  teacherForced?: boolean;
+  chat?: boolean;
+  system?: string;
+  backend: BackendChoice;
+  device?: number;
+  threads?: number;
+  json?: boolean;
+}
+
+export const explainCommand: CliCommand = {
+  name: 'explain',
+  register(program: Command): void {
+    program
+      .command('explain')
+      .description('show how a prompt is routed through saved side memories: the chosen memory (or main), its score and threshold, and all scores')
+      .argument('<prompt>', 'the prompt text (with --teacher-forced: a full row such as prompt + answer)')
+      .requiredOption('--memory <file>', 'side memories saved by `repair-edit edit`')
+      .option('--model <dir>', 'Hugging Face model folder (default: the shipped stories260K demo model)')
+      .option('--teacher-forced', 'route the text as teacher-forced evaluation does (full rows, reference thresholds) instead of as a bare prompt before generation')
+      .option('--chat', 'send the prompt as a user message through the chat template')
+      .option('--system <text>', 'system message (with --chat)')
+      .option('--backend <name>', 'auto | cpu | cuda (auto honours REPAIR_BACKEND)', choiceOption(['auto', 'cpu', 'cuda'] as const), 'auto')
+      .option('--device <n>', 'CUDA device index', intOption(0, 1024))
+      .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096))
+      .option('--json', 'print the result as JSON')
+      .action(async (promptText: string, o: ExplainCliOptions) => {
+        const dir = resolveModelDir(o.model);
+        const intr = interruptSignal();
+        try {
+          await using model = await loadModel(dir, { backend: o.backend, device: o.device, threads: o.threads, signal: intr.signal });
+          await using editor = await Editor.load(model, o.memory, { signal: intr.signal });
+          const prompt: Prompt = o.chat
+            ? [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: promptText }]
+            : promptText;
+          const e = await editor.explain(prompt, { signal: intr.signal, teacherForced: o.teacherForced === true });
+          const basis = o.teacherForced ? 'teacher-forced' : 'prompt';
+          if (o.json) {
+            await writeOut(`${JSON.stringify({ prompt: promptText, basis, ...explanationJson(e), memoryFile: o.memory, model: model.dir, backend: model.backend }, null, 2)}\n`);
+            return;
+          }
+          const chosen = e.route === 'main' ? undefined : e.scores.find((s) => s.memory === e.route);
+          const lines = [
+            `route:     ${routeLabel(e.route)}${chosen ? ` (${chosen.kind}, ${chosen.edits} edit${chosen.edits === 1 ? '' : 's'})` : ' (the unedited weights)'}`,
+            `score:     ${fmtNum(e.score)} ${e.route === 'main' ? '<' : '>='} threshold ${fmtNum(e.threshold)}${e.route === 'main' ? ' (best memory)' : ''}`,
+            `basis:     ${basis} (${e.tokens} tokens)`,
+            '',
+            scoresTable(e),
+          ];
+          await writeOut(`${lines.join('\n')}\n`);
+        } finally {
+          intr.done();
+        }
+      });
+  },
+};

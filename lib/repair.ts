@@ -1,0 +1,182 @@
+// repair.ts — the REPAIR closed loop's pure pieces (ALGORITHM.md §2): its options with their defaults
+// and sources (one table), distribution-aware batching (§2.4 FORMBATCHES), the loss-aware merge
+// weights (§2.6), and per-shard error rates (§2.2). The loop itself runs in Editor.editMany
+// (lib/editor.ts); the arithmetic (training, KD, merges) is native.
+import { RepairError } from './errors.js';
+
+/** What a(x), the correctness score of an edit, is measured with (§2.2). */
+export type Correctness = 'token' | 'exact';
+/** ModelFeat(x) for batching (§2.4): the mean over tokens of the edited layer's FFN activation A(x). */
+export type BatchFeature = 'activation';
+
+/**
+ * Every REPAIR constant, with its default and where it comes from ("Table 6" = REPAIR paper Table 6,
+ * "§2.9" = ALGORITHM.md's proposed defaults for constants the paper does not give, [ours] = our choice).
+ */
+export interface RepairOptions {
+  /** Closed-loop error monitor (Alg. 1 lines EVALUATE/RETRIGGER). Default on. */
+  monitor: boolean;
+  /** Distribution-aware batching (FORMBATCHES). Off = one edit per batch, in arrival order. Default on. */
+  batching: boolean;
+  /** Intra-batch distillation (Eq. 4) and FILTERANDRECLUSTER. Default on. */
+  kd: boolean;
+  /** Loss-aware merge (Alg. 4). Off = plain TIES (§1.8). Default on. */
+  lossAwareMerge: boolean;
+
+  /** Batch size b. Default 4 (§2.9). */
+  batchSize: number;
+  /** Incoming edits grouped per FORMBATCHES call (with the residual pool). Default 2·b [ours]. */
+  window: number;
+  /** Batching feature. Default 'activation' (§2.9). */
+  feature: BatchFeature;
+  /** λ of the cosine term. Default 0.2 (Table 6, ZsRE LLaMA-3). */
+  kdLambda: number;
+  /** ϑ of the variance term. Default 0.1 (§2.9). */
+  kdTheta: number;
+  /** +1 = Eq. 4 as written (variance minimised), −1 = the prose's diversity-preserving reading (§2.5). */
+  kdVarianceSign: 1 | -1;
+  /** λ_KD of Eq. 6. Default 1.0 (Table 6). */
+  kdWeight: number;
+  /** λ_a of Eq. 6 (routing margin weight). Default 1.0 (Table 6, ZsRE LLaMA-3). */
+  actWeight: number;
+  /** ε_cons: a sample whose 1 − cos to the batch teacher stays >= this goes to the residual pool. Default 0.5 (§2.9). */
+  epsCons: number;
+  /** τ_correct: an edit with a(x) below this is an error. Default 0.85 (Table 6 "Err Thresh"). */
+  tauCorrect: number;
+  /** a(x): 'token' = teacher-forced token accuracy (default), 'exact' = the greedy answer equals the target. */
+  correctness: Correctness;
+  /** τ_prune: a memory whose error rate exceeds this is pruned. Default 0.5 (§2.9). */
+  tauPrune: number;
+  /** τ_E: the feedback pool size that triggers a retrigger. Default 2·mergeFreq (§2.9). */
+  tauE: number;
+  /** A memory's error rate is only trusted after this many monitored edits routed to it. Default 2 [ours]. */
+  minMonitored: number;
+  /** α of the merge weights softmax(−α·L_i). Default 1.0 (§2.9). */
+  mergeAlpha: number;
+  /** Times one edit may be re-queued (reintegration or residual re-batching): the termination budget. Default 3 [ours]. */
+  budget: number;
+}
+
+export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = {
+  monitor: true,
+  batching: true,
+  kd: true,
+  lossAwareMerge: true,
+  batchSize: 4,
+  window: 8,
+  feature: 'activation',
+  kdLambda: 0.2,
+  kdTheta: 0.1,
+  kdVarianceSign: 1,
+  kdWeight: 1.0,
+  actWeight: 1.0,
+  epsCons: 0.5,
+  tauCorrect: 0.85,
+  correctness: 'token',
+  tauPrune: 0.5,
+  minMonitored: 2,
+  mergeAlpha: 1.0,
+  budget: 3,
+};
+
+/** Fill the defaults and validate every field (typed errors naming the field). */
+export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, mergeFreq: number): RepairOptions {
+  const r = { ...REPAIR_DEFAULTS, tauE: 2 * mergeFreq, ...(o ?? {}) } as RepairOptions;
+  if (o && o.batchSize !== undefined && o.window === undefined) r.window = 2 * o.batchSize;
+  const bad = (k: string, what: string) => new RepairError('ERR_INVALID_ARG', `repair option ${k} must be ${what}, got ${JSON.stringify((r as unknown as Record<string, unknown>)[k])}`, { field: k });
+  for (const k of Object.keys(o ?? {})) if (!(k in r)) throw new RepairError('ERR_INVALID_ARG', `unknown repair option '${k}'`, { field: k });
+  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
+  const int = (k: keyof RepairOptions, lo: number, hi: number) => {
+    const v = r[k];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) throw bad(k, `an integer in [${lo}, ${hi}]`);
+  };
+  const num = (k: keyof RepairOptions, ok: (x: number) => boolean, what: string) => {
+    const v = r[k];
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw bad(k, what);
+  };
+  int('batchSize', 1, 64);
+  int('window', 1, 100000);
+  if (r.feature !== 'activation') throw bad('feature', "'activation'");
+  num('kdLambda', (x) => x >= 0, 'a number >= 0');
+  num('kdTheta', (x) => x >= 0, 'a number >= 0');
+  if (r.kdVarianceSign !== 1 && r.kdVarianceSign !== -1) throw bad('kdVarianceSign', '1 or -1');
+  num('kdWeight', (x) => x >= 0, 'a number >= 0');
+  num('actWeight', (x) => x >= 0, 'a number >= 0');
+  num('epsCons', (x) => x >= 0, 'a number >= 0');
+  num('tauCorrect', (x) => x >= 0 && x <= 1, 'a number in [0, 1]');
+  if (r.correctness !== 'token' && r.correctness !== 'exact') throw bad('correctness', "'token' or 'exact'");
+  num('tauPrune', (x) => x >= 0 && x <= 1, 'a number in [0, 1]');
+  int('tauE', 1, 1e9);
+  int('minMonitored', 1, 1e9);
+  num('mergeAlpha', (x) => x >= 0, 'a number >= 0');
+  int('budget', 0, 1000);
+  return r;
+}
+
+/** Cosine similarity of two vectors (0 when either is all zeros). */
+export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let ab = 0;
+  let aa = 0;
+  let bb = 0;
+  for (let i = 0; i < a.length; i++) {
+    ab += a[i]! * b[i]!;
+    aa += a[i]! * a[i]!;
+    bb += b[i]! * b[i]!;
+  }
+  return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
+}
+
+/**
+ * FORMBATCHES (§2.4), exactly: repeat until no sample is left — the seed is the remaining sample with the
+ * highest mean cosine similarity to all *other* remaining samples (ties: the lowest index), the batch is
+ * the seed followed by its b − 1 most similar remaining samples (ties: the lowest index). Returns index
+ * lists; the first entry of each batch is its teacher x⁽⁰⁾.
+ */
+export function formBatches(features: readonly ArrayLike<number>[], b: number): number[][] {
+  const n = features.length;
+  const sim: number[][] = features.map((f, i) => features.map((g, j) => (i === j ? 1 : cosine(f, g))));
+  const left = new Set<number>(Array.from({ length: n }, (_, i) => i));
+  const out: number[][] = [];
+  while (left.size > 0) {
+    const rest = [...left];
+    let seed = rest[0]!;
+    let bestMean = -Infinity;
+    for (const i of rest) {
+      let s = 0;
+      for (const j of rest) if (j !== i) s += sim[i]![j]!;
+      const mean = rest.length > 1 ? s / (rest.length - 1) : 0;
+      if (mean > bestMean) {
+        bestMean = mean;
+        seed = i;
+      }
+    }
+    const others = rest.filter((j) => j !== seed).sort((x, y) => sim[seed]![y]! - sim[seed]![x]! || x - y);
+    const batch = [seed, ...others.slice(0, b - 1)];
+    for (const i of batch) left.delete(i);
+    out.push(batch);
+  }
+  return out;
+}
+
+/** Loss-aware merge weights (§2.6): softmax(−α·L_i), computed stably. */
+export function lossAwareWeights(losses: readonly number[], alpha: number): number[] {
+  const z = losses.map((l) => -alpha * l);
+  const m = Math.max(...z);
+  const e = z.map((v) => Math.exp(v - m));
+  const s = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / s);
+}
+
+/** §2.2 with the recommended reading: r_i = failures / monitored edits routed to memory i. */
+export function errorRates(status: Iterable<{ memory: string | undefined; ok: boolean }>): Map<string, { n: number; failed: number; rate: number }> {
+  const m = new Map<string, { n: number; failed: number; rate: number }>();
+  for (const s of status) {
+    if (s.memory === undefined) continue;
+    const e = m.get(s.memory) ?? { n: 0, failed: 0, rate: 0 };
+    e.n++;
+    if (!s.ok) e.failed++;
+    e.rate = e.failed / e.n;
+    m.set(s.memory, e);
+  }
+  return m;
+}
