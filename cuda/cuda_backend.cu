@@ -23,7 +23,7 @@
 namespace re {
 namespace cuda {
 
-// ---- launchers of the editing ops (backward.cu, wise.cu; all enqueue on `st`) ------------------
+// ---- launchers of the editing ops (backward.cu, wise.cu, repair.cu; all enqueue on `st`) ------------------
 void scatter_add_rows_backward(cudaStream_t st, float* y, const float* x, const int32_t* idx, int n, int D);
 void linear_dx_backward(cudaStream_t st, int sm_count, float* dx, const float* dy, WeightRef W, int M, int N, int K,
                         bool accumulate);
@@ -45,6 +45,11 @@ void masked_sgd_wise(cudaStream_t st, float* Wp, const float* G, const float* A,
                      uint64_t seed, float rho, float lr, float wd, float clamp);
 void ties_merge_wise(cudaStream_t st, int sm_count, float* out, WeightRef base, const float* const* shards,
                      const float* weights, int k, size_t n, float density);
+// repair.cu
+void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat, int b, int D, float lambda,
+                    float theta);
+void loss_aware_merge_repair(cudaStream_t st, float* out, WeightRef base, const float* const* shards,
+                             const float* weights, int k, size_t n);
 
 class CudaBackend final : public Backend {
  public:
@@ -227,6 +232,17 @@ class CudaBackend final : public Backend {
                   float density) override {
     enter("ties_merge");
     run("ties_merge", [&] { ties_merge_wise(stream_, sm_count_, out, base, shards, weights, k, n, density); });
+  }
+
+  // ---- REPAIR kernels (repair.cu) -------------------------------------------------------------------
+  void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) override {
+    enter("kd_loss");
+    run("kd_loss", [&] { kd_loss_repair(stream_, out, dfeat, feat, b, D, lambda, theta); });
+  }
+  void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
+                        size_t n) override {
+    enter("loss_aware_merge");
+    run("loss_aware_merge", [&] { loss_aware_merge_repair(stream_, out, base, shards, weights, k, n); });
   }
 
  private:

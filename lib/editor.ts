@@ -488,7 +488,9 @@ export class Editor {
 
   /**
    * Rows of a batch of samples: each sample's 11 template rows (its sample id), then every sample's
-   * irrelevant rows. L_edit = mean over samples of (mean over its rows of Σ CE / (#target + 1)).
+   * irrelevant rows. L_edit(B) = Σ over samples of L_edit(x) (each as §1.4: mean over its rows of
+   * Σ CE / (#target + 1)) [ours: a sum, not a mean, so each sample gets the gradient of a single edit at
+   * the same lr — with a mean, a batch of b trains each edit b× more weakly in the same n_iter steps].
    */
   #buildRows(samples: readonly { request: EditRequest; irrelevant: readonly string[] }[]): NativeEditBatch {
     const tok = this.model.tokenizer;
@@ -541,7 +543,7 @@ export class Editor {
       for (let j = e.p; j < e.ids.length; j++) {
         const pos = i * T + pad[i]! + j - 1; // logits at j-1 predict token j
         labels[pos] = e.ids[j]!;
-        labelWeights[pos] = 1 / ((n + 1) * perSample * samples.length);
+        labelWeights[pos] = 1 / ((n + 1) * perSample);
       }
       sample[i] = e.sample;
     });
@@ -656,7 +658,7 @@ export class Editor {
     items.forEach((p, i) => {
       const score = S > 1 ? res.sampleStat[i]! : res.thresholdStat;
       const promptScore = S > 1 ? res.samplePromptStat[i]! : res.promptStat;
-      this.#edits.set(p.id, { request: structuredClone(p.request), irrelevant: samples[i]!.irrelevant, score, promptScore, loss: res.sampleCe[i]! * S });
+      this.#edits.set(p.id, { request: structuredClone(p.request), irrelevant: samples[i]!.irrelevant, score, promptScore, loss: res.sampleCe[i]! });
       if (!this.#working.edits.includes(p.id)) this.#working.edits.push(p.id);
       this.#working.minAct = Math.min(this.#working.minAct, score);
       this.#working.minPrompt = Math.min(this.#working.minPrompt, promptScore);
@@ -930,7 +932,7 @@ export class Editor {
         const g = await modelInternals(this.model).generateRouted(this.#promptText('{}', p.request.prompt), { maxNewTokens: tgt.length + 2, signal }, async (nm, pids) => {
           const sc = await this.#scores(nm, Int32Array.from(pids), 1, pids.length, new Int32Array(1));
           const d = this.#decide((s) => sc[s]![0]!, 'prompt');
-          route = this.#slotUid(d.slot);
+          route = this.#mostActive((s) => sc[s]![0]!);
           return { side: this.#side, slot: d.slot };
         });
         score = g.completion.trim().startsWith(p.request.target.trim()) ? 1 : 0;
@@ -947,7 +949,17 @@ export class Editor {
     }
   }
 
-  /** Teacher-forced token accuracy of prompt + " " + target through the router (full-row basis). */
+  /** ASSIGNSHARD's rule (§2.1): the most active memory, argmax of the scores (ties → the lowest slot). */
+  #mostActive(score: (slot: number) => number): string {
+    let best = 0;
+    for (let s = 1; s <= this.#memories.length; s++) if (score(s) > score(best)) best = s;
+    return this.#slotUid(best);
+  }
+
+  /**
+   * Teacher-forced token accuracy of prompt + " " + target through the router (full-row basis), and the
+   * edit's most active memory (what §2.2's per-shard error rates attribute it to).
+   */
   async #routedTokenAccuracy(prompt: string, target: string, signal?: AbortSignal): Promise<{ acc: number; memory: string }> {
     const tok = this.model.tokenizer;
     const pt = this.#promptText('{}', prompt);
@@ -957,7 +969,7 @@ export class Editor {
     const lg = await modelInternals(this.model).logitsRouted([ids], { positions: 'all', signal }, async (nm, b) => {
       const sc = await this.#scores(nm, b.tokens, b.B, b.T, b.pad);
       const d = this.#decide((s) => sc[s]![0]!, 'full');
-      memory = this.#slotUid(d.slot);
+      memory = this.#mostActive((s) => sc[s]![0]!);
       return { side: this.#side, slots: Int32Array.of(d.slot) };
     });
     let ok = 0;

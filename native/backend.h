@@ -27,11 +27,6 @@ struct WeightRef {
   DType dt = DType::F32;
 };
 
-// Editing ops are declared with RE_EDIT_OP. While a backend lacks one, calling it throws (it is never
-// silently skipped); every shipped backend implements all of them.
-#define RE_EDIT_OP \
-  { fail(RE_ERR_INTERNAL, std::string(name()) + " backend: this editing op is not implemented"); }
-
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -97,18 +92,18 @@ class Backend {
   // masked_sgd. "accumulate" adds into the output instead of overwriting it.
 
   // y[idx[i], :] += x[i, :]   (the gradient of gather_rows; idx entries are distinct)
-  virtual void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) RE_EDIT_OP;
+  virtual void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) = 0;
 
   // dx[M,K] (+)= dy[M,N] · W[N,K]
-  virtual void linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) RE_EDIT_OP;
+  virtual void linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) = 0;
 
   // RMSNorm input gradient. y = x·r·w with r = 1/sqrt(mean(x²) + eps):
   //   dx = r·(w⊙dy) − x·r³·mean(w⊙dy⊙x)
   virtual void rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
-                           bool accumulate) RE_EDIT_OP;
+                           bool accumulate) = 0;
 
   // RoPE input gradient: the inverse rotation (θ → −θ), in place on dx[n_tok, n_head, head_dim].
-  virtual void rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) RE_EDIT_OP;
+  virtual void rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) = 0;
 
   // Attention backward for the stateless batched forward (P = 0, S = T):
   //   q, dout, dq: [B, T, Hq, hd];  kc, vc: [B, Hkv, T, hd] (as written by kv_store);  dk, dv: [B, T, Hkv, hd]
@@ -116,32 +111,32 @@ class Backend {
   //   Probabilities are recomputed from q, kc (no stored attention matrix).
   virtual void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kc,
                              const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd,
-                             float scale) RE_EDIT_OP;
+                             float scale) = 0;
 
   // SwiGLU backward, y = silu(g)·u:  dg = dy·u·silu'(g),  du = dy·silu(g),  silu'(g) = σ(g)(1 + g(1 − σ(g)))
-  virtual void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) RE_EDIT_OP;
+  virtual void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) = 0;
 
   // Cross-entropy over R rows of logits[R, V]:
   //   loss[r] = −log softmax(logits[r])[labels[r]]·weight[r],  dlogits[r] = (softmax(logits[r]) − onehot)·weight[r]
   //   A row with label < 0 gets loss 0 and a zero gradient.
   virtual void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* labels,
-                             const float* weight, int R, int V) RE_EDIT_OP;
+                             const float* weight, int R, int V) = 0;
 
   // ---- WISE kernels -------------------------------------------------------------------------------
   // Activation-score distance per token between nm side outputs and the main output (§1.2):
   //   os: [n, nm·D] (memory i in columns i·D .. i·D+D−1, i.e. one stacked GEMM), om: [n, D] → d: [nm, n]
   //   d[i, t] = ‖φ(os_i[t]) − φ(om[t])‖₂ with φ chosen by act: 0 = identity ("paper" mode),
   //   1 = SiLU, 2 = GELU (tanh form, gelu_new)   ("code" mode uses the model's hidden_act).
-  virtual void act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) RE_EDIT_OP;
+  virtual void act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) = 0;
   // Its gradient for nm = 1: dos[t] (+)= gd[t]·∂d[t]/∂os[t]  (zero where d[t] == 0).
   virtual void act_dist_bwd(float* dos, const float* gd, const float* os, const float* om, int n, int D, int act,
-                            bool accumulate) RE_EDIT_OP;
+                            bool accumulate) = 0;
 
   // Fused masked SGD step of a side memory (§1.5), W' [N,K] f32, base Wv [N,K] in its dtype:
   //   g = Gᵀ·A with G [M,N], A [M,K];  keep(n,k) = philox_keep(seed, n·K + k, rho)  (rho >= 1 keeps all)
   //   W' ← clamp(W' − lr·(keep·g + wd·W'),  Wv − c,  Wv + c)                         (c <= 0: no clamp)
   virtual void masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K,
-                          uint64_t seed, float rho, float lr, float wd, float clamp) RE_EDIT_OP;
+                          uint64_t seed, float rho, float lr, float wd, float clamp) = 0;
 
   // TIES merge (§1.8) of k f32 shards [n] against base [n] (stored dtype); out [n] f32 = base + δ:
   //   τ_i = shard_i − base, trimmed to its floor(density·n) largest |τ_i| (ties keep the lower index);
@@ -149,7 +144,7 @@ class Backend {
   //   δ = Σ agree_i·u_i / Σ agree_i·w_i  (a zero denominator counts as 1).
   //   shards: host array of k backend pointers; weights: host array of k floats.
   virtual void ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
-                          size_t n, float density) RE_EDIT_OP;
+                          size_t n, float density) = 0;
 
   // ---- REPAIR kernels ------------------------------------------------------------------------------
   // Intra-batch distillation (REPAIR Eq. 4) on b pooled features feat[b, D]; row 0 is the teacher.
@@ -158,14 +153,14 @@ class Backend {
   //   out[0] = L, out[1 + i] = 1 − o_i·o_0 (the per-sample consistency score; out[1] = 0).
   //   dfeat[i] = ∂L/∂feat_i for i >= 1; dfeat[0] = 0 (the teacher is a stop-gradient). A zero feature row
   //   counts as direction 0 with zero gradient. b >= 2.
-  virtual void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) RE_EDIT_OP;
+  virtual void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) = 0;
 
   // Loss-aware merge (REPAIR Alg. 4) of k f32 shards [n] against base [n] with weights w (softmax(−α·L)):
   //   τ_i = shard_i − base; zeros are neutral (a masked entry takes no part);
   //   all non-zero τ_i[p] of one sign → δ = Σ_i w_i·τ_i[p];  mixed signs → δ = τ_j[p], j = argmax_i w_i·|τ_i[p]|
   //   (ties → lower i); no non-zero τ → δ = 0.  out = base + δ.  out may alias a shard.
   virtual void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
-                                size_t n) RE_EDIT_OP;
+                                size_t n) = 0;
 };
 
 // The CPU backend always exists. nthreads <= 0 picks the machine's parallelism.

@@ -129,7 +129,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                         InstanceMethod("sideTies", &NativeModel::SideTies),
                         InstanceMethod("sideScore", &NativeModel::SideScore),
                         InstanceMethod("sideEdit", &NativeModel::SideEdit),
-                        InstanceMethod("baseFingerprint", &NativeModel::BaseFingerprint)});
+                        InstanceMethod("baseFingerprint", &NativeModel::BaseFingerprint),
+                        InstanceMethod("sideMergeLossAware", &NativeModel::SideMergeLossAware),
+                        InstanceMethod("sideFeatures", &NativeModel::SideFeatures)});
   }
 
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
@@ -242,6 +244,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value SideScore(const Napi::CallbackInfo& info);
   Napi::Value SideEdit(const Napi::CallbackInfo& info);
   Napi::Value BaseFingerprint(const Napi::CallbackInfo& info);
+  Napi::Value SideMergeLossAware(const Napi::CallbackInfo& info);
+  Napi::Value SideFeatures(const Napi::CallbackInfo& info);
   re::Model* live(Napi::Env env) {
     if (!model_ || dispose_pending_) throw_js(env, RE_ERR_DISPOSED, "the model has been disposed");
     return model_.get();
@@ -655,6 +659,34 @@ Napi::Value NativeModel::SideEdit(const Napi::CallbackInfo& info) {
   h.kd_theta = opt_num("kdTheta", 0.1f);
   re::Model* m = begin_call(env);
   auto* w = new EditWorker(env, this, m, side, slot, std::move(b), h, info[4]);
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideMergeLossAware(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side"), dst = int_arg(env, info[1], "dst");
+  auto srcs = int32_vec(env, info[2], "srcs");
+  auto weights = f32_vec(env, info[3], "weights");
+  re::Model* m = begin_call(env);
+  auto* w = new LambdaWorker(env, this, m, [=] { m->side_merge_loss_aware(side, dst, srcs, weights); }, nullptr);
+  w->Queue();
+  return w->promise();
+}
+
+Napi::Value NativeModel::SideFeatures(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  live(env);
+  const int side = int_arg(env, info[0], "side");
+  auto tokens = int32_vec(env, info[1], "tokens");
+  const int B = int_arg(env, info[2], "B"), T = int_arg(env, info[3], "T");
+  auto pad = int32_vec(env, info[4], "pad");
+  re::Model* m = begin_call(env);
+  auto out = std::make_shared<std::vector<float>>();
+  const std::atomic<bool>* ab = &abort_;
+  auto* w = new LambdaWorker(env, this, m, [=] { *out = m->side_features(side, tokens, B, T, pad, ab); },
+                             [out](Napi::Env e) -> Napi::Value { return f32_array(e, *out); });
   w->Queue();
   return w->promise();
 }

@@ -150,6 +150,18 @@ void Model::side_ties(int id, int dst, const std::vector<int32_t>& srcs, const s
   be_->sync();
 }
 
+void Model::side_merge_loss_aware(int id, const int dst, const std::vector<int32_t>& srcs,
+                                  const std::vector<float>& weights) {
+  if (srcs.empty() || srcs.size() != weights.size()) fail(RE_ERR_ARG, "loss-aware merge: one weight per source slot is needed");
+  for (float w : weights)
+    if (!std::isfinite(w) || w < 0) fail(RE_ERR_ARG, "loss-aware merge: weights must be finite and >= 0");
+  std::vector<const float*> ptrs;
+  for (int32_t s : srcs) ptrs.push_back(slot_ptr(id, s));
+  be_->loss_aware_merge(slot_ptr(id, dst), layers_[store(id).layer].down, ptrs.data(), weights.data(),
+                        (int)srcs.size(), (size_t)arch_.D * arch_.F);
+  be_->sync();
+}
+
 uint64_t Model::base_fingerprint(int layer) {
   if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
   if (layer < 0 || layer >= arch_.L) fail(RE_ERR_ARG, "layer out of range");
@@ -243,6 +255,41 @@ std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens,
   be_->download(out.data(), d, out.size() * 4);
   be_->sync();
   return out;
+}
+
+std::vector<float> Model::side_features(int id, const std::vector<int32_t>& tokens, int B, int T,
+                                        const std::vector<int32_t>& pad, const std::atomic<bool>* abort) {
+  if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
+  const Arch& a = arch_;
+  const int L = store(id).layer;
+  if (B <= 0 || T <= 0 || (size_t)B * T != tokens.size() || (int)pad.size() != B)
+    fail(RE_ERR_ARG, "features: tokens must hold B*T ids and pad B entries");
+  if (T > a.S) fail(RE_ERR_CONTEXT, "sequence length " + std::to_string(T) + " exceeds the context length");
+  for (int b = 0; b < B; ++b)
+    if (pad[b] < 0 || pad[b] >= T) fail(RE_ERR_ARG, "features: pad out of range");
+  check_tokens(tokens);
+  const int BT = B * T;
+  int32_t *d_ids, *d_pos, *d_pad;
+  upload_ids(tokens, B, T, pad, &d_ids, &d_pos, &d_pad);
+  float* x = ensure(x_, (size_t)BT * a.D * 4);
+  be_->embedding(x, d_ids, embed_, BT, a.D);
+  run_layers(0, L, x, B, T, 0, T, d_pos, d_pad, false, abort);
+  check_abort_e(abort);
+  attn_block(L, x, B, T, d_pos, d_pad);
+  float* A = ensure(gate_, (size_t)BT * a.F * 4);
+  mlp_act(L, x, A, BT);
+  // pooled = P·A with P [B, BT] holding 1/valid on each row's valid tokens (one linear_dx call)
+  std::vector<float> P((size_t)B * BT, 0.0f);
+  for (int b = 0; b < B; ++b)
+    for (int t = pad[b]; t < T; ++t) P[(size_t)b * BT + (size_t)b * T + t] = 1.0f / (T - pad[b]);
+  float* dP = ensure(hrows_, P.size() * 4);
+  float* out = ensure(logits_, (size_t)B * a.F * 4);
+  be_->upload(dP, P.data(), P.size() * 4);
+  be_->linear_dx(out, dP, WeightRef{A, DType::F32}, B, BT, a.F, false);
+  std::vector<float> res((size_t)B * a.F);
+  be_->download(res.data(), out, res.size() * 4);
+  be_->sync();
+  return res;
 }
 
 // ---- the editing hot path ---------------------------------------------------------------------------

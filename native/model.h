@@ -130,6 +130,11 @@ class Model {
   std::vector<float> side_read(int id, int slot);
   void side_write(int id, int slot, const std::vector<float>& w);
   void side_ties(int id, int dst, const std::vector<int32_t>& srcs, const std::vector<float>& weights, float density);
+  // REPAIR Alg. 4 into dst (dst may be one of the sources); weights are the softmax(−α·L) shares.
+  void side_merge_loss_aware(int id, const int dst, const std::vector<int32_t>& srcs, const std::vector<float>& weights);
+  // ModelFeat for batching: mean over each row's valid tokens of the edited layer's FFN activation A: [B, F].
+  std::vector<float> side_features(int id, const std::vector<int32_t>& tokens, int B, int T,
+                                   const std::vector<int32_t>& pad, const std::atomic<bool>* abort);
   uint64_t base_fingerprint(int layer);  // FNV-1a 64 over the base down_proj bytes
   // Per-token routing distances of every slot: [slots, B*T] (pads included; TS reduces per row).
   std::vector<float> side_score(int id, const std::vector<int32_t>& tokens, int B, int T,

@@ -33,6 +33,10 @@
 //               seed_lo + seed_hi (uint32 each), rho lr wd clamp -> Wp
 //   ties_merge   shards[k*n] (shard i = elements i*n ..), weights[k], base[n] (dtype); k density(0..1),
 //               alias (-1 none, else out starts as shard `alias` and is passed as that shard) -> out[n]
+// REPAIR kernels:
+//   kd_loss      feat[b*D]; b(>=2) D lambda theta -> out[1+b] dfeat[b*D]
+//   loss_aware_merge shards[k*n], weights[k], base[n] (dtype); k, n optional (must match base), alias (-1 none,
+//               else out starts as shard `alias` and is passed as that shard) -> out[n]
 #include "optest.h"
 
 #include <cmath>
@@ -692,13 +696,59 @@ OpResult op_ties_merge(Backend& be, const Args& A) {
   return s.finish();
 }
 
+// ---- REPAIR kernels ------------------------------------------------------------------------------
+
+OpResult op_kd_loss(Backend& be, const Args& A) {
+  const int b = A.integer("b", 2, 65535), D = A.integer("D", 1, kMaxDim);
+  const double lambda = A.num("lambda"), theta = A.num("theta");
+  const int64_t nf = prod(A.op, {b, D});
+  const auto& feat = A.f32("feat", nf);
+
+  Session s(be);
+  const float* df = s.input(feat);
+  float* out = s.output("out", (size_t)b + 1);
+  float* dfeat = s.output("dfeat", (size_t)nf);
+  be.kd_loss(out, dfeat, df, b, D, (float)lambda, (float)theta);
+  return s.finish();
+}
+
+OpResult op_loss_aware_merge(Backend& be, const Args& A) {
+  const int k = A.integer("k", 0, 4096);
+  const DType dt = A.dtype("dtype", DType::F32);
+  int64_t n = 0;
+  const auto bb = A.weight("base", dt, -1, true, nullptr, &n);
+  if (n <= 0) bad(A.op, "'base' is empty");
+  if (A.has_num("n") && A.integer("n", 1, kMaxElems) != n) bad(A.op, "'n' does not match base.length");
+  const int64_t total = prod(A.op, {k, n});
+  static const std::vector<float> none;
+  const std::vector<float>& sh = k > 0 ? A.f32("shards", total) : none;
+  const std::vector<float>& w = k > 0 ? A.f32("weights", k) : none;
+  const int alias = A.integer_or("alias", -1, -1, k - 1);
+
+  Session s(be);
+  WeightRef base = s.weight(bb, dt);
+  std::vector<const float*> ptrs((size_t)k);
+  std::vector<float> shard0;
+  if (alias >= 0) shard0.assign(sh.begin() + (size_t)alias * n, sh.begin() + (size_t)(alias + 1) * n);
+  float* out = s.output("out", (size_t)n, alias >= 0 ? &shard0 : nullptr);
+  for (int i = 0; i < k; ++i) {
+    if (i == alias) {
+      ptrs[i] = out;
+      continue;
+    }
+    ptrs[i] = (const float*)s.input_bytes(sh.data() + (size_t)i * n, (size_t)n * 4);
+  }
+  be.loss_aware_merge(out, base, ptrs.data(), w.data(), k, (size_t)n);
+  return s.finish();
+}
+
 }  // namespace
 
 std::vector<std::string> op_names() {
   return {"linear",     "rmsnorm",       "embedding",  "rope",          "kv_store",     "attention",
           "swiglu",     "add",           "gather_rows", "scatter_add_rows", "linear_dx", "rmsnorm_bwd",
           "rope_bwd",   "attention_bwd", "swiglu_bwd", "cross_entropy", "act_dist",     "act_dist_bwd",
-          "masked_sgd", "ties_merge"};
+          "masked_sgd", "ties_merge",    "kd_loss",    "loss_aware_merge"};
 }
 
 OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
@@ -725,6 +775,8 @@ OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
   if (op == "act_dist_bwd") return op_act_dist_bwd(be, A);
   if (op == "masked_sgd") return op_masked_sgd(be, A);
   if (op == "ties_merge") return op_ties_merge(be, A);
+  if (op == "kd_loss") return op_kd_loss(be, A);
+  if (op == "loss_aware_merge") return op_loss_aware_merge(be, A);
   std::string known;
   for (const auto& n : op_names()) known += (known.empty() ? "" : ", ") + n;
   fail(RE_ERR_ARG, "runOp: unknown op '" + op + "' (known: " + known + ")");

@@ -1,0 +1,254 @@
+// repair.cu — the REPAIR kernels on the GPU (CUDA twins of native/cpu/repair.cpp): the intra-batch
+// distillation loss (Eq. 4) with its gradient to the pooled features, and the loss-aware merge (Alg. 4).
+//
+//   kd_loss           b rows of D features (b small, D up to ~2·10⁴). Everything is in double, like the CPU,
+//                     so the result is the CPU's up to summation order (one f32 rounding at the end):
+//                       (1) one block per row: ‖feat_i‖ (double block reduction);
+//                       (2) elementwise over e: ō[e] = Σ_i o_i[e]/b in the CPU's order (i ascending);
+//                       (3) one block per row: c_i = o_i·o_0, v_i = ‖o_i − ō‖², and go_i = g_i·o_i with
+//                           g_i = ca·o_0 + cb·(o_i − ō) (the gradient w.r.t. o_i; ca = −λ/(b−1), cb = 2θ/b,
+//                           both formed on the host with the CPU's exact expressions);
+//                       (4) one thread: L = λ·mean_{i>=1}(1 − c_i) + θ·Σ_i v_i/b and the per-sample scores;
+//                       (5) elementwise over (i, e): dfeat_i = (g_i − go_i·o_i)/‖feat_i‖, row 0 and zero rows 0.
+//                     o_i is never stored: it is re-formed as feat/‖feat‖ (double) wherever it is needed.
+//   loss_aware_merge  one elementwise kernel: per element the sign test over the non-zero τ_i, the weighted
+//                     sum or the value of the shard with the largest w_i·|τ_i| (strict '>' in index order:
+//                     ties keep the lower index), in double with explicitly rounded operations (no FMA
+//                     contraction) in the CPU's order: bit-identical to the CPU on every base dtype.
+//                     Shard pointers and weights are copied to a stream-ordered scratch buffer. `out` may
+//                     alias a shard: each thread reads every shard at p before it writes out[p], and no
+//                     other thread touches p (shards are therefore read with plain loads, not __ldg).
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+#include "common.cuh"
+
+namespace re {
+namespace cuda {
+
+namespace {
+
+// Stream-ordered scratch (as in wise.cu / backward.cu).
+class Scratch {
+ public:
+  Scratch(cudaStream_t st, size_t bytes) : st_(st) {
+    if (bytes) RE_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st_));
+  }
+  ~Scratch() {
+    if (p_) cudaFreeAsync(p_, st_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  char* bytes() const { return (char*)p_; }
+
+ private:
+  cudaStream_t st_;
+  void* p_ = nullptr;
+};
+
+size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+constexpr int kRowBlock = 256;
+
+// Sum of one double per thread over the block (kRowBlock threads); the result is valid in every thread.
+__device__ double block_sum_d(double v, double* part /* [kRowBlock/32] shared */) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = warp_sum_d(v);
+  __syncthreads();  // part may still be read by a previous call
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  double t = 0;
+#pragma unroll
+  for (int w = 0; w < kRowBlock / 32; ++w) t += part[w];
+  return t;
+}
+
+// ---- kd_loss --------------------------------------------------------------------------------------
+
+// (1) nrm[i] = ‖feat_i‖ (double).
+__global__ void __launch_bounds__(kRowBlock) kd_norm_kernel(double* nrm, const float* feat, int D) {
+  __shared__ double part[kRowBlock / 32];
+  const float* f = feat + (size_t)blockIdx.x * D;
+  double ss = 0;
+  for (int e = threadIdx.x; e < D; e += kRowBlock) {
+    const double x = __ldg(f + e);
+    ss += x * x;
+  }
+  ss = block_sum_d(ss, part);
+  if (threadIdx.x == 0) nrm[blockIdx.x] = sqrt(ss);
+}
+
+__device__ __forceinline__ double unit(const float* feat, const double* nrm, int i, int D, int e) {
+  const double n = nrm[i];
+  return n > 0 ? (double)__ldg(feat + (size_t)i * D + e) / n : 0.0;
+}
+
+// (2) mean[e] = Σ_i o_i[e] / b, i ascending (the CPU's order).
+__global__ void kd_mean_kernel(double* mean, const float* feat, const double* nrm, int b, int D) {
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < D; e += gridDim.x * blockDim.x) {
+    double m = 0;
+    for (int i = 0; i < b; ++i) m += unit(feat, nrm, i, D, e) / b;
+    mean[e] = m;
+  }
+}
+
+// (3) per row i: c[i] = o_i·o_0, v[i] = ‖o_i − ō‖², go[i] = g_i·o_i (row 0: c and go unused).
+__global__ void __launch_bounds__(kRowBlock)
+    kd_row_kernel(double* c, double* v, double* go, const float* feat, const double* nrm, const double* mean, int D,
+                  double ca, double cb) {
+  __shared__ double part[kRowBlock / 32];
+  const int i = blockIdx.x;
+  double sc = 0, sv = 0, sg = 0;
+  for (int e = threadIdx.x; e < D; e += kRowBlock) {
+    const double oi = unit(feat, nrm, i, D, e), o0 = unit(feat, nrm, 0, D, e);
+    const double d = oi - mean[e];
+    sc += oi * o0;
+    sv += d * d;
+    sg += (ca * o0 + cb * d) * oi;
+  }
+  sc = block_sum_d(sc, part);
+  sv = block_sum_d(sv, part);
+  sg = block_sum_d(sg, part);
+  if (threadIdx.x == 0) {
+    c[i] = sc;
+    v[i] = sv;
+    go[i] = sg;
+  }
+}
+
+// (4) the loss and the per-sample scores (one thread; b is small).
+__global__ void kd_loss_kernel(float* out, const double* c, const double* v, int b, float lambda, float theta) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double lcos = 0, lvar = 0;
+  out[1] = 0.0f;
+  for (int i = 1; i < b; ++i) {
+    out[1 + i] = (float)(1.0 - c[i]);
+    lcos += (1.0 - c[i]) / (b - 1);
+  }
+  for (int i = 0; i < b; ++i) lvar += v[i] / b;
+  out[0] = (float)((double)lambda * lcos + (double)theta * lvar);
+}
+
+// (5) dfeat[i, e] = (g_i[e] − go_i·o_i[e]) / ‖feat_i‖ for i >= 1; row 0 (the teacher) and zero rows get 0.
+__global__ void kd_grad_kernel(float* dfeat, const float* feat, const double* nrm, const double* mean,
+                               const double* go, int b, int D, double ca, double cb) {
+  const size_t total = (size_t)b * D;
+  for (size_t q = blockIdx.x * (size_t)blockDim.x + threadIdx.x; q < total; q += (size_t)gridDim.x * blockDim.x) {
+    const int i = (int)(q / (size_t)D), e = (int)(q % (size_t)D);
+    const double n = nrm[i];
+    if (i == 0 || !(n > 0)) {
+      dfeat[q] = 0.0f;
+      continue;
+    }
+    const double oi = (double)__ldg(feat + q) / n, o0 = unit(feat, nrm, 0, D, e);
+    const double g = ca * o0 + cb * (oi - mean[e]);
+    dfeat[q] = (float)((g - go[i] * oi) / n);
+  }
+}
+
+// ---- loss_aware_merge -----------------------------------------------------------------------------
+
+template <typename WT>
+__global__ void loss_aware_merge_kernel(float* out, const typename WT::storage* base, const float* const* shards,
+                                        const float* weights, int k, size_t n) {
+  for (size_t p = blockIdx.x * (size_t)blockDim.x + threadIdx.x; p < n; p += (size_t)gridDim.x * blockDim.x) {
+    const double bp = wload<WT>(base, p);
+    int pos = 0, neg = 0;
+    double sum = 0, bestv = -1, bestt = 0;
+    for (int i = 0; i < k; ++i) {
+      const double t = __dsub_rn((double)shards[i][p], bp);
+      if (t == 0) continue;
+      if (t > 0) ++pos;
+      else ++neg;
+      const double w = (double)weights[i];
+      sum = __dadd_rn(sum, __dmul_rn(w, t));
+      const double s = __dmul_rn(w, fabs(t));
+      if (s > bestv) {  // strict: ties keep the lower index
+        bestv = s;
+        bestt = t;
+      }
+    }
+    double delta = 0;
+    if (pos && neg) delta = bestt;  // = shard_best[p] − bp, kept from the read (out may alias that shard)
+    else if (pos || neg) delta = sum;
+    out[p] = (float)__dadd_rn(bp, delta);
+  }
+}
+
+}  // namespace
+
+// ---- launchers (declared in cuda_backend.cu) -------------------------------------------------------
+
+void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat, int b, int D, float lambda,
+                    float theta) {
+  check_arg(b >= 2, "kd_loss", "b must be >= 2 (row 0 is the teacher)");
+  check_arg(D >= 1, "kd_loss", "D must be >= 1");
+  check_arg(out != nullptr && dfeat != nullptr && feat != nullptr, "kd_loss", "null pointer");
+  check_arg(b <= 65535, "kd_loss", "b too large for one launch");
+  // The CPU's exact coefficient expressions: −λ/(b−1) in f32 (float / int), 2θ/b in double.
+  const double ca = -lambda / (b - 1);
+  const double cb = theta * 2.0 / b;
+
+  // scratch: nrm[b] | c[b] | v[b] | go[b] | mean[D]  (doubles)
+  const size_t bb = (size_t)b;
+  Scratch scratch(st, (4 * bb + (size_t)D) * sizeof(double));
+  double* nrm = (double*)scratch.bytes();
+  double* c = nrm + bb;
+  double* v = c + bb;
+  double* go = v + bb;
+  double* mean = go + bb;
+
+  kd_norm_kernel<<<(unsigned)b, kRowBlock, 0, st>>>(nrm, feat, D);
+  RE_CUDA_LAUNCH("kd_loss (norms)");
+  kd_mean_kernel<<<grid_for((size_t)D, 256), 256, 0, st>>>(mean, feat, nrm, b, D);
+  RE_CUDA_LAUNCH("kd_loss (mean)");
+  kd_row_kernel<<<(unsigned)b, kRowBlock, 0, st>>>(c, v, go, feat, nrm, mean, D, ca, cb);
+  RE_CUDA_LAUNCH("kd_loss (row sums)");
+  kd_loss_kernel<<<1, 32, 0, st>>>(out, c, v, b, lambda, theta);
+  RE_CUDA_LAUNCH("kd_loss (loss)");
+  kd_grad_kernel<<<grid_for(bb * (size_t)D, 256), 256, 0, st>>>(dfeat, feat, nrm, mean, go, b, D, ca, cb);
+  RE_CUDA_LAUNCH("kd_loss (gradient)");
+}
+
+void loss_aware_merge_repair(cudaStream_t st, float* out, WeightRef base, const float* const* shards,
+                             const float* weights, int k, size_t n) {
+  check_arg(k >= 0 && k <= 65535, "loss_aware_merge", "k must be in 0..65535");
+  check_arg(base.p != nullptr || n == 0, "loss_aware_merge", "null base");
+  check_arg(k == 0 || (shards != nullptr && weights != nullptr), "loss_aware_merge", "null shard/weight array");
+  if (n == 0) return;
+  check_arg(out != nullptr, "loss_aware_merge", "null output");
+  for (int i = 0; i < k; ++i) check_arg(shards[i] != nullptr, "loss_aware_merge", "null shard");
+
+  // scratch: [shard pointers][weights], uploaded from a pageable host buffer (staged before the call returns)
+  const size_t kk = (size_t)std::max(k, 1);
+  const size_t o_w = align_up(kk * sizeof(float*), 16);
+  const size_t bytes = o_w + kk * sizeof(float);
+  std::vector<char> host(bytes, 0);
+  for (int i = 0; i < k; ++i) {
+    std::memcpy(host.data() + i * sizeof(float*), &shards[i], sizeof(float*));
+    std::memcpy(host.data() + o_w + i * sizeof(float), &weights[i], sizeof(float));
+  }
+  Scratch scratch(st, bytes);
+  char* dev = scratch.bytes();
+  RE_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), bytes, cudaMemcpyHostToDevice, st));
+  const float* const* dptrs = (const float* const*)dev;
+  const float* dw = (const float*)(dev + o_w);
+
+  dispatch_dtype(base.dt, [&](auto wt) {
+    using WT = decltype(wt);
+    loss_aware_merge_kernel<WT><<<grid_for(n, 256), 256, 0, st>>>(out, (const typename WT::storage*)base.p, dptrs,
+                                                                  dw, k, n);
+  });
+  RE_CUDA_LAUNCH("loss_aware_merge");
+}
+
+}  // namespace cuda
+}  // namespace re

@@ -1,0 +1,601 @@
+// REPAIR-kernel tests (backend.h "REPAIR kernels": kd_loss, loss_aware_merge), through native().runOp.
+//
+//   (a) always (no GPU), CPU backend:
+//       kd_loss           vs a float64 reference of Eq. 4 as written in backend.h / ALGORITHM.md §2.5
+//                         (o_i = f_i/‖f_i‖; L_cos = mean_{i>=1}(1 − o_i·o_0); L_var = (1/b)Σ_i‖o_i − ō‖²;
+//                         L = λ·L_cos + θ·L_var, θ of both signs), the per-sample scores out[1+i], and the
+//                         gradient vs central finite differences (float64) of that reference w.r.t. the rows
+//                         i >= 1; dfeat[0] is exactly 0 (teacher = stop-gradient); zero rows (student and
+//                         teacher) count as direction 0 with zero gradient; b = 2, 3, 7, 64; D odd and D = 1.
+//       loss_aware_merge  vs a float64 reference of ALGORITHM.md §2.6 / backend.h (agreeing signs → Σ w_i·τ_i;
+//                         mixed → τ of argmax w_i·|τ_i|, ties → lower i; zeros neutral). The reference performs
+//                         the same double operations in the same order as the rule, so the comparison is exact.
+//                         k = 0..4, softmax weights, conflicting/agreeing signs, masked entries, exact ties in
+//                         w·|τ|, base F32/F16/BF16, out aliasing a shard.
+//   (b) with a CUDA device: CUDA vs CPU on every case (+ larger GPU-only shapes): guard regions intact, no
+//       NaN/Inf; loss_aware_merge bit-identical, kd_loss within TOL_CUDA_KD.
+//
+// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i| (denominator 1 when the reference is all zero).
+// Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
+import { describe, it, expect } from 'vitest';
+import { native } from '../lib/native.js';
+
+const VERBOSE = !!process.env.OPS_VERBOSE;
+
+type Arg = Float32Array | Int32Array | Uint16Array | number | string;
+type Args = Record<string, Arg>;
+type DT = 'F32' | 'F16' | 'BF16';
+type Backend = 'cpu' | 'cuda';
+
+// ---- tolerances ----------------------------------------------------------------------------------
+// kd_loss on the CPU is double throughout with one f32 rounding per output (the −λ/(b−1) coefficient is
+// formed in f32: ~6e-8 relative). Against float64: 2e-6.
+const TOL_KD_CPU = 2e-6;
+// Finite differences (float64 forward, h = 1e-6·max(1, |x|)): truncation ~h², cancellation ~1e-10.
+const TOL_FD = 1e-5;
+// CUDA vs CPU for kd_loss: both double, only the summation order differs; one f32 rounding each.
+const TOL_CUDA_KD = 1e-5;
+
+// ---- seeded PRNG -----------------------------------------------------------------------------------
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+function hashName(name: string): number {
+  let h = 2166136261;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
+  return h >>> 0;
+}
+class Rand {
+  r: () => number;
+  constructor(name: string) {
+    this.r = mulberry32(hashName(name));
+  }
+  u(scale = 1): number {
+    return scale * (2 * this.r() - 1);
+  }
+  int(lo: number, hi: number): number {
+    return lo + Math.floor(this.r() * (hi - lo + 1));
+  }
+}
+
+// ---- f16 / bf16 (exact decode; round-to-nearest-even encode) ------------------------------------------
+
+const f32b = new Float32Array(1);
+const u32b = new Uint32Array(f32b.buffer);
+function bf16Decode(b: number): number {
+  u32b[0] = (b & 0xffff) << 16;
+  return f32b[0];
+}
+function bf16Encode(v: number): number {
+  f32b[0] = v;
+  const x = u32b[0];
+  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+}
+function f16Decode(b: number): number {
+  const s = b & 0x8000 ? -1 : 1, e = (b >>> 10) & 0x1f, m = b & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+/** x >= 0 rounded to an integer, ties to even. */
+function rne(x: number): number {
+  const f = Math.floor(x), d = x - f;
+  return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
+}
+/** Round-to-nearest-even f16 encode of a finite f32 value with |v| < 65504 (subnormals included). */
+function f16Encode(v: number): number {
+  const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
+  const a = Math.abs(v);
+  if (a < 2 ** -14) return sign | rne(a / 2 ** -24); // subnormal (a result of 0x400 is the smallest normal)
+  let e = Math.floor(Math.log2(a));
+  if (2 ** e > a) e--;
+  if (2 ** (e + 1) <= a) e++;
+  let m = rne((a / 2 ** e - 1) * 1024); // exact: a power-of-two division, then an exact subtraction
+  let ee = e + 15;
+  if (m === 1024) {
+    m = 0;
+    ee++;
+  }
+  return sign | (ee << 10) | m;
+}
+function encodeBase(f: Float64Array, dt: DT): { arg: Float32Array | Uint16Array; vals: Float64Array } {
+  const n = f.length, vals = new Float64Array(n);
+  if (dt === 'F32') {
+    const a = Float32Array.from(f);
+    for (let i = 0; i < n; i++) vals[i] = a[i];
+    return { arg: a, vals };
+  }
+  const bits = new Uint16Array(n);
+  for (let i = 0; i < n; i++) {
+    bits[i] = dt === 'F16' ? f16Encode(Math.fround(f[i])) : bf16Encode(f[i]);
+    vals[i] = dt === 'F16' ? f16Decode(bits[i]) : bf16Decode(bits[i]);
+  }
+  return { arg: bits, vals };
+}
+
+// ---- comparison ------------------------------------------------------------------------------------
+
+function expectClose(label: string, got: Float32Array, ref: ArrayLike<number>, tol: number): void {
+  expect(got.length, `${label}: length`).toBe(ref.length);
+  let maxErr = 0, maxRef = 0, nonFinite = 0, worst = -1;
+  for (let i = 0; i < ref.length; i++) {
+    if (!Number.isFinite(got[i])) {
+      nonFinite++;
+      if (worst < 0) worst = i;
+      continue;
+    }
+    const e = Math.abs(got[i] - ref[i]);
+    if (e > maxErr) {
+      maxErr = e;
+      worst = i;
+    }
+    maxRef = Math.max(maxRef, Math.abs(ref[i]));
+  }
+  const rel = maxErr / (maxRef > 0 ? maxRef : 1);
+  const msg = `rel=${rel.toExponential(2)} nonFinite=${nonFinite}` + (worst >= 0 ? ` worst[${worst}] got=${got[worst]} ref=${ref[worst]}` : '');
+  if (VERBOSE) console.log(`[ops_repair] ${label}: ${msg} (tol ${tol})`);
+  expect(nonFinite, `${label}: NaN/Inf (${msg})`).toBe(0);
+  expect(rel, `${label}: ${msg} > ${tol}`).toBeLessThanOrEqual(tol);
+}
+function expectExact(label: string, got: Float32Array, ref: ArrayLike<number>): void {
+  expect(got.length, `${label}: length`).toBe(ref.length);
+  for (let i = 0; i < ref.length; i++) {
+    const want = Math.fround(ref[i]);
+    if (!Object.is(got[i], want) && !(got[i] === 0 && want === 0)) expect.fail(`${label}: element ${i} is ${got[i]}, expected ${want} (exact)`);
+  }
+}
+function expectFinite(label: string, got: Float32Array): void {
+  for (let i = 0; i < got.length; i++) if (!Number.isFinite(got[i])) expect.fail(`${label}: element ${i} is ${got[i]}`);
+}
+
+function run(backend: Backend, op: string, args: Args): Record<string, Float32Array> {
+  const res = native().runOp(backend, op, args);
+  expect(res.guardOk, `${backend} ${op}: guard region overwritten (out-of-bounds write)`).toBe(true);
+  const out: Record<string, Float32Array> = {};
+  for (const [k, v] of Object.entries(res)) if (v instanceof Float32Array) out[k] = v;
+  return out;
+}
+function errCode(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (e) {
+    return (e as { code?: string }).code ?? 'NO_CODE';
+  }
+  return undefined;
+}
+
+// ---- kd_loss: float64 reference of Eq. 4 ---------------------------------------------------------------
+
+interface Kd64 {
+  loss: number;
+  score: Float64Array; // [b]: score[0] = 0, score[i] = 1 − o_i·o_0
+  lcos: number;
+  lvar: number;
+}
+function kdRef(feat: ArrayLike<number>, b: number, D: number, lambda: number, theta: number): Kd64 {
+  const o = new Float64Array(b * D);
+  for (let i = 0; i < b; i++) {
+    let ss = 0;
+    for (let e = 0; e < D; e++) ss += feat[i * D + e] * feat[i * D + e];
+    const n = Math.sqrt(ss);
+    for (let e = 0; e < D; e++) o[i * D + e] = n > 0 ? feat[i * D + e] / n : 0;
+  }
+  const mean = new Float64Array(D);
+  for (let i = 0; i < b; i++) for (let e = 0; e < D; e++) mean[e] += o[i * D + e];
+  for (let e = 0; e < D; e++) mean[e] /= b;
+  const score = new Float64Array(b);
+  let lcos = 0;
+  for (let i = 1; i < b; i++) {
+    let c = 0;
+    for (let e = 0; e < D; e++) c += o[i * D + e] * o[e];
+    score[i] = 1 - c;
+    lcos += 1 - c;
+  }
+  lcos /= b - 1;
+  let lvar = 0;
+  for (let i = 0; i < b; i++)
+    for (let e = 0; e < D; e++) {
+      const d = o[i * D + e] - mean[e];
+      lvar += d * d;
+    }
+  lvar /= b;
+  return { loss: lambda * lcos + theta * lvar, score, lcos, lvar };
+}
+/** Central finite differences of kdRef(...).loss w.r.t. feat rows i >= 1 (row 0 and zero rows: 0). */
+function kdFd(feat: Float32Array, b: number, D: number, lambda: number, theta: number): Float64Array {
+  const x = Float64Array.from(feat);
+  const g = new Float64Array(b * D);
+  for (let i = 1; i < b; i++) {
+    let zero = true;
+    for (let e = 0; e < D; e++) if (x[i * D + e] !== 0) zero = false;
+    if (zero) continue; // not differentiable; the op defines the gradient as 0
+    for (let e = 0; e < D; e++) {
+      const q = i * D + e, x0 = x[q];
+      const h = 1e-6 * Math.max(1, Math.abs(x0));
+      x[q] = x0 + h;
+      const lp = kdRef(x, b, D, lambda, theta).loss;
+      x[q] = x0 - h;
+      const lm = kdRef(x, b, D, lambda, theta).loss;
+      x[q] = x0;
+      g[q] = (lp - lm) / (2 * h);
+    }
+  }
+  return g;
+}
+
+interface KdCase {
+  name: string;
+  b: number;
+  D: number;
+  lambda: number;
+  theta: number;
+  zeroRows?: number[];
+  spread?: number; // student noise around the shared direction (default 0.5)
+  fd: boolean;
+  gpuOnly?: boolean;
+}
+function kdFeat(c: KdCase): Float32Array {
+  // pooled features of paraphrases: a shared direction + per-sample noise (cosines well inside (−1, 1))
+  const r = new Rand(c.name);
+  const spread = c.spread ?? 0.5;
+  const common = Array.from({ length: c.D }, () => r.u());
+  const f = new Float32Array(c.b * c.D);
+  for (let i = 0; i < c.b; i++) {
+    const scale = 0.1 + 3 * r.r(); // norms vary: the normalisation matters
+    for (let e = 0; e < c.D; e++) f[i * c.D + e] = scale * (common[e] + spread * r.u());
+  }
+  for (const z of c.zeroRows ?? []) f.fill(0, z * c.D, (z + 1) * c.D);
+  return f;
+}
+function kdArgs(c: KdCase, feat: Float32Array): Args {
+  return { feat, b: c.b, D: c.D, lambda: c.lambda, theta: c.theta };
+}
+const KD_CASES: KdCase[] = [
+  { name: 'b2 D33', b: 2, D: 33, lambda: 0.2, theta: 0.5, fd: true },
+  { name: 'b2 D1', b: 2, D: 1, lambda: 0.3, theta: 1, fd: true },
+  { name: 'b3 D1 signs', b: 3, D: 1, lambda: 1, theta: -0.7, fd: true },
+  { name: 'b3 D17 theta<0', b: 3, D: 17, lambda: 0.3, theta: -0.4, fd: true },
+  { name: 'b3 D1001', b: 3, D: 1001, lambda: 0.2, theta: 0.1, fd: true },
+  { name: 'b7 D65', b: 7, D: 65, lambda: 1, theta: 0.25, fd: true },
+  { name: 'b7 D65 theta<0 spread', b: 7, D: 65, lambda: 0.2, theta: -1.5, spread: 2, fd: true },
+  { name: 'b7 D31 lambda0', b: 7, D: 31, lambda: 0, theta: 0.8, fd: true },
+  { name: 'b7 D31 theta0', b: 7, D: 31, lambda: 0.7, theta: 0, fd: true },
+  { name: 'b7 D45 zero student rows', b: 7, D: 45, lambda: 0.2, theta: 0.6, zeroRows: [2, 6], fd: true },
+  { name: 'b3 D23 zero teacher', b: 3, D: 23, lambda: 0.5, theta: -0.2, zeroRows: [0], fd: true },
+  { name: 'b2 D9 all zero', b: 2, D: 9, lambda: 0.5, theta: 0.5, zeroRows: [0, 1], fd: true },
+  { name: 'b64 D513', b: 64, D: 513, lambda: 0.2, theta: 0.05, fd: false },
+  { name: 'b16 D4095 theta<0', b: 16, D: 4095, lambda: 0.3, theta: -0.3, fd: false },
+];
+/** Larger shapes for the GPU (block-reduction tails, many rows); compared CUDA vs CPU only. */
+const KD_GPU_CASES: KdCase[] = [
+  { name: 'gpu b64 D20001', b: 64, D: 20001, lambda: 0.2, theta: 0.1, fd: false, gpuOnly: true },
+  { name: 'gpu b2 D20000 theta<0', b: 2, D: 20000, lambda: 0.3, theta: -0.5, fd: false, gpuOnly: true },
+  { name: 'gpu b5 D257 zero rows', b: 5, D: 257, lambda: 1, theta: 1, zeroRows: [0, 3], fd: false, gpuOnly: true },
+  { name: 'gpu b33 D4096', b: 33, D: 4096, lambda: 0.2, theta: 2, spread: 3, fd: false, gpuOnly: true },
+];
+
+// ---- loss_aware_merge: float64 reference -----------------------------------------------------------------
+
+/** ALGORITHM.md §2.6 with zeros neutral; the same double operations in the same order as the rule. */
+function refMerge(base: Float64Array, shards: ArrayLike<number>[], w: Float32Array): Float64Array {
+  const n = base.length, k = shards.length, out = new Float64Array(n);
+  for (let p = 0; p < n; p++) {
+    let pos = 0, neg = 0, best = -1, sum = 0, bestv = -1;
+    for (let i = 0; i < k; i++) {
+      const t = shards[i][p] - base[p];
+      if (t === 0) continue;
+      if (t > 0) pos++;
+      else neg++;
+      sum += w[i] * t;
+      const s = w[i] * Math.abs(t);
+      if (s > bestv) {
+        bestv = s;
+        best = i;
+      }
+    }
+    let delta = 0;
+    if (pos && neg) delta = shards[best][p] - base[p];
+    else if (pos || neg) delta = sum;
+    out[p] = base[p] + delta;
+  }
+  return out;
+}
+function softmaxWeights(losses: number[], alpha: number): Float32Array {
+  const z = losses.map((l) => -alpha * l);
+  const m = Math.max(...z);
+  const ex = z.map((v) => Math.exp(v - m));
+  const s = ex.reduce((a, b) => a + b, 0);
+  return Float32Array.from(ex.map((v) => v / s));
+}
+
+interface MergeCase {
+  name: string;
+  n: number;
+  k: number;
+  dt: DT;
+  alias?: number;
+  weights?: number[]; // default: softmax(−α·L) of random losses
+  make: (r: Rand, base: Float64Array, i: number) => Float32Array;
+  quant?: boolean; // base in multiples of 2⁻⁸ (exact in every dtype): quantised deltas give exact ties
+  gpuOnly?: boolean;
+}
+function mergeBuild(c: MergeCase): { args: Args; base: Float64Array; shards: Float32Array[]; w: Float32Array } {
+  const r = new Rand(c.name);
+  const f = new Float64Array(c.n);
+  for (let p = 0; p < c.n; p++) f[p] = c.quant ? Math.round(r.u(0.5) * 256) / 256 : r.u(0.5);
+  const b = encodeBase(f, c.dt);
+  const w = c.weights ? Float32Array.from(c.weights) : softmaxWeights(Array.from({ length: c.k }, () => 0.2 + 3 * r.r()), 1.5);
+  const shards: Float32Array[] = [];
+  for (let i = 0; i < c.k; i++) shards.push(c.make(r, b.vals, i));
+  const flat = new Float32Array(c.k * c.n);
+  shards.forEach((s, i) => flat.set(s, i * c.n));
+  const args: Args = { k: c.k, dtype: c.dt, base: b.arg };
+  if (c.k > 0) Object.assign(args, { shards: flat, weights: w });
+  if (c.alias !== undefined) args.alias = c.alias;
+  return { args, base: b.vals, shards, w };
+}
+/** base + a masked random delta (fraction `nz` non-zero, exact zeros elsewhere); `sign` forces the sign. */
+const randomShard = (nz: number, sign = 0) => (r: Rand, base: Float64Array): Float32Array => {
+  const a = new Float32Array(base.length);
+  for (let p = 0; p < base.length; p++) {
+    a[p] = base[p];
+    if (r.r() < nz) {
+      const m = 0.001 + 0.1 * r.r();
+      a[p] = Math.fround(base[p] + (sign !== 0 ? sign : r.r() < 0.5 ? -1 : 1) * m);
+    }
+  }
+  return a;
+};
+/** Deltas ±m/16 (m = 1..levels) on a quantised base: exact τ, so exact ties in w·|τ| for dyadic weights. */
+const quantShard = (nz: number, levels: number) => (r: Rand, base: Float64Array): Float32Array => {
+  const a = new Float32Array(base.length);
+  for (let p = 0; p < base.length; p++) {
+    a[p] = base[p];
+    if (r.r() < nz) a[p] = Math.fround(base[p] + r.int(1, levels) * (r.r() < 0.5 ? -1 : 1) / 16);
+  }
+  return a;
+};
+const DTYPES: DT[] = ['F32', 'F16', 'BF16'];
+function mergeCases(): MergeCase[] {
+  const out: MergeCase[] = [];
+  for (const dt of DTYPES)
+    for (let k = 1; k <= 4; k++) {
+      out.push({ name: `random ${dt} k=${k}`, n: 301, k, dt, make: randomShard(0.7) });
+      out.push({ name: `ties ${dt} k=${k}`, n: 257, k, dt, quant: true, weights: [0.25, 0.5, 0.125, 0.125].slice(0, k), make: quantShard(0.8, 4) });
+    }
+  out.push({ name: 'agreeing positive F32 k=3', n: 200, k: 3, dt: 'F32', make: randomShard(0.6, 1) });
+  out.push({ name: 'agreeing negative BF16 k=2', n: 200, k: 2, dt: 'BF16', make: randomShard(0.6, -1) });
+  out.push({ name: 'one shard all masked F32 k=3', n: 150, k: 3, dt: 'F32', make: (r, b, i) => (i === 1 ? Float32Array.from(b) : randomShard(0.5)(r, b)) });
+  out.push({ name: 'all masked F16 k=2', n: 64, k: 2, dt: 'F16', make: (_r, b) => Float32Array.from(b) });
+  out.push({ name: 'k=0 F32', n: 33, k: 0, dt: 'F32', make: (_r, b) => Float32Array.from(b) });
+  for (const dt of DTYPES)
+    out.push({ name: `alias ${dt} k=3`, n: 500, k: 3, dt, alias: 1, make: randomShard(0.7) });
+  out.push({ name: 'alias ties F32 k=4', n: 300, k: 4, dt: 'F32', alias: 0, quant: true, weights: [0.25, 0.5, 0.125, 0.125], make: quantShard(0.8, 4) });
+  return out;
+}
+function mergeGpuCases(): MergeCase[] {
+  return [
+    { name: 'gpu big F32 k=4', n: 1 << 20, k: 4, dt: 'F32', make: randomShard(0.5), gpuOnly: true },
+    { name: 'gpu big BF16 k=3 alias', n: 300001, k: 3, dt: 'BF16', alias: 2, make: randomShard(0.5), gpuOnly: true },
+    { name: 'gpu ties F16 k=4', n: 100003, k: 4, dt: 'F16', quant: true, weights: [0.25, 0.5, 0.125, 0.125], make: quantShard(0.9, 2), gpuOnly: true },
+    { name: 'gpu k=8 F32', n: 65537, k: 8, dt: 'F32', make: randomShard(0.4), gpuOnly: true },
+  ];
+}
+
+// ---- tests -----------------------------------------------------------------------------------------
+
+const info = native().info();
+const cudaAvailable = info.cuda.available;
+
+describe('repair ops: op table and arguments', () => {
+  it('runOp knows kd_loss and loss_aware_merge', () => {
+    for (const op of ['kd_loss', 'loss_aware_merge']) {
+      let err: { code?: string; message?: string } = {};
+      try {
+        native().runOp('cpu', op, {});
+      } catch (e) {
+        err = e as typeof err;
+      }
+      expect(err.code, op).toBe('ERR_INVALID_ARG');
+      expect(err.message, op).not.toMatch(/unknown op/);
+    }
+  });
+
+  it('rejects bad arguments with ERR_INVALID_ARG', () => {
+    const feat = new Float32Array(6);
+    const kd = { feat, b: 2, D: 3, lambda: 0.2, theta: 0.1 };
+    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, b: 1, D: 6 }))).toBe('ERR_INVALID_ARG'); // b < 2
+    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, D: 4 }))).toBe('ERR_INVALID_ARG'); // length
+    expect(errCode(() => native().runOp('cpu', 'kd_loss', { feat, b: 2, D: 3, lambda: 0.2 }))).toBe('ERR_INVALID_ARG'); // theta
+    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, theta: NaN }))).toBe('ERR_INVALID_ARG');
+    const m = { k: 2, base: new Float32Array(3), shards: feat, weights: Float32Array.of(0.5, 0.5) };
+    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, weights: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, alias: 2 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, n: 4 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, dtype: 'F16' }))).toBe('ERR_INVALID_ARG'); // f32 base, F16 dtype
+    expect(run('cpu', 'loss_aware_merge', { ...m, n: 3 }).out.length).toBe(3);
+  });
+});
+
+describe('kd_loss: cpu backend vs float64 reference (Eq. 4)', () => {
+  for (const c of KD_CASES) {
+    it(`${c.name} λ=${c.lambda} θ=${c.theta}`, () => {
+      const feat = kdFeat(c);
+      const res = run('cpu', 'kd_loss', kdArgs(c, feat));
+      expect(res.out.length).toBe(c.b + 1);
+      expect(res.dfeat.length).toBe(c.b * c.D);
+      expectFinite('out', res.out);
+      expectFinite('dfeat', res.dfeat);
+      // the op receives λ, θ as f32
+      const ref = kdRef(feat, c.b, c.D, Math.fround(c.lambda), Math.fround(c.theta));
+      const want = new Float64Array(c.b + 1);
+      want[0] = ref.loss;
+      want.set(ref.score, 1);
+      expectClose(`kd ${c.name} out`, res.out, want, TOL_KD_CPU);
+      // the loss alone, relative to the larger of its two terms (it may cancel for θ < 0)
+      const scale = Math.max(Math.abs(c.lambda * ref.lcos), Math.abs(c.theta * ref.lvar), 1e-30);
+      expect(Math.abs(res.out[0] - ref.loss) / scale, `loss ${res.out[0]} vs ${ref.loss}`).toBeLessThanOrEqual(TOL_KD_CPU);
+      expect(res.out[1], 'out[1] (the teacher against itself) is 0').toBe(0);
+      // teacher row: a stop-gradient, exactly 0
+      for (let e = 0; e < c.D; e++) expect(Object.is(res.dfeat[e], 0) || res.dfeat[e] === 0, `dfeat[0][${e}] = ${res.dfeat[e]}`).toBe(true);
+      // zero rows: score 1 − 0 (or 0 for the teacher itself), gradient exactly 0
+      for (const z of c.zeroRows ?? []) {
+        for (let e = 0; e < c.D; e++) expect(res.dfeat[z * c.D + e], `zero row ${z} gradient`).toBe(0);
+        if (z > 0) expect(res.out[1 + z]).toBe(1);
+      }
+      if ((c.zeroRows ?? []).includes(0)) for (let i = 1; i < c.b; i++) expect(res.out[1 + i], 'zero teacher: score 1').toBe(1);
+    });
+  }
+});
+
+describe('kd_loss: cpu gradient vs finite differences (float64)', () => {
+  for (const c of KD_CASES) {
+    if (!c.fd) continue;
+    it(`${c.name} λ=${c.lambda} θ=${c.theta} (FD)`, () => {
+      const feat = kdFeat(c);
+      const res = run('cpu', 'kd_loss', kdArgs(c, feat));
+      const g = kdFd(feat, c.b, c.D, Math.fround(c.lambda), Math.fround(c.theta));
+      expectClose(`fd ${c.name} dfeat`, res.dfeat, g, TOL_FD);
+    });
+  }
+
+  it('the variance term pulls students toward the mean for θ > 0 and away for θ < 0', () => {
+    // a descent step on the students must lower L (θ > 0: variance shrinks; θ < 0: variance grows)
+    for (const theta of [1, -1]) {
+      const c: KdCase = { name: `step θ=${theta}`, b: 5, D: 21, lambda: 0, theta, fd: false };
+      const feat = kdFeat(c);
+      const res = run('cpu', 'kd_loss', kdArgs(c, feat));
+      const step = Float32Array.from(feat, (v, q) => v - 1e-3 * res.dfeat[q]);
+      const before = kdRef(feat, c.b, c.D, 0, theta), after = kdRef(step, c.b, c.D, 0, theta);
+      expect(after.loss).toBeLessThan(before.loss);
+      if (theta > 0) expect(after.lvar).toBeLessThan(before.lvar);
+      else expect(after.lvar).toBeGreaterThan(before.lvar);
+    }
+  });
+
+  it('identical students and teacher: loss 0, scores 0, gradient 0', () => {
+    const D = 11, b = 4;
+    const row = Float32Array.from({ length: D }, (_, e) => Math.sin(e + 1));
+    const feat = new Float32Array(b * D);
+    for (let i = 0; i < b; i++) feat.set(row.map((v) => v * (i + 1)), i * D); // same direction, other norms
+    const res = run('cpu', 'kd_loss', { feat, b, D, lambda: 0.5, theta: 0.5 });
+    for (let i = 0; i <= b; i++) expect(Math.abs(res.out[i])).toBeLessThan(1e-6);
+    for (let q = 0; q < b * D; q++) expect(Math.abs(res.dfeat[q])).toBeLessThan(1e-6);
+  });
+});
+
+describe('loss_aware_merge: cpu backend vs float64 reference', () => {
+  for (const c of mergeCases()) {
+    it(`${c.name}${c.alias !== undefined ? ` alias=${c.alias}` : ''}`, () => {
+      const b = mergeBuild(c);
+      const res = run('cpu', 'loss_aware_merge', b.args);
+      expectFinite('out', res.out);
+      expectExact(`merge ${c.name}`, res.out, refMerge(b.base, b.shards, b.w));
+    });
+  }
+
+  it('the case table exercises every branch (agreeing, mixed, masked, ties in w·|τ|)', () => {
+    let agree = 0, mixed = 0, none = 0, tieMixed = 0;
+    for (const c of mergeCases()) {
+      if (c.k === 0) continue;
+      const b = mergeBuild(c);
+      for (let p = 0; p < c.n; p++) {
+        const t = b.shards.map((s) => s[p] - b.base[p]);
+        const nz = t.map((v, i) => ({ v, s: b.w[i] * Math.abs(v) })).filter((x) => x.v !== 0);
+        const pos = nz.some((x) => x.v > 0), neg = nz.some((x) => x.v < 0);
+        if (!nz.length) none++;
+        else if (pos && neg) {
+          mixed++;
+          const top = Math.max(...nz.map((x) => x.s));
+          if (nz.filter((x) => x.s === top).length > 1) tieMixed++;
+        } else agree++;
+      }
+    }
+    if (VERBOSE) console.log(`[ops_repair] merge branches: agree=${agree} mixed=${mixed} none=${none} tieMixed=${tieMixed}`);
+    expect(agree).toBeGreaterThan(100);
+    expect(mixed).toBeGreaterThan(100);
+    expect(none).toBeGreaterThan(100);
+    expect(tieMixed).toBeGreaterThan(20);
+  });
+
+  it('hand-worked elements (k = 3)', () => {
+    // base 1 everywhere; w = (0.25, 0.5, 0.25)
+    //  p0: τ = (+2, +1, 0)      agreeing       → Σ wτ = 0.5 + 0.5 = 1            → 2
+    //  p1: τ = (+2, −1, 0)      mixed, w|τ| = (0.5, 0.5): tie → lower index (+2) → 3
+    //  p2: τ = (−2, +1, +4)     mixed, w|τ| = (0.5, 0.5, 1) → shard 2 (+4)       → 5
+    //  p3: τ = (0, 0, 0)        nothing                                           → 1
+    //  p4: τ = (0, −1, 0)       one non-zero (zeros are neutral, not "positive")  → 1 − 0.5 = 0.5
+    //  p5: τ = (+1, −2, +1)     mixed, w|τ| = (0.25, 1, 0.25) → shard 1 (−2)      → −1
+    //  p6: τ = (−4, +2, +8)     mixed, w|τ| = (1, 1, 2) → shard 2                 → 9
+    //  p7: τ = (−4, +2, −4)     mixed, w|τ| = (1, 1, 1): three-way tie → shard 0  → −3
+    const base = new Float32Array(8).fill(1);
+    const t = [
+      [2, 2, -2, 0, 0, 1, -4, -4],
+      [1, -1, 1, 0, -1, -2, 2, 2],
+      [0, 0, 4, 0, 0, 1, 8, -4],
+    ];
+    const shards = new Float32Array(24);
+    t.forEach((row, i) => row.forEach((v, p) => (shards[i * 8 + p] = 1 + v)));
+    const w = Float32Array.of(0.25, 0.5, 0.25);
+    const res = run('cpu', 'loss_aware_merge', { k: 3, base, shards, weights: w });
+    expect(Array.from(res.out)).toEqual([2, 3, 5, 1, 0.5, -1, 9, -3]);
+    for (let alias = 0; alias < 3; alias++) expect(Array.from(run('cpu', 'loss_aware_merge', { k: 3, base, shards, weights: w, alias }).out)).toEqual([2, 3, 5, 1, 0.5, -1, 9, -3]);
+  });
+
+  it('k = 1 adds w·τ (the weighted sum is not normalised)', () => {
+    const base = Float32Array.of(0, 1, 2, 3);
+    const shards = Float32Array.of(1, 1, 0, 7);
+    const res = run('cpu', 'loss_aware_merge', { k: 1, base, shards, weights: Float32Array.of(0.5) });
+    expect(Array.from(res.out)).toEqual([0.5, 1, 1, 5]);
+  });
+});
+
+describe.skipIf(!cudaAvailable)('repair ops: cuda backend vs cpu backend', () => {
+  for (const c of [...KD_CASES, ...KD_GPU_CASES]) {
+    it(`kd_loss ${c.name} λ=${c.lambda} θ=${c.theta}`, () => {
+      const feat = kdFeat(c);
+      const args = kdArgs(c, feat);
+      const cpu = run('cpu', 'kd_loss', args);
+      const gpu = run('cuda', 'kd_loss', args);
+      expect(Object.keys(gpu).sort()).toEqual(Object.keys(cpu).sort());
+      for (const k of ['out', 'dfeat']) {
+        expectFinite(`cpu ${c.name} ${k}`, cpu[k]);
+        expectFinite(`cuda ${c.name} ${k}`, gpu[k]);
+        expectClose(`cuda kd ${c.name} ${k}`, gpu[k], cpu[k], TOL_CUDA_KD);
+      }
+      expect(gpu.out[1]).toBe(0);
+      for (let e = 0; e < c.D; e++) if (gpu.dfeat[e] !== 0) expect.fail(`cuda dfeat[0][${e}] = ${gpu.dfeat[e]}`);
+      for (const z of c.zeroRows ?? []) for (let e = 0; e < c.D; e++) if (gpu.dfeat[z * c.D + e] !== 0) expect.fail(`cuda zero row ${z}`);
+      // the scalar loss relative to its larger term (θ < 0 may cancel)
+      const ref = kdRef(feat, c.b, c.D, Math.fround(c.lambda), Math.fround(c.theta));
+      const scale = Math.max(Math.abs(c.lambda * ref.lcos), Math.abs(c.theta * ref.lvar), 1e-30);
+      expect(Math.abs(gpu.out[0] - cpu.out[0]) / scale).toBeLessThanOrEqual(TOL_CUDA_KD);
+    });
+  }
+
+  for (const c of [...mergeCases(), ...mergeGpuCases()]) {
+    it(`loss_aware_merge ${c.name}${c.alias !== undefined ? ` alias=${c.alias}` : ''}`, () => {
+      const b = mergeBuild(c);
+      const cpu = run('cpu', 'loss_aware_merge', b.args).out;
+      const gpu = run('cuda', 'loss_aware_merge', b.args).out;
+      expectFinite(`cuda ${c.name}`, gpu);
+      expectExact(`cuda merge ${c.name}`, gpu, cpu);
+      if (c.gpuOnly) expectExact(`cpu merge ${c.name} vs ref`, cpu, refMerge(b.base, b.shards, b.w));
+    });
+  }
+
+  it('rejects bad arguments with ERR_INVALID_ARG and stays usable', () => {
+    expect(errCode(() => native().runOp('cuda', 'kd_loss', { feat: new Float32Array(5), b: 1, D: 5, lambda: 1, theta: 1 }))).toBe('ERR_INVALID_ARG');
+    const r = run('cuda', 'kd_loss', { feat: Float32Array.of(1, 2, 3, 4), b: 2, D: 2, lambda: 1, theta: 1 });
+    expectFinite('kd after error', r.out);
+  });
+});
