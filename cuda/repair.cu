@@ -162,7 +162,7 @@ __global__ void loss_aware_merge_kernel(float* out, const typename WT::storage* 
   for (size_t p = blockIdx.x * (size_t)blockDim.x + threadIdx.x; p < n; p += (size_t)gridDim.x * blockDim.x) {
     const double bp = wload<WT>(base, p);
     int pos = 0, neg = 0;
-    double sum = 0, bestv = -1, bestt = 0;
+    double sum = 0, wsum = 0, bestv = -1, bestt = 0;
     for (int i = 0; i < k; ++i) {
       const double t = __dsub_rn((double)shards[i][p], bp);
       if (t == 0) continue;
@@ -170,6 +170,7 @@ __global__ void loss_aware_merge_kernel(float* out, const typename WT::storage* 
       else ++neg;
       const double w = (double)weights[i];
       sum = __dadd_rn(sum, __dmul_rn(w, t));
+      wsum = __dadd_rn(wsum, w);
       const double s = __dmul_rn(w, fabs(t));
       if (s > bestv) {  // strict: ties keep the lower index
         bestv = s;
@@ -178,7 +179,7 @@ __global__ void loss_aware_merge_kernel(float* out, const typename WT::storage* 
     }
     double delta = 0;
     if (pos && neg) delta = bestt;  // = shard_best[p] − bp, kept from the read (out may alias that shard)
-    else if (pos || neg) delta = sum;
+    else if ((pos || neg) && wsum > 0) delta = __ddiv_rn(sum, wsum);
     out[p] = (float)__dadd_rn(bp, delta);
   }
 }

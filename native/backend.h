@@ -156,8 +156,10 @@ class Backend {
   virtual void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) = 0;
 
   // Loss-aware merge (REPAIR Alg. 4) of k f32 shards [n] against base [n] with weights w (softmax(−α·L)):
-  //   τ_i = shard_i − base; zeros are neutral (a masked entry takes no part);
-  //   all non-zero τ_i[p] of one sign → δ = Σ_i w_i·τ_i[p];  mixed signs → δ = τ_j[p], j = argmax_i w_i·|τ_i[p]|
+  //   τ_i = shard_i − base; zeros are neutral (a masked entry takes no part, in the sign test or the weights);
+  //   all non-zero τ_i[p] of one sign → δ = Σ_i w_i·τ_i[p] / Σ_i w_i over those i (the weighted mean of the
+  //   shards that touched p: a sum would scale every edit of a k-shard merge by ~1/k where masks do not
+  //   overlap);  mixed signs → δ = τ_j[p], j = argmax_i w_i·|τ_i[p]|
   //   (ties → lower i); no non-zero τ → δ = 0.  out = base + δ.  out may alias a shard.
   virtual void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
                                 size_t n) = 0;

@@ -284,17 +284,18 @@ const KD_GPU_CASES: KdCase[] = [
 
 // ---- loss_aware_merge: float64 reference -----------------------------------------------------------------
 
-/** ALGORITHM.md §2.6 with zeros neutral; the same double operations in the same order as the rule. */
+/** ALGORITHM.md §2.6 with zeros neutral (in the sign test and in the weights); the same double operations in the same order as the rule. */
 function refMerge(base: Float64Array, shards: ArrayLike<number>[], w: Float32Array): Float64Array {
   const n = base.length, k = shards.length, out = new Float64Array(n);
   for (let p = 0; p < n; p++) {
-    let pos = 0, neg = 0, best = -1, sum = 0, bestv = -1;
+    let pos = 0, neg = 0, best = -1, sum = 0, wsum = 0, bestv = -1;
     for (let i = 0; i < k; i++) {
       const t = shards[i][p] - base[p];
       if (t === 0) continue;
       if (t > 0) pos++;
       else neg++;
       sum += w[i] * t;
+      wsum += w[i];
       const s = w[i] * Math.abs(t);
       if (s > bestv) {
         bestv = s;
@@ -303,7 +304,7 @@ function refMerge(base: Float64Array, shards: ArrayLike<number>[], w: Float32Arr
     }
     let delta = 0;
     if (pos && neg) delta = shards[best][p] - base[p];
-    else if (pos || neg) delta = sum;
+    else if ((pos || neg) && wsum > 0) delta = sum / wsum;
     out[p] = base[p] + delta;
   }
   return out;
@@ -529,11 +530,11 @@ describe('loss_aware_merge: cpu backend vs float64 reference', () => {
 
   it('hand-worked elements (k = 3)', () => {
     // base 1 everywhere; w = (0.25, 0.5, 0.25)
-    //  p0: τ = (+2, +1, 0)      agreeing       → Σ wτ = 0.5 + 0.5 = 1            → 2
+    //  p0: τ = (+2, +1, 0)      agreeing       → Σ wτ / Σ w = 1 / 0.75            → 1 + 4/3
     //  p1: τ = (+2, −1, 0)      mixed, w|τ| = (0.5, 0.5): tie → lower index (+2) → 3
     //  p2: τ = (−2, +1, +4)     mixed, w|τ| = (0.5, 0.5, 1) → shard 2 (+4)       → 5
     //  p3: τ = (0, 0, 0)        nothing                                           → 1
-    //  p4: τ = (0, −1, 0)       one non-zero (zeros are neutral, not "positive")  → 1 − 0.5 = 0.5
+    //  p4: τ = (0, −1, 0)       one non-zero (zeros are neutral: no sign, no weight) → 1 − 1 = 0
     //  p5: τ = (+1, −2, +1)     mixed, w|τ| = (0.25, 1, 0.25) → shard 1 (−2)      → −1
     //  p6: τ = (−4, +2, +8)     mixed, w|τ| = (1, 1, 2) → shard 2                 → 9
     //  p7: τ = (−4, +2, −4)     mixed, w|τ| = (1, 1, 1): three-way tie → shard 0  → −3
@@ -547,15 +548,16 @@ describe('loss_aware_merge: cpu backend vs float64 reference', () => {
     t.forEach((row, i) => row.forEach((v, p) => (shards[i * 8 + p] = 1 + v)));
     const w = Float32Array.of(0.25, 0.5, 0.25);
     const res = run('cpu', 'loss_aware_merge', { k: 3, base, shards, weights: w });
-    expect(Array.from(res.out)).toEqual([2, 3, 5, 1, 0.5, -1, 9, -3]);
-    for (let alias = 0; alias < 3; alias++) expect(Array.from(run('cpu', 'loss_aware_merge', { k: 3, base, shards, weights: w, alias }).out)).toEqual([2, 3, 5, 1, 0.5, -1, 9, -3]);
+    const want = [Math.fround(1 + 4 / 3), 3, 5, 1, 0, -1, 9, -3];
+    expect(Array.from(res.out)).toEqual(want);
+    for (let alias = 0; alias < 3; alias++) expect(Array.from(run('cpu', 'loss_aware_merge', { k: 3, base, shards, weights: w, alias }).out)).toEqual(want);
   });
 
-  it('k = 1 adds w·τ (the weighted sum is not normalised)', () => {
+  it('k = 1 returns the shard (a weighted mean over the one shard that touched each entry)', () => {
     const base = Float32Array.of(0, 1, 2, 3);
     const shards = Float32Array.of(1, 1, 0, 7);
     const res = run('cpu', 'loss_aware_merge', { k: 1, base, shards, weights: Float32Array.of(0.5) });
-    expect(Array.from(res.out)).toEqual([0.5, 1, 1, 5]);
+    expect(Array.from(res.out)).toEqual([1, 1, 0, 7]);
   });
 });
 

@@ -57,12 +57,13 @@ void CpuBackend::loss_aware_merge(float* out, WeightRef base, const float* const
     for (size_t p = p0; p < p1; ++p) {
       const double bp = b[p - p0];
       int pos = 0, neg = 0, best = -1;
-      double sum = 0, bestv = -1;
+      double sum = 0, wsum = 0, bestv = -1;
       for (int i = 0; i < k; ++i) {
         const double t = (double)shards[i][p] - bp;
         if (t == 0) continue;
         (t > 0 ? pos : neg)++;
         sum += weights[i] * t;
+        wsum += weights[i];
         const double s = weights[i] * std::fabs(t);
         if (s > bestv) {
           bestv = s;
@@ -71,7 +72,7 @@ void CpuBackend::loss_aware_merge(float* out, WeightRef base, const float* const
       }
       double delta = 0;
       if (pos && neg) delta = (double)shards[best][p] - bp;
-      else if (pos || neg) delta = sum;
+      else if ((pos || neg) && wsum > 0) delta = sum / wsum;
       out[p] = (float)(bp + delta);
     }
   }, (double)n * k * 3);
