@@ -94,7 +94,7 @@ export type RepairEvent =
   | { type: 'edit-trained'; ids: string[]; memory: string; steps: number; loss: number; kd: number; kdScores: number[] }
   | { type: 'residual-added'; ids: string[]; kdScores: number[] }
   | { type: 'residual-rebatched'; ids: string[] }
-  | { type: 'error-detected'; id: string; score: number; memory: string }
+  | { type: 'error-detected'; id: string; score: number; memory: string; routedTo: string }
   | { type: 'shard-pruned'; memory: string; reason: 'error-rate' | 'feedback-pool'; errorRate: number; edits: string[] }
   | { type: 'edits-reintegrated'; ids: string[] }
   | { type: 'gave-up'; id: string; attempts: number }
@@ -638,7 +638,9 @@ export class Editor {
     }
     const fresh = this.#working.edits.length === 0;
     const seed = fresh ? shardSeed(this.config.seed, this.#shardCount) : this.#working.seed;
-    const hyper = this.#hyper(seed, kd && items.length > 1);
+    let hyper = this.#hyper(seed, kd && items.length > 1);
+    const hook = (this as unknown as Record<symbol, unknown>)[TRAIN_HOOK] as ((ids: string[], h: NativeEditHyper) => NativeEditHyper) | undefined;
+    if (hook) hyper = hook(items.map((p) => p.id), hyper);
     const nIter = this.config.nIter;
     let res: NativeEditResult;
     try {
@@ -840,7 +842,24 @@ export class Editor {
       const loop = this.#loop;
       let total = loop.queue.length + loop.residual.length;
       let done = 0;
-      while (loop.queue.length || loop.residual.length) {
+      for (;;) {
+        if (!loop.queue.length && !loop.residual.length) {
+          // [ours] The stream is done but E still holds failures: retrain them (into a fresh shard) while
+          // their budget lasts, rather than end on known errors. Bounded by the budget like RETRIGGER.
+          if (!ro.monitor || !loop.feedback.length) break;
+          const again = loop.feedback.filter((id) => (loop.attempts[id] ?? 0) < ro.budget && this.#edits.has(id));
+          if (!again.length) break;
+          if (this.#working.edits.length > 0) await this.#saveWorking();
+          for (const id of again) {
+            loop.attempts[id] = (loop.attempts[id] ?? 0) + 1;
+            loop.queue.push({ id, request: this.#edits.get(id)!.request, attempts: loop.attempts[id]! });
+            delete loop.status[id];
+          }
+          loop.feedback = loop.feedback.filter((id) => !again.includes(id));
+          total += again.length;
+          opts.onEvent?.({ type: 'edits-reintegrated', ids: again });
+          continue;
+        }
         if (opts.signal?.aborted) throw new RepairError('ERR_ABORTED', 'editMany was aborted');
         // FORMBATCHES over the next window of incoming edits plus the residual pool
         const incoming = loop.queue.slice(0, ro.batching ? ro.window : 1);
@@ -932,28 +951,33 @@ export class Editor {
         const g = await modelInternals(this.model).generateRouted(this.#promptText('{}', p.request.prompt), { maxNewTokens: tgt.length + 2, signal }, async (nm, pids) => {
           const sc = await this.#scores(nm, Int32Array.from(pids), 1, pids.length, new Int32Array(1));
           const d = this.#decide((s) => sc[s]![0]!, 'prompt');
-          route = this.#mostActive((s) => sc[s]![0]!);
+          route = this.#slotUid(d.slot);
           return { side: this.#side, slot: d.slot };
         });
         score = g.completion.trim().startsWith(p.request.target.trim()) ? 1 : 0;
         memory = route;
       }
       const ok = score >= ro.tauCorrect;
-      loop.status[p.id] = { memory, score, ok };
+      loop.status[p.id] = { memory: this.#holder(p.id), score, ok };
       if (!ok) {
         if (!loop.feedback.includes(p.id)) loop.feedback.push(p.id);
-        onEvent?.({ type: 'error-detected', id: p.id, score, memory });
+        onEvent?.({ type: 'error-detected', id: p.id, score, memory: this.#holder(p.id), routedTo: memory });
       } else {
         loop.feedback = loop.feedback.filter((e) => e !== p.id);
       }
     }
   }
 
-  /** ASSIGNSHARD's rule (§2.1): the most active memory, argmax of the scores (ties → the lowest slot). */
-  #mostActive(score: (slot: number) => number): string {
-    let best = 0;
-    for (let s = 1; s <= this.#memories.length; s++) if (score(s) > score(best)) best = s;
-    return this.#slotUid(best);
+  /**
+   * The memory an edit is attributed to for §2.2's per-memory error rates: the one that holds it (the shard
+   * it was assigned to and trained into; the latest when re-trained). [ours] The paper attributes by the
+   * argmax activation, which is the same memory while routing works — but a shard broken badly enough no
+   * longer activates, and argmax would then blame its failures on a healthy neighbour.
+   */
+  #holder(id: string): string {
+    if (this.#working.edits.includes(id)) return this.#working.uid;
+    for (let i = this.#memories.length - 1; i >= 0; i--) if (this.#memories[i]!.edits.includes(id)) return this.#memories[i]!.uid;
+    return 'main';
   }
 
   /**
@@ -969,7 +993,7 @@ export class Editor {
     const lg = await modelInternals(this.model).logitsRouted([ids], { positions: 'all', signal }, async (nm, b) => {
       const sc = await this.#scores(nm, b.tokens, b.B, b.T, b.pad);
       const d = this.#decide((s) => sc[s]![0]!, 'full');
-      memory = this.#mostActive((s) => sc[s]![0]!);
+      memory = this.#slotUid(d.slot);
       return { side: this.#side, slots: Int32Array.of(d.slot) };
     });
     let ok = 0;
@@ -1024,12 +1048,15 @@ export class Editor {
     }
     // reintegrate: the pruned memory's edits + the failures, at the front of the queue, into a fresh shard
     if (this.#working.edits.length > 0) await this.#saveWorking();
+    // Only failing edits spend budget: the pruned memory's passing edits are re-queued for free (they are
+    // not at fault). Every retrigger needs a failure, so retriggers are bounded by Σ budget over edits.
+    const failing = new Set(loop.feedback);
     const again = [...new Set([...pruned, ...loop.feedback])];
     const requeue: Pending[] = [];
     for (const id of again) {
       const st = this.#edits.get(id) ?? loop.queue.find((p) => p.id === id) ?? loop.residual.find((p) => p.id === id);
       if (!st) continue;
-      const attempts = (loop.attempts[id] ?? 0) + 1;
+      const attempts = (loop.attempts[id] ?? 0) + (failing.has(id) ? 1 : 0);
       const stillHeld = this.#memories.some((m) => m.edits.includes(id)) || this.#working.edits.includes(id);
       if (attempts > ro.budget) {
         if (!stillHeld) {
@@ -1347,6 +1374,11 @@ export class Editor {
 }
 
 // ---- memory files ----------------------------------------------------------------------------------
+/**
+ * Test hook: a function (ids, hyper) => hyper applied to every native training call, so a test can make
+ * chosen edits fail (e.g. an impossible learning rate) and watch the closed loop repair them.
+ */
+export const TRAIN_HOOK = Symbol.for('repair-edit.trainHook');
 /** Test hook: fail a save after this many bytes (simulates a crash mid-write). */
 export const FAIL_SAVE_AFTER = Symbol.for('repair-edit.failSaveAfter');
 

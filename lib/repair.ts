@@ -84,7 +84,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   const r = { ...REPAIR_DEFAULTS, tauE: 2 * mergeFreq, ...(o ?? {}) } as RepairOptions;
   if (o && o.batchSize !== undefined && o.window === undefined) r.window = 2 * o.batchSize;
   const bad = (k: string, what: string) => new RepairError('ERR_INVALID_ARG', `repair option ${k} must be ${what}, got ${JSON.stringify((r as unknown as Record<string, unknown>)[k])}`, { field: k });
-  for (const k of Object.keys(o ?? {})) if (!(k in r)) throw new RepairError('ERR_INVALID_ARG', `unknown repair option '${k}'`, { field: k });
+  for (const k of Object.keys(o ?? {})) if (!(k in REPAIR_DEFAULTS) && k !== 'tauE') throw new RepairError('ERR_INVALID_ARG', `unknown repair option '${k}'`, { field: k });
   for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
   const int = (k: keyof RepairOptions, lo: number, hi: number) => {
     const v = r[k];
