@@ -9,13 +9,6 @@
 
 namespace re {
 
-namespace {
-// y[0..n) += s · x[0..n)
-__attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default"))) void axpy(float* y, const float* x,
-                                                                                     float s, int n) {
-  for (int i = 0; i < n; ++i) y[i] += s * x[i];
-}
-}  // namespace
 
 void CpuBackend::scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) {
   for (int i = 0; i < n; ++i) {
@@ -23,25 +16,6 @@ void CpuBackend::scatter_add_rows(float* y, const float* x, const int32_t* idx, 
     const float* xr = x + (size_t)i * D;
     for (int e = 0; e < D; ++e) yr[e] += xr[e];
   }
-}
-
-// dx[M,K] (+)= dy[M,N] · W[N,K]   — parallel over 256-column blocks of K; W rows widened once per block.
-void CpuBackend::linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) {
-  constexpr int KB = 256;
-  const int kt = (K + KB - 1) / KB;
-  pool_.parallel_for(kt, [&](int t) {
-    const int k0 = t * KB, kb = std::min(KB, K - k0);
-    if (!accumulate)
-      for (int m = 0; m < M; ++m) std::fill(dx + (size_t)m * K + k0, dx + (size_t)m * K + k0 + kb, 0.0f);
-    std::vector<float> row(kb);
-    for (int n = 0; n < N; ++n) {
-      weight_row_to_f32(row.data(), W, (size_t)n * K + k0, kb);
-      for (int m = 0; m < M; ++m) {
-        const float s = dy[(size_t)m * N + n];
-        if (s != 0.0f) axpy(dx + (size_t)m * K + k0, row.data(), s, kb);
-      }
-    }
-  }, (double)M * N * K);
 }
 
 void CpuBackend::rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,

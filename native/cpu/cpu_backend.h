@@ -4,6 +4,7 @@
 #pragma once
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "backend.h"
@@ -80,6 +81,11 @@ class CpuBackend final : public Backend {
                         size_t n) override;
 
   ThreadPool& pool() { return pool_; }
+
+  // The packed GEMM behind linear, linear_dx and masked_sgd (cpu/matmul.cpp).
+  using PackFn = std::function<void(float* wp, int n0, int nb, int k0, int kc)>;
+  using EpiFn = std::function<void(const float* tile, int ldt, int m0, int mb, int n0, int nb)>;
+  void gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi);
 
  private:
   ThreadPool pool_;

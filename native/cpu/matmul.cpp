@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/cpu_backend.h"
+#include "philox.h"
 
 namespace re {
 
@@ -111,11 +112,49 @@ void pack_w(float* dst, WeightRef W, int K, int n0, int nb, int k0, int kc) {
     }
 }
 
+// Pack B[k][j] = src[(k0 + k)·ld + n0 + j] (a row-major [K, N] operand read along its rows) as
+// [ceil(nb/16)][kc][16] f32, zero-filled past nb. Used when the reduction index is the row index.
+void pack_rows(float* dst, WeightRef src, size_t ld, int n0, int nb, int k0, int kc) {
+  const int nv = (nb + 15) / 16;
+  float row[PNB];
+  for (int k = 0; k < kc; ++k) {
+    weight_row_to_f32(row, src, (size_t)(k0 + k) * ld + n0, nb);
+    for (int jv = 0; jv < nv; ++jv) {
+      float* d = dst + ((size_t)jv * kc + k) * 16;
+      for (int jj = 0; jj < 16; ++jj) {
+        const int j = jv * 16 + jj;
+        d[jj] = j < nb ? row[j] : 0.0f;
+      }
+    }
+  }
+}
+
 }  // namespace
+
+// C[M, N] = X[M, K] · B[K, N] in (PMB × PNB) tiles over the pool; `pack` writes B's panel for output
+// columns [n0, n0+nb) and reduction rows [k0, k0+kc); `epi` consumes each finished tile.
+void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi) {
+  if (M <= 0 || N <= 0) return;
+  const int mt = (M + PMB - 1) / PMB, nt = (N + PNB - 1) / PNB;
+  pool_.parallel_for(mt * nt, [&](int task) {
+    const int m0 = (task % mt) * PMB, n0 = (task / mt) * PNB;  // neighbouring tasks share the B slab
+    const int mb = std::min(PMB, M - m0), nb = std::min(PNB, N - n0), nv = (nb + 15) / 16;
+    alignas(64) float tile[PMB * PNB];
+    std::fill(tile, tile + (size_t)mb * PNB, 0.0f);
+    thread_local std::vector<float> wp;
+    wp.resize((size_t)PNB * PKC);
+    for (int k0 = 0; k0 < K; k0 += PKC) {
+      const int kc = std::min(PKC, K - k0);
+      pack(wp.data(), n0, nb, k0, kc);
+      block_packed(X + (size_t)m0 * ldx + k0, ldx, mb, wp.data(), nv, kc, tile, PNB);
+    }
+    epi(tile, PNB, m0, mb, n0, nb);
+  }, (double)M * N * K);
+}
 
 void CpuBackend::linear(float* y, const float* x, WeightRef W, WeightRef bias, int M, int N, int K, bool accumulate) {
   if (M <= 0 || N <= 0) return;
-  auto finish = [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
+  EpiFn finish = [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
     for (int i = 0; i < mb; ++i) {
       float* yr = y + (size_t)(m0 + i) * N + n0;
       const float* tr = tile + (size_t)i * ldt;
@@ -127,21 +166,8 @@ void CpuBackend::linear(float* y, const float* x, WeightRef W, WeightRef bias, i
     }
   };
   if (M >= 8) {
-    const int mt = (M + PMB - 1) / PMB, nt = (N + PNB - 1) / PNB;
-    pool_.parallel_for(mt * nt, [&](int task) {
-      const int m0 = (task % mt) * PMB, n0 = (task / mt) * PNB;  // neighbouring tasks share the W slab
-      const int mb = std::min(PMB, M - m0), nb = std::min(PNB, N - n0), nv = (nb + 15) / 16;
-      alignas(64) float tile[PMB * PNB];
-      std::fill(tile, tile + (size_t)mb * PNB, 0.0f);
-      thread_local std::vector<float> wp;
-      wp.resize((size_t)PNB * PKC);
-      for (int k0 = 0; k0 < K; k0 += PKC) {
-        const int kc = std::min(PKC, K - k0);
-        pack_w(wp.data(), W, K, n0, nb, k0, kc);
-        block_packed(x + (size_t)m0 * K + k0, (size_t)K, mb, wp.data(), nv, kc, tile, PNB);
-      }
-      finish(tile, PNB, m0, mb, n0, nb);
-    }, (double)M * N * K);
+    gemm_packed(M, N, K, x, (size_t)K, [&](float* wp, int n0, int nb, int k0, int kc) { pack_w(wp, W, K, n0, nb, k0, kc); },
+                finish);
     return;
   }
   const int mt = (M + MB - 1) / MB, nt = (N + NB - 1) / NB;
@@ -176,6 +202,49 @@ void CpuBackend::linear(float* y, const float* x, WeightRef W, WeightRef bias, i
       }
     }
   }, (double)M * N * K);
+}
+
+}  // namespace re
+
+namespace re {
+
+// dx[M,K] (+)= dy[M,N] · W[N,K]: the packed GEMM with W read along its rows (reduction over N).
+void CpuBackend::linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) {
+  gemm_packed(M, K, N, dy, (size_t)N, [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, W, (size_t)K, n0, nb, k0, kc); },
+              [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
+                for (int i = 0; i < mb; ++i) {
+                  float* o = dx + (size_t)(m0 + i) * K + n0;
+                  const float* t = tile + (size_t)i * ldt;
+                  for (int j = 0; j < nb; ++j) o[j] = accumulate ? o[j] + t[j] : t[j];
+                }
+              });
+}
+
+// W' ← clamp(W' − lr·(keep ⊙ Gᵀ·A + wd·W'), Wv ± c), one (96 × 64) tile of Gᵀ·A at a time: the tile is
+// applied in the epilogue and never stored whole.
+void CpuBackend::masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K, uint64_t seed,
+                            float rho, float lr, float wd, float clamp) {
+  std::vector<float> Gt((size_t)N * M);  // Gᵀ [N, M]: rows of the GEMM's left operand
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) Gt[(size_t)n * M + m] = G[(size_t)m * N + n];
+  gemm_packed(N, K, M, Gt.data(), (size_t)M,
+              [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, WeightRef{A, DType::F32}, (size_t)K, n0, nb, k0, kc); },
+              [&](const float* tile, int ldt, int r0, int rb, int c0, int cb) {
+                float base[PNB];
+                for (int i = 0; i < rb; ++i) {
+                  const int nrow = r0 + i;
+                  float* w = Wp + (size_t)nrow * K + c0;
+                  const float* g = tile + (size_t)i * ldt;
+                  if (clamp > 0) weight_row_to_f32(base, Wv, (size_t)nrow * K + c0, cb);
+                  const uint64_t off = (uint64_t)nrow * K + c0;
+                  for (int j = 0; j < cb; ++j) {
+                    const float keep = rho >= 1.0f ? 1.0f : (philox_keep(seed, off + j, rho) ? 1.0f : 0.0f);
+                    float v = w[j] - lr * (keep * g[j] + wd * w[j]);
+                    if (clamp > 0) v = std::min(std::max(v, base[j] - clamp), base[j] + clamp);
+                    w[j] = v;
+                  }
+                }
+              });
 }
 
 }  // namespace re

@@ -32,10 +32,6 @@ inline double act_grad(double x, int act) {
   }
 }
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default"))) void axpy_w(float* y, const float* x,
-                                                                                       float s, int n) {
-  for (int i = 0; i < n; ++i) y[i] += s * x[i];
-}
 }  // namespace
 
 void CpuBackend::act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) {
@@ -70,28 +66,6 @@ void CpuBackend::act_dist_bwd(float* dos, const float* gd, const float* os, cons
       o[e] = accumulate ? o[e] + (float)v : (float)v;
     }
   }, (double)n * D * 60);
-}
-
-// W'[n, :] ← clamp(W'[n, :] − lr·(keep ⊙ (Σ_m G[m,n]·A[m,:]) + wd·W'[n, :]), Wv ± c): one row of the
-// weight gradient at a time, never the whole dW'.
-void CpuBackend::masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K,
-                            uint64_t seed, float rho, float lr, float wd, float clamp) {
-  pool_.parallel_for(N, [&](int nrow) {
-    std::vector<float> g(K, 0.0f), base(K);
-    for (int m = 0; m < M; ++m) {
-      const float s = G[(size_t)m * N + nrow];
-      if (s != 0.0f) axpy_w(g.data(), A + (size_t)m * K, s, K);
-    }
-    if (clamp > 0) weight_row_to_f32(base.data(), Wv, (size_t)nrow * K, K);
-    float* w = Wp + (size_t)nrow * K;
-    const uint64_t off = (uint64_t)nrow * K;
-    for (int k = 0; k < K; ++k) {
-      const float keep = rho >= 1.0f ? 1.0f : (philox_keep(seed, off + k, rho) ? 1.0f : 0.0f);
-      float v = w[k] - lr * (keep * g[k] + wd * w[k]);
-      if (clamp > 0) v = std::min(std::max(v, base[k] - clamp), base[k] + clamp);
-      w[k] = v;
-    }
-  }, (double)M * N * K);
 }
 
 void CpuBackend::ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
