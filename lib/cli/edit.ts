@@ -89,7 +89,7 @@ export const editCommand: CliCommand = {
       .requiredOption('--out <file>', 'where to save the side memories (safetensors; written atomically)')
       .option('--model <dir>', 'Hugging Face model folder (default: the shipped stories260K demo model)')
       .option('--memory <file>', 'continue editing this saved memory (its configuration is kept)')
-      .option('--method <name>', 'wise | ft (default: wise)', choiceOption(['wise', 'ft'] as const))
+      .option('--method <name>', 'wise | repair | ft (default: wise); repair runs the closed loop over the whole file', choiceOption(['wise', 'repair', 'ft'] as const))
       .option('--layer <n>', "decoder layer whose MLP down-projection gets side memories (default: the model's preset)", intOption(0))
       .option('--save-freq <n>', 'freeze the working memory as a new memory every n edits (default 500)', intOption(1))
       .option('--merge-freq <n>', 'TIES-merge the frozen memories every n edits; a multiple of --save-freq (default 1000)', intOption(1))
@@ -128,7 +128,27 @@ export const editCommand: CliCommand = {
           const bar = progress(records.length, nIter);
           const rows: EditRow[] = [];
           try {
-            for (const [i, rec] of records.entries()) {
+            if (editor.config.method === 'repair') {
+              // The closed loop decides batches, retraining and pruning over the whole file at once.
+              const te = performance.now();
+              const reqs = records.map((r) => ({ ...r.request, id: r.request.id ?? `line${r.line}` }));
+              const res = await editor.editMany(reqs, {
+                signal: intr.signal,
+                onEvent: (e) => {
+                  if (e.type !== 'edit-trained') process.stderr.write(`repair-edit: ${e.type} ${JSON.stringify({ ...e, type: undefined })}\n`);
+                },
+              });
+              const last = new Map<string, (typeof res.results)[number]>();
+              for (const r of res.results) last.set(r.id, r);
+              const ms = (performance.now() - te) / Math.max(1, records.length);
+              records.forEach((rec, i) => {
+                const r = last.get(reqs[i]!.id);
+                if (!r) return; // given up by the loop (reported on stderr)
+                const row: EditRow = { id: r.id, line: rec.line, prompt: rec.request.prompt, target: rec.request.target, steps: r.steps, loss: r.losses.at(-1) ?? Number.NaN, score: r.score, memory: r.memory, ms };
+                rows.push(row);
+                bar.done(i, row);
+              });
+            } else for (const [i, rec] of records.entries()) {
               const te = performance.now();
               const label = rec.request.id ?? `line ${rec.line}`;
               const r = await editor.edit(rec.request, { signal: intr.signal, onProgress: (p) => bar.step(i, label, p.step, p.loss) });
