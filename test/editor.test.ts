@@ -361,3 +361,27 @@ describe('bad input leaves the editor unchanged', () => {
     await e2.dispose(); // idempotent after the model went away
   });
 });
+
+describe('chat-template rows (§1.3 variant for chat models)', () => {
+  it('wraps each template row as a user turn with the generation prompt, then " " + target', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'repair-chat-'));
+    try {
+      for (const f of ['config.json', 'model.safetensors', 'tokenizer.json']) writeFileSync(join(dir, f), readFileSync(join(STORIES, f)));
+      const tc = JSON.parse(readFileSync(join(STORIES, 'tokenizer_config.json'), 'utf8'));
+      tc.chat_template = '{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}';
+      writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify(tc));
+      const model = await loadModel(dir, { backend: 'cpu' });
+      const ed = await Editor.create(model, { useChatTemplate: true, nIter: 30 });
+      expect(ed.config.useChatTemplate).toBe(true);
+      const b = ed.buildBatch({ prompt: 'Who is Zog?', target: 'a wizard' }, 'Once upon a time');
+      const row0 = Array.from(b.tokens.subarray(b.pad[0]!, b.T));
+      expect(model.tokenizer.decode(row0)).toBe('[user] Who is Zog?\n[assistant] a wizard');
+      const labelled = Array.from(b.labels.subarray(0, b.T)).filter((x) => x >= 0);
+      expect(model.tokenizer.decode(labelled)).toContain('wizard');
+      await ed.dispose();
+      await model.dispose();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
