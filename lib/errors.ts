@@ -30,6 +30,7 @@ export const TS_ERROR_CODES = [
   'ERR_MEMORY_VERSION',
   'ERR_EDIT_REQUEST',
   'ERR_UNKNOWN_EDIT',
+  'ERR_DATASET',
 ] as const;
 
 export type NativeErrorCode = (typeof NATIVE_ERROR_CODES)[number];

@@ -4,8 +4,9 @@
 import type { CliCommand } from './common.js';
 import { demoCommand } from './demo.js';
 import { editCommand } from './edit.js';
+import { evalCommand } from './eval.js';
 import { explainCommand } from './explain.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 
-export const commands: CliCommand[] = [infoCommand, generateCommand, editCommand, explainCommand, demoCommand];
+export const commands: CliCommand[] = [infoCommand, generateCommand, editCommand, explainCommand, evalCommand, demoCommand];

@@ -1,0 +1,464 @@
+// cli/eval.ts — `repair-edit eval --data zsre|counterfact|hallucination|temporal|FILE --n 1,30,120
+// --method wise,repair,ft [--ablate monitor,batching,kd,merge] [--json out.json] [--report out.html]`:
+// the metrics of ALGORITHM.md §3 (lib/eval.ts) for every method × N on one loaded model, a results table on
+// stdout, every per-case value in JSON, and a self-contained HTML report with hand-written SVG plots.
+
+import { statSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import cliProgress from 'cli-progress';
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import { RepairError } from '../errors.js';
+import type { EditMethod, EditorOptions } from '../editor.js';
+import { DATASET_FORMATS, editSlice, loadDataset, namedDatasetPath, NAMED_DATASETS, type Dataset, type DatasetFormat } from '../datasets.js';
+import { defaultMetrics, evaluateVariants, METRIC_NAMES, type EvalProgress, type EvalReport, type EvalVariant, type MetricName, type Protocol, type RestoreMode } from '../eval.js';
+import { loadModel, type BackendChoice } from '../model.js';
+import { packageVersion } from '../info.js';
+import { choiceOption, floatOption, formatTable, intOption, interruptSignal, resolveModelDir, usageError, writeOut, type CliCommand } from './common.js';
+
+export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge'] as const;
+export type Ablation = (typeof ABLATIONS)[number];
+/** The REPAIR option each ablation turns off. */
+const ABLATION_OPTION: Record<Ablation, 'monitor' | 'batching' | 'kd' | 'lossAwareMerge'> = { monitor: 'monitor', batching: 'batching', kd: 'kd', merge: 'lossAwareMerge' };
+const METHODS = ['wise', 'repair', 'ft'] as const;
+
+interface EvalCliOptions {
+  model?: string;
+  data: string;
+  format?: DatasetFormat;
+  skipInvalid?: boolean;
+  n: number[];
+  method: EditMethod[];
+  ablate: Ablation[];
+  protocol: Protocol;
+  restore: RestoreMode;
+  metrics?: MetricName[];
+  batchSize: number;
+  layer?: number;
+  saveFreq?: number;
+  mergeFreq?: number;
+  nIter?: number;
+  lr?: number;
+  seed?: number;
+  backend: BackendChoice;
+  device?: number;
+  threads?: number;
+  json?: string;
+  report?: string;
+}
+
+/** A comma-separated list option, each item parsed by `item`; duplicates are refused. */
+function listOption<T>(item: (s: string) => T, what: string) {
+  return (value: string): T[] => {
+    const parts = value.split(',').map((s) => s.trim());
+    if (parts.length === 0 || parts.some((p) => p === '')) throw new InvalidArgumentError(`expected a comma-separated list of ${what}, got "${value}"`);
+    const out = parts.map(item);
+    if (new Set(out.map(String)).size !== out.length) throw new InvalidArgumentError(`duplicate entries in "${value}"`);
+    return out;
+  };
+}
+
+function choiceItem<T extends string>(choices: readonly T[]) {
+  return (s: string): T => {
+    if (!(choices as readonly string[]).includes(s)) throw new InvalidArgumentError(`expected one of ${choices.join(', ')}, got "${s}"`);
+    return s as T;
+  };
+}
+
+const positiveInt = (s: string): number => {
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || !Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`expected positive integers, got "${s}"`);
+  return n;
+};
+
+/** The rows of the results table: the methods, then one 'repair -X' per ablation. */
+export function variantsOf(methods: readonly EditMethod[], ablate: readonly Ablation[], base: EditorOptions): EvalVariant[] {
+  const v: EvalVariant[] = methods.map((m) => ({ label: m, method: m, editorOptions: { ...base } }));
+  for (const a of ablate) v.push({ label: `repair -${a}`, method: 'repair', editorOptions: { ...base, repair: { [ABLATION_OPTION[a]]: false } } });
+  return v;
+}
+
+function checkWritable(file: string, flag: string): void {
+  const dir = dirname(resolve(file));
+  let ok = false;
+  try {
+    ok = statSync(dir).isDirectory();
+  } catch {
+    /* reported below */
+  }
+  if (!ok) throw new RepairError('ERR_IO', `cannot write ${file} (${flag}): the folder ${dir} does not exist`, { file });
+}
+
+// ---- formatting ----------------------------------------------------------------------------------------
+
+const f2 = (x: number | null | undefined, d = 2): string => (x === null || x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
+
+interface TableShape {
+  header: string[];
+  rows: string[][];
+  align: ('l' | 'r')[];
+}
+
+/** One row per variant × N: Rel Gen Loc OP | EM-Rel EM-Gen | s/edit (PPL for hallucination). */
+export function resultsTable(reports: readonly EvalReport[]): TableShape {
+  const runs = reports.flatMap((r) => r.runs);
+  const ppl = runs.some((r) => r.summary.ppl !== null);
+  const ood = runs.some((r) => r.summary.metricOf.gen === 'ood');
+  const em = runs.some((r) => r.summary.counts.em > 0);
+  const header = ['method', 'N', 'Rel', ood ? 'Gen(OOD)' : 'Gen', 'Loc', 'OP', ...(ppl ? ['PPL'] : []), '|', ...(em ? ['EM-Rel', 'EM-Gen', '|'] : []), 's/edit'];
+  const rows = runs.map((r) => {
+    const s = r.summary;
+    return [r.label, String(r.n), f2(s.rel), f2(s.gen), f2(s.loc), f2(s.op), ...(ppl ? [f2(s.ppl)] : []), '|', ...(em ? [f2(s.emRel), f2(s.emGen), '|'] : []), f2(r.timings.secondsPerEdit, 3)];
+  });
+  return { header, rows, align: header.map((_, i) => (i === 0 ? 'l' : 'r')) };
+}
+
+function legend(reports: readonly EvalReport[]): string[] {
+  const c = reports[0]!.config;
+  const runs = reports.flatMap((r) => r.runs);
+  const out = [
+    `protocol: ${c.protocol === 'sequential' ? 'sequential (N edits, then all N evaluated on the final model)' : `single (edit one, evaluate it, restore with ${c.restore === 'fresh' ? 'a fresh editor' : 'rollback'})`}`,
+    'Rel, Gen, Loc: teacher-forced token accuracy as ALGORITHM.md §3 (Loc = agreement with the pre-edit argmax); OP = (Rel*Gen*Loc)^(1/3)',
+  ];
+  if (runs.some((r) => r.summary.counts.em > 0)) out.push(`EM-Rel, EM-Gen: exact match of the greedy generation through the editor (beyond the reference), same protocol`);
+  if (runs.some((r) => r.summary.metricOf.gen === 'ood')) out.push('Gen(OOD): fraction of ood_rephrase tokens with probability > 0.8 (the reference ood_acc)');
+  if (runs.some((r) => r.summary.ppl !== null)) out.push('PPL: exp(mean NLL of the target given the prompt), lower is better (the reference Rel for hallucination)');
+  const pre = runs[0]!.summary.pre;
+  out.push(`unedited model (first ${runs.reduce((m, r) => Math.max(m, r.n), 0)} records): Rel ${f2(pre.rel)}, Gen ${f2(pre.gen)}${pre.ppl !== null ? `, PPL ${f2(pre.ppl)}` : ''}${pre.ood !== null ? `, OOD ${f2(pre.ood)}` : ''}`);
+  return out;
+}
+
+// ---- the HTML report -----------------------------------------------------------------------------------
+
+const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
+
+interface Series {
+  label: string;
+  points: { n: number; y: number | null }[];
+}
+
+/**
+ * A line plot as inline SVG: x = the N values (evenly spaced, labelled), y = the metric ([0, 1] unless a value
+ * falls outside, then [0, max]). One polyline per series; missing values break the line.
+ */
+export function svgPlot(title: string, ns: readonly number[], series: readonly Series[]): string {
+  const W = 340;
+  const H = 230;
+  const L = 44;
+  const R = 12;
+  const T = 26;
+  const B = 34;
+  const vals = series.flatMap((s) => s.points.map((p) => p.y)).filter((y): y is number => y !== null && Number.isFinite(y));
+  const yMax = vals.some((y) => y > 1) ? niceMax(Math.max(...vals)) : 1;
+  const xs = (i: number) => (ns.length === 1 ? L + (W - L - R) / 2 : L + (i * (W - L - R)) / (ns.length - 1));
+  const ys = (y: number) => T + (H - T - B) * (1 - y / yMax);
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)} against N">`);
+  parts.push(`<text x="${W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">${esc(title)}</text>`);
+  for (let k = 0; k <= 4; k++) {
+    const y = (yMax * k) / 4;
+    const py = ys(y).toFixed(1);
+    parts.push(`<line x1="${L}" y1="${py}" x2="${W - R}" y2="${py}" stroke="#ddd" stroke-width="1"/>`);
+    parts.push(`<text x="${L - 6}" y="${py}" text-anchor="end" dominant-baseline="middle" font-size="10">${esc(fmtTick(y))}</text>`);
+  }
+  ns.forEach((n, i) => {
+    const px = xs(i).toFixed(1);
+    parts.push(`<line x1="${px}" y1="${H - B}" x2="${px}" y2="${H - B + 4}" stroke="#333"/>`);
+    parts.push(`<text x="${px}" y="${H - B + 15}" text-anchor="middle" font-size="10">${n}</text>`);
+  });
+  parts.push(`<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#333"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#333"/>`);
+  parts.push(`<text x="${(L + W - R) / 2}" y="${H - 4}" text-anchor="middle" font-size="10">N (edits)</text>`);
+  series.forEach((s, si) => {
+    const color = PALETTE[si % PALETTE.length]!;
+    const pts = ns.map((n, i) => {
+      const p = s.points.find((q) => q.n === n);
+      return p && p.y !== null && Number.isFinite(p.y) ? { x: xs(i), y: ys(p.y), v: p.y } : null;
+    });
+    // polyline segments between consecutive present points
+    let seg: string[] = [];
+    const flush = () => {
+      if (seg.length > 1) parts.push(`<polyline fill="none" stroke="${color}" stroke-width="2" points="${seg.join(' ')}"/>`);
+      seg = [];
+    };
+    for (const p of pts) {
+      if (!p) flush();
+      else seg.push(`${p.x.toFixed(1)},${p.y.toFixed(1)}`);
+    }
+    flush();
+    for (const p of pts) if (p) parts.push(`<circle cx="${p.x.toFixed(1)}" cy="${p.y.toFixed(1)}" r="3.5" fill="${color}"><title>${esc(`${s.label}: ${p.v.toFixed(4)}`)}</title></circle>`);
+  });
+  parts.push('</svg>');
+  return parts.join('');
+}
+
+function niceMax(x: number): number {
+  if (!(x > 0)) return 1;
+  const e = 10 ** Math.floor(Math.log10(x));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * e >= x) return m * e;
+  return 10 * e;
+}
+
+function fmtTick(y: number): string {
+  return Math.abs(y) >= 100 ? y.toFixed(0) : Number(y.toFixed(2)).toString();
+}
+
+export interface EvalRunFile {
+  format: 'repair-edit.eval-run';
+  version: 1;
+  config: Record<string, unknown>;
+  results: EvalReport[];
+}
+
+/** The self-contained HTML report: configuration, results table, plots against N, per-case tables. */
+export function renderHtmlReport(out: EvalRunFile): string {
+  const reports = out.results;
+  const ns = [...new Set(reports.flatMap((r) => r.runs.map((x) => x.n)))].sort((a, b) => a - b);
+  const runs = reports.flatMap((r) => r.runs);
+  const metric = (name: string, get: (s: EvalReport['runs'][number]['summary']) => number | null) => ({
+    name,
+    series: reports.map((r) => ({ label: r.label, points: r.runs.map((x) => ({ n: x.n, y: get(x.summary) })) })),
+  });
+  const ood = runs.some((r) => r.summary.metricOf.gen === 'ood');
+  const plots = [
+    metric('Rel', (s) => s.rel),
+    metric(ood ? 'Gen (OOD)' : 'Gen', (s) => s.gen),
+    metric('Loc', (s) => s.loc),
+    metric('OP', (s) => s.op),
+    ...(runs.some((r) => r.summary.counts.em > 0) ? [metric('EM-Rel (greedy generation)', (s) => s.emRel), metric('EM-Gen (greedy generation)', (s) => s.emGen)] : []),
+    ...(runs.some((r) => r.summary.ppl !== null) ? [metric('PPL (lower is better)', (s) => s.ppl)] : []),
+  ].filter((p) => p.series.some((s) => s.points.some((q) => q.y !== null)));
+  const legendHtml = reports.map((r, i) => `<span class="key"><span class="sw" style="background:${PALETTE[i % PALETTE.length]}"></span>${esc(r.label)}</span>`).join(' ');
+  const t = resultsTable(reports);
+  const table = `<table><thead><tr>${t.header.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${t.rows.map((row) => `<tr>${row.map((c, i) => `<td class="${t.align[i] === 'r' ? 'r' : ''}">${esc(c)}</td>`).join('')}</tr>`).join('')}</tbody></table>`;
+  const caseTables = runs
+    .map((r) => {
+      const head = ['id', 'Rel', 'Gen', 'Loc', 'PPL', 'OOD', 'EM-Rel', 'EM-Gen', 'generated (Rel prompt)'];
+      const body = r.cases
+        .map((c) => `<tr><td>${esc(c.id)}</td><td class="r">${f2(c.rel)}</td><td class="r">${f2(c.gen)}</td><td class="r">${f2(c.loc)}</td><td class="r">${f2(c.ppl)}</td><td class="r">${f2(c.ood)}</td><td>${c.emRel === null ? '-' : c.emRel ? 'yes' : 'no'}</td><td>${c.emGen === null ? '-' : c.emGen ? 'yes' : 'no'}</td><td>${esc(c.genRel ?? '')}</td></tr>`)
+        .join('');
+      const ev = Object.entries(r.events)
+        .map(([k, v]) => `${esc(k)} ${v}`)
+        .join(', ');
+      return `<details><summary>${esc(r.label)}, N = ${r.n}: ${r.cases.length} cases; edit ${r.timings.editSeconds.toFixed(2)} s, eval ${r.timings.evalSeconds.toFixed(2)} s${ev ? `; events: ${ev}` : ''}</summary><table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${body}</tbody></table></details>`;
+    })
+    .join('\n');
+  const c = out.config as { data?: string; file?: string; model?: string; backend?: string };
+  return `<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>repair-edit eval: ${esc(String(c.data ?? ''))}</title>
+<style>
+body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; }
+th { background: #f3f3f3; }
+td.r { text-align: right; font-variant-numeric: tabular-nums; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; }
+.plots figure { margin: 0; border: 1px solid #eee; padding: 4px; }
+.key { margin-right: 14px; font-size: 13px; }
+.sw { display: inline-block; width: 12px; height: 12px; margin-right: 4px; vertical-align: middle; }
+pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
+.note { color: #555; font-size: 13px; }
+</style>
+</head>
+<body>
+<h1>repair-edit eval</h1>
+<p>Dataset <b>${esc(String(c.data ?? ''))}</b> (${esc(String(c.file ?? ''))}); model ${esc(String(c.model ?? ''))} on ${esc(String(c.backend ?? ''))}; repair-edit ${esc(packageVersion())}.</p>
+${legend(reports)
+  .map((l) => `<p class="note">${esc(l)}</p>`)
+  .join('\n')}
+<h2>Results</h2>
+${table}
+<h2>Against N</h2>
+<p>${legendHtml}</p>
+<div class="plots">
+${plots.map((p) => `<figure>${svgPlot(p.name, ns, p.series)}</figure>`).join('\n')}
+</div>
+<h2>Per case</h2>
+${caseTables}
+<h2>Configuration</h2>
+<details><summary>full configuration (JSON)</summary><pre>${esc(JSON.stringify({ run: out.config, variants: reports.map((r) => r.config) }, null, 2))}</pre></details>
+</body>
+</html>
+`;
+}
+
+// ---- progress ------------------------------------------------------------------------------------------
+
+function progress() {
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      { stream: process.stderr, format: '{what} [{bar}] {value}/{total}  {duration_formatted}', hideCursor: true, clearOnComplete: true, fps: 10 },
+      cliProgress.Presets.shades_classic,
+    );
+    let key = '';
+    let started = false;
+    return {
+      update(p: EvalProgress) {
+        const k = `${p.label}/${p.n}/${p.phase}`;
+        const what = `${p.label} N=${p.n} ${p.phase === 'pre' ? 'pre-edit' : p.phase === 'edit' ? 'editing' : 'evaluating'}`;
+        if (!started) {
+          bar.start(Math.max(1, p.total), p.done, { what });
+          started = true;
+        } else if (k !== key) {
+          bar.setTotal(Math.max(1, p.total));
+        } else if (p.total !== bar.getTotal()) bar.setTotal(Math.max(1, p.total));
+        key = k;
+        bar.update(p.done, { what });
+      },
+      run(_line: string) {},
+      stop() {
+        if (started) bar.stop();
+      },
+    };
+  }
+  return {
+    update(_p: EvalProgress) {},
+    run(line: string) {
+      process.stderr.write(`${line}\n`);
+    },
+    stop() {},
+  };
+}
+
+// ---- the command ---------------------------------------------------------------------------------------
+
+export const evalCommand: CliCommand = {
+  name: 'eval',
+  register(program: Command): void {
+    program
+      .command('eval')
+      .description('measure editors as ALGORITHM.md §3 does (Rel, Gen, Loc, OP; PPL / OOD where the set has them) plus exact match of the greedy generation, for every method × N')
+      .requiredOption(
+        '--data <name|file>',
+        `${Object.keys(NAMED_DATASETS).join(' | ')} (read from ../shared/data/ relative to the package root, e.g. ${namedDatasetPath('zsre')}) or a file: a .json array in one of those formats, or .jsonl with {prompt, target, rephrase?, locality?: [{prompt, answer}]} per line`,
+      )
+      .option('--format <fmt>', `the file's format: ${DATASET_FORMATS.join(' | ')} (default: detected)`, choiceOption(DATASET_FORMATS))
+      .option('--skip-invalid', 'drop invalid records (each reported on stderr) instead of failing on the first one')
+      .option('--model <dir>', 'Hugging Face model folder (default: the shipped stories260K demo model)')
+      .addOption(
+        new Option('--n <list>', 'numbers of edits, comma-separated: each N edits the first N records with a fresh editor').argParser(listOption(positiveInt, 'positive integers')).default([1, 30, 120], '1,30,120'),
+      )
+      .addOption(new Option('--method <list>', 'methods, comma-separated: wise, repair, ft').argParser(listOption(choiceItem(METHODS), 'methods')).default(['wise'], 'wise'))
+      .addOption(
+        new Option('--ablate <list>', `REPAIR ablations, comma-separated (${ABLATIONS.join(', ')}): each adds a 'repair -X' row with that mechanism off (merge = the loss-aware merge)`)
+          .argParser(listOption(choiceItem(ABLATIONS), 'ablations'))
+          .default([], 'none'),
+      )
+      .option('--protocol <p>', "sequential (N edits, then all N evaluated) | single (edit, evaluate, restore)", choiceOption(['sequential', 'single'] as const), 'sequential')
+      .option('--restore <how>', 'with --protocol single: fresh (a new editor per case) | rollback', choiceOption(['fresh', 'rollback'] as const), 'fresh')
+      .option('--metrics <list>', `metrics, comma-separated: ${METRIC_NAMES.join(', ')} (default: tf,exact; hallucination: tf,ppl; temporal: tf,ood)`, listOption(choiceItem(METRIC_NAMES), 'metrics'))
+      .option('--batch-size <n>', 'rows per logits call of the teacher-forced metrics', intOption(1, 4096), 16)
+      .option('--layer <n>', "decoder layer whose MLP down-projection gets side memories (default: the model's preset)", intOption(0))
+      .option('--save-freq <n>', 'freeze the working memory every n edits (default: 500; repair 5)', intOption(1))
+      .option('--merge-freq <n>', 'merge the frozen memories every n edits; a multiple of --save-freq (default: 1000; repair 10)', intOption(1))
+      .option('--n-iter <n>', "optimisation steps per edit (default: the model's preset)", intOption(1, 100000))
+      .option('--lr <x>', "learning rate (default: the model's preset)", floatOption((x) => x > 0, 'a number > 0'))
+      .option('--seed <s>', 'seed of the context templates and shard masks (uint32, default 0)', intOption(0, 0xffffffff))
+      .option('--backend <name>', 'auto | cpu | cuda (auto honours REPAIR_BACKEND)', choiceOption(['auto', 'cpu', 'cuda'] as const), 'auto')
+      .option('--device <n>', 'CUDA device index', intOption(0, 1024))
+      .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096))
+      .option('--json <file>', 'write every per-case value, timing, event count and the full configuration as JSON')
+      .option('--report <file>', 'write an HTML report (results table, Rel/Gen/Loc/OP against N per method as inline SVG, per-case tables)')
+      .action(async (o: EvalCliOptions, cmd: Command) => {
+        if (o.saveFreq !== undefined && o.mergeFreq !== undefined && o.mergeFreq % o.saveFreq !== 0) {
+          usageError(cmd, `--merge-freq (${o.mergeFreq}) must be a multiple of --save-freq (${o.saveFreq})`);
+        }
+        if (o.restore !== 'fresh' && o.protocol !== 'single') usageError(cmd, '--restore applies to --protocol single only');
+        if (o.json !== undefined) checkWritable(o.json, '--json');
+        if (o.report !== undefined) checkWritable(o.report, '--report');
+        let ds: Dataset;
+        try {
+          ds = loadDataset(o.data, { format: o.format, skipInvalid: o.skipInvalid });
+        } catch (e) {
+          if (e instanceof RepairError && e.code === 'ERR_DATASET' && e.details?.index !== undefined) {
+            throw new RepairError(e.code, `${e.message} (pass --skip-invalid to drop invalid records)`, e.details);
+          }
+          throw e;
+        }
+        for (const s of ds.skipped) process.stderr.write(`repair-edit: skipped ${ds.file} record ${s.index}: ${s.message}\n`);
+        const ns = [...o.n].sort((a, b) => a - b);
+        const maxN = ns[ns.length - 1]!;
+        if (maxN > ds.records.length) usageError(cmd, `--n ${maxN} is more than the ${ds.records.length} record${ds.records.length === 1 ? '' : 's'} of ${ds.file}`);
+        const records = editSlice(ds, maxN);
+        const metrics: MetricName[] = o.metrics ?? (ds.format === 'hallucination' ? ['tf', 'ppl'] : ds.format === 'temporal' ? ['tf', 'ood'] : defaultMetrics(records));
+        const base: EditorOptions = {};
+        if (o.layer !== undefined) base.layer = o.layer;
+        if (o.saveFreq !== undefined) base.saveFreq = o.saveFreq;
+        if (o.mergeFreq !== undefined) base.mergeFreq = o.mergeFreq;
+        if (o.nIter !== undefined) base.nIter = o.nIter;
+        if (o.lr !== undefined) base.lr = o.lr;
+        if (o.seed !== undefined) base.seed = o.seed;
+        const variants = variantsOf(o.method, o.ablate, base);
+        const dir = resolveModelDir(o.model);
+        const intr = interruptSignal();
+        const bar = progress();
+        const t0 = performance.now();
+        try {
+          await using model = await loadModel(dir, { backend: o.backend, device: o.device, threads: o.threads, signal: intr.signal });
+          let reports: EvalReport[];
+          try {
+            reports = await evaluateVariants(model, records, variants, {
+              ns,
+              protocol: o.protocol,
+              restore: o.restore,
+              metrics,
+              batchSize: o.batchSize,
+              dataset: ds.name,
+              signal: intr.signal,
+              onProgress: (p) => bar.update(p),
+              onRun: (r) =>
+                bar.run(
+                  `${r.label} N=${r.n}: ${r.n} edit${r.n === 1 ? '' : 's'} in ${r.timings.editSeconds.toFixed(2)} s (${f2(r.timings.secondsPerEdit, 3)} s/edit), evaluated in ${r.timings.evalSeconds.toFixed(2)} s`,
+                ),
+            });
+          } finally {
+            bar.stop();
+          }
+          const file: EvalRunFile = {
+            format: 'repair-edit.eval-run',
+            version: 1,
+            config: {
+              data: o.data,
+              dataset: ds.name,
+              format: ds.format,
+              file: ds.file,
+              datasetRecords: ds.records.length,
+              skipped: ds.skipped,
+              irrelevant: ds.format === 'jsonl' ? 'the record\'s own "irrelevant", else record (i + N) mod len\'s locality pair, else the editor\'s pool' : 'record (i + N) mod len of the same file (its locality pair)',
+              ns,
+              methods: o.method,
+              ablate: o.ablate,
+              variants: variants.map((v) => ({ label: v.label, method: v.method, editorOptions: v.editorOptions })),
+              protocol: o.protocol,
+              restore: o.restore,
+              metrics,
+              batchSize: o.batchSize,
+              model: model.dir,
+              backend: model.backend,
+              packageVersion: packageVersion(),
+              argv: process.argv.slice(2),
+              wallSeconds: (performance.now() - t0) / 1000,
+            },
+            results: reports,
+          };
+          if (o.json !== undefined) writeFileSync(o.json, `${JSON.stringify(file, null, 2)}\n`);
+          if (o.report !== undefined) writeFileSync(o.report, renderHtmlReport(file));
+          const t = resultsTable(reports);
+          const lines = [
+            `repair-edit eval: ${ds.name} (${records.length} record${records.length === 1 ? '' : 's'} from ${ds.file}), model ${model.dir} (${model.backend})`,
+            '',
+            formatTable(t.header, t.rows, t.align),
+            '',
+            ...legend(reports),
+          ];
+          if (o.json !== undefined) lines.push(`JSON: ${resolve(o.json)}`);
+          if (o.report !== undefined) lines.push(`report: ${resolve(o.report)}`);
+          await writeOut(`${lines.join('\n')}\n`);
+        } finally {
+          intr.done();
+        }
+      });
+  },
+};
