@@ -221,7 +221,10 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI demo', () => {
     }
     expect(d.summary.learned).toBe(d.edits.length);
     expect(d.summary.unchanged).toBe(d.summary.unrelated);
-    expect(d.comparison).toBeNull();
+    // the wise vs repair table: both methods measured on the demo edits, values in [0, 1]
+    expect(d.comparison.map((r: { label: string }) => r.label)).toEqual(['wise', 'repair']);
+    for (const r of d.comparison) for (const k of ['rel', 'gen', 'loc', 'op']) expect(r[k]).toBeGreaterThanOrEqual(0), expect(r[k]).toBeLessThanOrEqual(1);
+    expect(d.comparison[0].rel).toBeGreaterThanOrEqual(0.8);
     expect(d.timings.totalMs).toBeGreaterThan(0);
   });
 

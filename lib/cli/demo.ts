@@ -7,7 +7,9 @@
 
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { Editor, type EditorOptions, type Explanation } from '../editor.js';
+import { Editor, type EditorOptions, type EditRequest, type Explanation } from '../editor.js';
+import { evaluateVariants } from '../eval.js';
+import type { EditRecord } from '../datasets.js';
 import { loadModel, type BackendChoice, type Model } from '../model.js';
 import { packageRoot } from '../paths.js';
 import { choiceOption, intOption, interruptSignal, resolveModelDir, writeOut, type CliCommand } from './common.js';
@@ -91,8 +93,8 @@ export interface DemoResult {
   maxNewTokens: number;
   edits: DemoEditResult[];
   summary: { edits: number; learned: number; unrelated: number; unchanged: number; unrelatedRoutedMain: number };
-  /** The wise vs repair Rel/Gen/Loc/OP table (issue 6, item 5): not implemented yet, always null. */
-  comparison: null;
+  /** wise vs repair on the demo edits (sequential protocol, §3 metrics + greedy exact match). */
+  comparison: { label: string; n: number; rel: number | null; gen: number | null; loc: number | null; op: number | null; emRel: number | null; secondsPerEdit: number }[];
   timings: { loadMs: number; editMs: number; totalMs: number };
 }
 
@@ -102,18 +104,38 @@ function routeJson(prompt: string, e: Explanation): RouteJson {
 }
 
 /**
- * PLACEHOLDER (issue 6, item 5 — owned by the evaluation work): the "wise vs repair" table of
- * Rel / Gen / Loc / OP on a shipped ZsRE slice belongs here. It should run both methods on the loaded
- * model, return the rows for DemoResult.comparison, and render them in renderComparison(). Until it
- * exists the demo shows no such table (nothing is estimated or faked).
+ * wise vs repair on the demo edits: each method edits all of them on a fresh editor (sequential
+ * protocol), then Rel / Gen / Loc / OP (teacher-forced, ALGORITHM.md §3) and the exact match of the greedy
+ * answer are measured by lib/eval.ts. Same cadence for both (one memory per save), so the rows differ only
+ * by REPAIR's four mechanisms.
  */
-async function methodComparison(_model: Model, _signal: AbortSignal): Promise<null> {
-  return null;
+async function methodComparison(model: Model, records: EditRequest[], signal: AbortSignal): Promise<DemoResult['comparison']> {
+  const recs: EditRecord[] = records.map((r, i) => ({ ...r, id: r.id ?? `d${i}`, index: i }));
+  const common = { saveFreq: 1, mergeFreq: 1000, seed: 0 };
+  const reports = await evaluateVariants(
+    model,
+    recs,
+    [
+      { label: 'wise', method: 'wise', editorOptions: common },
+      { label: 'repair', method: 'repair', editorOptions: common },
+    ],
+    { ns: [recs.length], metrics: ['tf', 'exact'], signal },
+  );
+  return reports.flatMap((rep) =>
+    rep.runs.map((run) => ({ label: run.label, n: run.n, rel: run.summary.rel, gen: run.summary.gen, loc: run.summary.loc, op: run.summary.op, emRel: run.summary.emRel, secondsPerEdit: run.timings.editSeconds / Math.max(1, run.n) })),
+  );
 }
 
-/** Text for the comparison section (see methodComparison); empty while there is none. */
-function renderComparison(_comparison: DemoResult['comparison']): string[] {
-  return [];
+/** Text for the comparison section. */
+function renderComparison(rows: DemoResult['comparison']): string[] {
+  if (!rows.length) return [];
+  const f = (x: number | null) => (x === null ? '  - ' : x.toFixed(2));
+  return [
+    '',
+    `wise vs repair on the ${rows[0]!.n} demo edits (sequential protocol; teacher-forced Rel/Gen/Loc as ALGORITHM.md §3, OP = geometric mean; EM = greedy answer matches):`,
+    '  method    Rel   Gen   Loc    OP   EM-Rel  s/edit',
+    ...rows.map((r) => `  ${r.label.padEnd(8)}  ${f(r.rel)}  ${f(r.gen)}  ${f(r.loc)}  ${f(r.op)}  ${f(r.emRel).padStart(6)}  ${r.secondsPerEdit.toFixed(2).padStart(6)}`),
+  ];
 }
 
 export async function runDemo(o: DemoCliOptions, signal: AbortSignal): Promise<DemoResult> {
@@ -174,7 +196,7 @@ export async function runDemo(o: DemoCliOptions, signal: AbortSignal): Promise<D
       routing: { edit: routeJson(prompt, eRoute), unrelated: routeJson(unrelated[0]!.prompt, uRoute) },
     });
   }
-  const comparison = await methodComparison(model, signal);
+  const comparison = await methodComparison(model, records.map((r) => r.request), signal);
   const all = edits.flatMap((e) => e.unrelated);
   return {
     model: model.dir,
