@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 // prebuildify always calls `<node-gyp> rebuild --target=... --arch=...`; we build with cmake-js instead.
 'use strict';
 const { spawnSync } = require('node:child_process');
