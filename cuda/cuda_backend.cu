@@ -45,6 +45,13 @@ void masked_sgd_wise(cudaStream_t st, float* Wp, const float* G, const float* A,
                      uint64_t seed, float rho, float lr, float wd, float clamp);
 void ties_merge_wise(cudaStream_t st, int sm_count, float* out, WeightRef base, const float* const* shards,
                      const float* weights, int k, size_t n, float density);
+// gpt2.cu
+void layernorm_forward(cudaStream_t st, float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps);
+void layernorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
+                            float eps, bool accumulate);
+void gelu_forward(cudaStream_t st, float* y, const float* x, int n);
+void gelu_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, int n);
+void add_bias_forward(cudaStream_t st, float* y, WeightRef b, int M, int N);
 // repair.cu
 void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat, int b, int D, float lambda,
                     float theta);
@@ -179,6 +186,29 @@ class CudaBackend final : public Backend {
   void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override {
     enter("gather_rows");
     run("gather_rows", [&] { gather_rows_forward(stream_, y, x, idx, n, D); });
+  }
+
+  // ---- GPT-2 family ops (gpt2.cu) ------------------------------------------------------------------
+  void layernorm(float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) override {
+    enter("layernorm");
+    run("layernorm", [&] { layernorm_forward(stream_, y, x, w, b, M, D, eps); });
+  }
+  void gelu(float* y, const float* x, int n) override {
+    enter("gelu");
+    run("gelu", [&] { gelu_forward(stream_, y, x, n); });
+  }
+  void add_bias(float* y, WeightRef b, int M, int N) override {
+    enter("add_bias");
+    run("add_bias", [&] { add_bias_forward(stream_, y, b, M, N); });
+  }
+  void layernorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
+                     bool accumulate) override {
+    enter("layernorm_bwd");
+    run("layernorm_bwd", [&] { layernorm_bwd_backward(stream_, dx, dy, x, w, M, D, eps, accumulate); });
+  }
+  void gelu_bwd(float* dx, const float* dy, const float* x, int n) override {
+    enter("gelu_bwd");
+    run("gelu_bwd", [&] { gelu_bwd_backward(stream_, dx, dy, x, n); });
   }
 
   // ---- editing ops (backward.cu, wise.cu) ---------------------------------------------------------

@@ -7,11 +7,16 @@ import { RepairError } from './errors.js';
 import type { NativeArch, NativeTensorSpec } from './native.js';
 import { toNativeSpec, type SafetensorsTensor } from './safetensors.js';
 
-export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2'] as const;
+export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'gpt2'] as const;
 export type ModelType = (typeof SUPPORTED_MODEL_TYPES)[number];
+/** The runtime's architecture kind: 'llama' (llama, mistral, qwen2) or 'gpt2'. */
+export type ArchKind = 'llama' | 'gpt2';
 
 /** Architectures we know of and plan to support (refused with "not supported yet"). */
-const PLANNED_MODEL_TYPES = new Set(['gpt2']);
+const PLANNED_MODEL_TYPES = new Set<string>(['gptj', 'gpt_neox']);
+
+/** GPT-2 activation_function values that are the tanh-form GELU the runtime computes. */
+const GPT2_TANH_GELUS = new Set(['gelu_new', 'gelu_pytorch_tanh', 'gelu_fast']);
 
 export const DEFAULT_CONTEXT_LENGTH = 4096;
 
@@ -36,6 +41,10 @@ export interface ModelConfig {
   /** The folder the config was read from. */
   readonly dir: string;
   readonly modelType: ModelType;
+  /** The runtime's architecture kind. */
+  readonly arch: ArchKind;
+  /** The MLP activation: 'silu' (llama family) or the GPT-2 activation_function (a tanh-form GELU). */
+  readonly hiddenAct: string;
   readonly hiddenSize: number;
   readonly intermediateSize: number;
   readonly numLayers: number;
@@ -43,14 +52,16 @@ export interface ModelConfig {
   readonly numKvHeads: number;
   readonly headDim: number;
   readonly vocabSize: number;
-  /** max_position_embeddings as stored in config.json. */
+  /** max_position_embeddings as stored in config.json (gpt2: n_positions, the rows of wpe). */
   readonly maxPositionEmbeddings: number;
   /** The context length the runtime is sized for: min(max_position_embeddings, contextLength option, sliding window). */
   readonly maxPositions: number;
+  /** The norm's eps: rms_norm_eps (llama family) or layer_norm_epsilon (gpt2). */
   readonly rmsNormEps: number;
+  /** rope_theta (0 for gpt2, which has no RoPE). */
   readonly ropeTheta: number;
   readonly ropeScaling: RopeScaling;
-  /** RoPE inverse frequencies [headDim/2] (float64-computed, rounded to f32), scaling applied. */
+  /** RoPE inverse frequencies [headDim/2] (float64-computed, rounded to f32), scaling applied; empty for gpt2. */
   readonly invFreq: Float32Array;
   readonly tieEmbeddings: boolean;
   readonly qkvBias: boolean;
@@ -229,6 +240,7 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
     });
   }
   const modelType = mt as ModelType;
+  if (modelType === 'gpt2') return parseGpt2(cfg, file, opts);
 
   const act = cfg.hidden_act ?? cfg.hidden_activation ?? 'silu';
   if (act !== 'silu') {
@@ -313,6 +325,8 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
   const out: { -readonly [K in keyof ModelConfig]: ModelConfig[K] } = {
     dir: opts.dir ?? '',
     modelType,
+    arch: 'llama',
+    hiddenAct: 'silu',
     hiddenSize,
     intermediateSize,
     numLayers,
@@ -339,8 +353,106 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
   return out;
 }
 
+function contextLengthOpt(opts: ParseConfigOptions): number {
+  const ctx = opts.contextLength ?? DEFAULT_CONTEXT_LENGTH;
+  if (!Number.isSafeInteger(ctx) || ctx <= 0) {
+    throw new RepairError('ERR_INVALID_ARG', `contextLength must be a positive integer, got ${ctx}`, { field: 'contextLength' });
+  }
+  return ctx;
+}
+
+/**
+ * GPT-2 (HF GPT2Config): n_embd, n_layer, n_head, n_positions (n_ctx), n_inner (default 4·n_embd),
+ * layer_norm_epsilon (1e-5), activation_function (tanh-form GELU only), vocab_size; the head is always
+ * tied to wte. Variants the runtime does not compute are refused: scale_attn_weights false,
+ * scale_attn_by_inverse_layer_idx true, add_cross_attention true.
+ */
+function parseGpt2(cfg: Json, file: string, opts: ParseConfigOptions): ModelConfig {
+  const unsupported = (field: string, msg: string): never => {
+    throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: ${msg} is not supported for gpt2`, { file, field });
+  };
+  const act = cfg.activation_function ?? 'gelu_new';
+  if (typeof act !== 'string' || !GPT2_TANH_GELUS.has(act)) {
+    unsupported('activation_function', `activation_function ${JSON.stringify(act)} (supported: ${[...GPT2_TANH_GELUS].join(', ')})`);
+  }
+  if (cfg.scale_attn_weights === false) unsupported('scale_attn_weights', 'scale_attn_weights false');
+  if (cfg.scale_attn_by_inverse_layer_idx === true) unsupported('scale_attn_by_inverse_layer_idx', 'scale_attn_by_inverse_layer_idx true');
+  if (cfg.add_cross_attention === true) unsupported('add_cross_attention', 'add_cross_attention true');
+  const tie = cfg.tie_word_embeddings;
+  if (tie === false) unsupported('tie_word_embeddings', 'tie_word_embeddings false (GPT2LMHeadModel ties lm_head to wte)');
+
+  const L = CONFIG_LIMITS;
+  const hiddenSize = posInt(file, cfg, 'n_embd', L.hidden_size, cfg.hidden_size as number | undefined);
+  const numLayers = posInt(file, cfg, 'n_layer', L.num_hidden_layers, cfg.num_hidden_layers as number | undefined);
+  const numHeads = posInt(file, cfg, 'n_head', L.num_attention_heads, cfg.num_attention_heads as number | undefined);
+  const vocabSize = posInt(file, cfg, 'vocab_size', L.vocab_size);
+  const maxPositionEmbeddings = posInt(file, cfg, 'n_positions', L.max_position_embeddings, (cfg.n_ctx ?? cfg.max_position_embeddings) as number | undefined);
+  const intermediateSize =
+    cfg.n_inner === undefined || cfg.n_inner === null ? 4 * hiddenSize : posInt(file, cfg, 'n_inner', L.intermediate_size);
+  if (intermediateSize > L.intermediate_size) configError(file, `"n_inner" = ${intermediateSize} is absurd (more than ${L.intermediate_size})`, 'n_inner');
+  if (hiddenSize % numHeads !== 0) configError(file, `"n_head" (${numHeads}) must divide "n_embd" (${hiddenSize})`, 'n_head');
+  const headDim = hiddenSize / numHeads;
+  const eps = posNumber(file, cfg, 'layer_norm_epsilon', 1e-5, 1);
+
+  const maxPositions = Math.min(maxPositionEmbeddings, contextLengthOpt(opts));
+  const gen = opts.generationConfig;
+  const eosTokenIds = tokenIds(gen?.eos_token_id) ?? tokenIds(cfg.eos_token_id) ?? [];
+  for (const id of eosTokenIds) {
+    if (id >= vocabSize) configError(file, `eos_token_id ${id} is outside the vocabulary (${vocabSize})`, 'eos_token_id');
+  }
+  const bosTokenId = optTokenId(gen?.bos_token_id) ?? optTokenId(cfg.bos_token_id);
+  const padTokenId = optTokenId(gen?.pad_token_id) ?? optTokenId(cfg.pad_token_id);
+  const out: { -readonly [K in keyof ModelConfig]: ModelConfig[K] } = {
+    dir: opts.dir ?? '',
+    modelType: 'gpt2',
+    arch: 'gpt2',
+    hiddenAct: act as string,
+    hiddenSize,
+    intermediateSize,
+    numLayers,
+    numHeads,
+    numKvHeads: numHeads,
+    headDim,
+    vocabSize,
+    maxPositionEmbeddings,
+    maxPositions,
+    rmsNormEps: eps,
+    ropeTheta: 0,
+    ropeScaling: { type: 'default' },
+    invFreq: new Float32Array(0),
+    tieEmbeddings: true,
+    qkvBias: true,
+    eosTokenIds,
+    raw: Object.freeze({ ...cfg }),
+  };
+  if (bosTokenId !== undefined) out.bosTokenId = bosTokenId;
+  if (padTokenId !== undefined) out.padTokenId = padTokenId;
+  if (typeof cfg.torch_dtype === 'string') out.torchDtype = cfg.torch_dtype;
+  else if (typeof cfg.dtype === 'string') out.torchDtype = cfg.dtype;
+  if (gen) out.generationConfig = Object.freeze({ ...gen });
+  return out;
+}
+
 /** The arch block of the native model spec. */
 export function toNativeArch(c: ModelConfig): NativeArch {
+  if (c.arch === 'gpt2') {
+    return {
+      kind: 'gpt2',
+      numPositions: c.maxPositionEmbeddings,
+      hiddenSize: c.hiddenSize,
+      intermediateSize: c.intermediateSize,
+      numLayers: c.numLayers,
+      numHeads: c.numHeads,
+      numKvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      vocabSize: c.vocabSize,
+      maxPositions: c.maxPositions,
+      rmsNormEps: c.rmsNormEps,
+      invFreq: c.invFreq,
+      tieEmbeddings: true,
+      qkvBias: true,
+    };
+  }
   return {
     hiddenSize: c.hiddenSize,
     intermediateSize: c.intermediateSize,
@@ -360,10 +472,41 @@ export function toNativeArch(c: ModelConfig): NativeArch {
 export interface ExpectedTensor {
   name: string;
   shape: number[];
+  /** gpt2: a Conv1D weight, stored [in, out] (transposed natively into [out, in] at load). */
+  conv1d?: boolean;
+}
+
+/** GPT-2 tensors (canonical names, without the "transformer." prefix some checkpoints carry). */
+function gpt2Tensors(c: ModelConfig): ExpectedTensor[] {
+  const D = c.hiddenSize;
+  const F = c.intermediateSize;
+  const out: ExpectedTensor[] = [
+    { name: 'wte.weight', shape: [c.vocabSize, D] },
+    { name: 'wpe.weight', shape: [c.maxPositionEmbeddings, D] },
+  ];
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `h.${l}.`;
+    out.push({ name: `${p}ln_1.weight`, shape: [D] });
+    out.push({ name: `${p}ln_1.bias`, shape: [D] });
+    out.push({ name: `${p}attn.c_attn.weight`, shape: [D, 3 * D], conv1d: true });
+    out.push({ name: `${p}attn.c_attn.bias`, shape: [3 * D] });
+    out.push({ name: `${p}attn.c_proj.weight`, shape: [D, D], conv1d: true });
+    out.push({ name: `${p}attn.c_proj.bias`, shape: [D] });
+    out.push({ name: `${p}ln_2.weight`, shape: [D] });
+    out.push({ name: `${p}ln_2.bias`, shape: [D] });
+    out.push({ name: `${p}mlp.c_fc.weight`, shape: [D, F], conv1d: true });
+    out.push({ name: `${p}mlp.c_fc.bias`, shape: [F] });
+    out.push({ name: `${p}mlp.c_proj.weight`, shape: [F, D], conv1d: true });
+    out.push({ name: `${p}mlp.c_proj.bias`, shape: [D] });
+  }
+  out.push({ name: 'ln_f.weight', shape: [D] });
+  out.push({ name: 'ln_f.bias', shape: [D] });
+  return out;
 }
 
 /** The tensors the runtime needs for this architecture, with their HF names and shapes. */
 export function expectedTensors(c: ModelConfig): ExpectedTensor[] {
+  if (c.arch === 'gpt2') return gpt2Tensors(c);
   const D = c.hiddenSize;
   const Q = c.numHeads * c.headDim;
   const KV = c.numKvHeads * c.headDim;
@@ -399,22 +542,29 @@ export function expectedTensors(c: ModelConfig): ExpectedTensor[] {
  */
 export function matchTensors(c: ModelConfig, tensors: ReadonlyMap<string, SafetensorsTensor>): NativeTensorSpec[] {
   const out: NativeTensorSpec[] = [];
+  // GPT-2 checkpoints name their tensors with or without "transformer." (GPT2LMHeadModel vs GPT2Model saves).
+  const prefix = c.arch === 'gpt2' && !tensors.has('wte.weight') && tensors.has('transformer.wte.weight') ? 'transformer.' : '';
   for (const e of expectedTensors(c)) {
-    const t = tensors.get(e.name);
+    const stored = prefix + e.name;
+    const t = tensors.get(stored);
     if (!t) {
-      throw new RepairError('ERR_MISSING_TENSOR', `${c.dir || 'model'}: missing tensor "${e.name}" (expected shape [${e.shape.join(', ')}] for ${c.modelType})`, {
-        tensor: e.name,
+      throw new RepairError('ERR_MISSING_TENSOR', `${c.dir || 'model'}: missing tensor "${stored}" (expected shape [${e.shape.join(', ')}] for ${c.modelType})`, {
+        tensor: stored,
         expected: e.shape,
       });
     }
     if (t.shape.length !== e.shape.length || t.shape.some((d, i) => d !== e.shape[i])) {
+      const transposed = e.conv1d && t.shape.length === 2 && t.shape[0] === e.shape[1] && t.shape[1] === e.shape[0];
+      const layout = e.conv1d
+        ? ` (GPT-2 Conv1D layout [in, out]${transposed ? '; this tensor is stored transposed, [out, in] as in nn.Linear' : ''})`
+        : '';
       throw new RepairError(
         'ERR_SHAPE',
-        `${t.file}: tensor "${e.name}" has shape [${t.shape.join(', ')}], expected [${e.shape.join(', ')}] from config.json`,
-        { file: t.file, tensor: e.name, expected: e.shape, actual: t.shape },
+        `${t.file}: tensor "${stored}" has shape [${t.shape.join(', ')}], expected [${e.shape.join(', ')}] from config.json${layout}`,
+        { file: t.file, tensor: stored, expected: e.shape, actual: t.shape },
       );
     }
-    out.push(toNativeSpec(t));
+    out.push({ ...toNativeSpec(t), name: e.name });
   }
   return out;
 }

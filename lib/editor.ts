@@ -36,8 +36,14 @@ export interface EditRequest {
 /** Every hyper-parameter of the WISE engine; all optional in EditorOptions (presets fill the rest). */
 export interface EditorConfig {
   method: EditMethod;
-  /** Decoder layer whose mlp.down_proj gets side memories. */
+  /** Decoder layer whose FFN value matrix (mlp.down_proj; GPT-2: mlp.c_proj, as [D, F]) gets side memories. */
   layer: number;
+  /**
+   * Which FFN matrix holds the side memories: 'value' (default; down_proj, GPT-2 mlp.c_proj, §1.1) or 'key'
+   * (GPT-2 only: mlp.c_fc as [F, D] with its bias, the matrix the reference's gpt2-xl.yaml edits; its routing
+   * score with φ = gelu compares the real FFN activations). 'key' exists for parity studies with the reference.
+   */
+  editMatrix: 'value' | 'key';
   /** SGD learning rate (edit_lr). */
   lr: number;
   /** Optimisation steps per edit (n_iter). */
@@ -236,6 +242,18 @@ export function presetFor(cfg: ModelConfig): Preset {
   if (t === 'llama' && L === 28 && D === 3072) return { ...base, preset: 'llama3.2-3b', layer: 27, useChatTemplate: true };
   if (t === 'mistral' && L === 32 && D === 4096) return { ...base, preset: 'mistral-7b', layer: 27 };
   if (t === 'qwen2' && L === 28 && D === 3584) return { ...base, preset: 'qwen2.5-7b', layer: 23, useChatTemplate: true };
+  if (t === 'gpt2') {
+    // §1.10 gpt2-xl.yaml: lr 1.0, n_iter 40, act_margin [5, 20, 10], act_ratio 0.80, layer 8. That yaml's
+    // model_name is ./hugging_cache/gpt2, i.e. the reference actually ran it on GPT-2 small (12 layers),
+    // where layer 8 sits at 2/3 of the depth, inside the mid-to-late band WISE uses for value matrices.
+    // We edit the value matrix mlp.c_proj there (the reference edits c_fc, the key matrix: §1.1).
+    // gpt2-xl keeps the yaml's layer 8 for parity studies; other GPT-2 sizes take the same 2/3 depth.
+    const g = { ...base, nIter: 40, actRatio: 0.8, actMargin: [5, 20, 10] as [number, number, number] };
+    if (L === 48 && D === 1600) return { ...g, preset: 'gpt2-xl', layer: 8 };
+    if (L === 12 && D === 768) return { ...g, preset: 'gpt2', layer: 8 };
+    const layer = L <= 8 ? Math.max(0, L - 2) : Math.round((2 * L) / 3);
+    return { ...g, preset: `gpt2 (generic, ${L} layers)`, layer };
+  }
   // [ours] Unknown models: the reference layers sit at 82–91 % of depth; small models edit their
   // second-to-last layer so that one full block (attention + MLP) lies above the side memory.
   const layer = L <= 8 ? Math.max(0, L - 2) : Math.min(L - 1, Math.round(0.85 * L));
@@ -249,6 +267,7 @@ function resolveConfig(model: Model, opts: EditorOptions): EditorConfig {
   const c: EditorConfig = {
     method,
     layer: p.layer!,
+    editMatrix: 'value',
     lr: p.lr!,
     nIter: p.nIter!,
     actMargin: p.actMargin!,
@@ -301,6 +320,8 @@ function validateConfig(c: EditorConfig, cfg: ModelConfig): void {
   const int = (k: keyof EditorConfig, lo: number, hi: number) => num(k, (x) => Number.isInteger(x) && x >= lo && x <= hi, `an integer in [${lo}, ${hi}]`);
   if (c.method !== 'wise' && c.method !== 'ft' && c.method !== 'repair') throw bad(`editor option method must be 'wise', 'repair' or 'ft', got ${JSON.stringify(c.method)}`, 'method');
   int('layer', 0, cfg.numLayers - 1);
+  if (c.editMatrix !== 'value' && c.editMatrix !== 'key') throw bad(`editor option editMatrix must be 'value' or 'key', got ${JSON.stringify(c.editMatrix)}`, 'editMatrix');
+  if (c.editMatrix === 'key' && cfg.arch !== 'gpt2') throw bad("editor option editMatrix 'key' (the c_fc side memory of the reference) exists only for gpt2 models", 'editMatrix');
   num('lr', (x) => x > 0, 'a number > 0');
   int('nIter', 1, 100000);
   if (!Array.isArray(c.actMargin) || c.actMargin.length !== 3 || !c.actMargin.every((x) => typeof x === 'number' && Number.isFinite(x)))
@@ -332,7 +353,7 @@ function validateConfig(c: EditorConfig, cfg: ModelConfig): void {
 /** The activation φ of the routing score (§1.2): 'paper' mode uses none. */
 function actCode(model: Model, mode: ScoreMode): 0 | 1 | 2 {
   if (mode === 'paper') return 0;
-  const act = String(model.config.raw.hidden_act ?? model.config.raw.hidden_activation ?? 'silu');
+  const act = model.config.arch === 'gpt2' ? model.config.hiddenAct : String(model.config.raw.hidden_act ?? model.config.raw.hidden_activation ?? 'silu');
   if (act === 'silu' || act === 'swish') return 1;
   if (act.startsWith('gelu')) return 2;
   return 1;
@@ -420,10 +441,11 @@ export class Editor {
   async #attach(): Promise<void> {
     const mi = modelInternals(this.model);
     await mi.enqueue(async (nm) => {
-      this.#side = nm.sideCreate(this.config.layer);
+      const target = this.config.editMatrix === 'key' ? 1 : 0;
+      this.#side = nm.sideCreate(this.config.layer, target);
       try {
         await nm.sideAdd(this.#side, -1); // slot 0: the working memory W' = W_v
-        this.#fingerprint = await nm.baseFingerprint(this.config.layer);
+        this.#fingerprint = await nm.baseFingerprint(this.config.layer, target);
       } catch (e) {
         nm.sideFree(this.#side);
         throw e;
@@ -898,7 +920,10 @@ export class Editor {
           // EVALUATE + RETRIGGER
           if (ro.monitor) {
             await this.#monitor(batch, opts.signal, opts.onEvent);
-            const r = await this.#maybeRetrigger(opts.onEvent, gaveUp);
+            // [ours] at most one retrigger per mergeFreq edits of this call (and at least one): each retrains
+            // up to a memory's worth of edits, so this bounds the loop's extra cost to about one more pass.
+            const cap = Math.max(1, Math.ceil(total / this.config.mergeFreq));
+            const r = retriggers < cap ? await this.#maybeRetrigger(opts.onEvent, gaveUp) : 0;
             if (r) {
               retriggers++;
               total += r;
@@ -958,7 +983,10 @@ export class Editor {
         memory = route;
       }
       const ok = score >= ro.tauCorrect;
-      loop.status[p.id] = { memory: this.#holder(p.id), score, ok };
+      // Attribution (§2.2): the memory that produced the prediction — the paper's argmax-activation rule,
+      // as the router applies it; an edit routed to the main weight (its memory no longer activates) is
+      // charged to the memory that holds it.
+      loop.status[p.id] = { memory: memory !== 'main' ? memory : this.#holder(p.id), score, ok };
       if (!ok) {
         if (!loop.feedback.includes(p.id)) loop.feedback.push(p.id);
         onEvent?.({ type: 'error-detected', id: p.id, score, memory: this.#holder(p.id), routedTo: memory });
@@ -968,12 +996,7 @@ export class Editor {
     }
   }
 
-  /**
-   * The memory an edit is attributed to for §2.2's per-memory error rates: the one that holds it (the shard
-   * it was assigned to and trained into; the latest when re-trained). [ours] The paper attributes by the
-   * argmax activation, which is the same memory while routing works — but a shard broken badly enough no
-   * longer activates, and argmax would then blame its failures on a healthy neighbour.
-   */
+  /** The memory that holds an edit (the shard it was trained into; the latest when re-trained). */
   #holder(id: string): string {
     if (this.#working.edits.includes(id)) return this.#working.uid;
     for (let i = this.#memories.length - 1; i >= 0; i--) if (this.#memories[i]!.edits.includes(id)) return this.#memories[i]!.uid;
@@ -1321,7 +1344,7 @@ export class Editor {
     if (meta.base.modelType !== c.modelType || meta.base.hiddenSize !== c.hiddenSize || meta.base.intermediateSize !== c.intermediateSize || meta.base.layer >= c.numLayers) {
       throw new RepairError('ERR_MEMORY_MISMATCH', `${path} was saved for a different model (${meta.base.modelType} ${meta.base.hiddenSize}x${meta.base.intermediateSize}, layer ${meta.base.layer})`, { file: path });
     }
-    const ed = new Editor(model, { ...meta.config });
+    const ed = new Editor(model, { ...meta.config, editMatrix: meta.config.editMatrix ?? 'value' }); // older files: value
     validateConfig(ed.config as EditorConfig, c);
     await ed.#attach();
     try {

@@ -40,6 +40,15 @@ export interface NativeTensorSpec {
 
 /** What the runtime needs of the architecture (validated in TS, re-checked natively). */
 export interface NativeArch {
+  /**
+   * 'llama' (default: llama, mistral, qwen2) or 'gpt2' (LayerNorm with bias, learned positions, no RoPE,
+   * GELU MLP, biases everywhere, tied head). GPT-2 tensors are passed under their canonical names without
+   * the "transformer." prefix (wte.weight, h.N.attn.c_attn.weight, ...), Conv1D weights in their stored
+   * [in, out] layout (transposed natively at load).
+   */
+  kind?: 'llama' | 'gpt2';
+  /** gpt2: rows of the position table wpe (n_positions); must be >= maxPositions. */
+  numPositions?: number;
   hiddenSize: number;
   intermediateSize: number;
   numLayers: number;
@@ -48,8 +57,8 @@ export interface NativeArch {
   headDim: number;
   vocabSize: number;
   maxPositions: number; // context length the KV cache is sized for
-  rmsNormEps: number;
-  invFreq: Float32Array; // [headDim/2] RoPE inverse frequencies, already scaled (llama3 etc.)
+  rmsNormEps: number; // the norm's eps: RMSNorm (llama) or LayerNorm layer_norm_epsilon (gpt2)
+  invFreq: Float32Array; // [headDim/2] RoPE inverse frequencies, already scaled (llama3 etc.); empty for gpt2
   tieEmbeddings: boolean; // lm_head = embed_tokens
   qkvBias: boolean; // Qwen2: q/k/v projections have biases
 }
@@ -149,8 +158,13 @@ export interface NativeModel {
   /** Free everything now (waits for nothing: a running call finishes first, then memory is freed). */
   dispose(): void;
 
-  // ---- side memories (f32 copies of one layer's down_proj, stacked; slot meaning is the caller's) ----
-  sideCreate(layer: number): number; // returns a store id (no slots yet)
+  // ---- side memories (f32 copies of one layer's FFN matrix, stacked; slot meaning is the caller's) ----
+  /**
+   * Returns a store id (no slots yet). target 0 (default): the value matrix (down_proj; GPT-2 mlp.c_proj as
+   * [D, F], its bias added to every output); 1: the key matrix, GPT-2 only (mlp.c_fc as [F, D] with its bias;
+   * the FFN activation is gelu of its output): the reference's choice, for parity studies.
+   */
+  sideCreate(layer: number, target?: 0 | 1): number;
   sideFree(side: number): void;
   sideSlots(side: number): number;
   sideAdd(side: number, from: number): Promise<number>; // copy of slot `from` (-1 = base weight); new slot index
@@ -174,8 +188,8 @@ export interface NativeModel {
   sideMergeLossAware(side: number, dst: number, srcs: Int32Array, weights: Float32Array): Promise<void>;
   /** Batching features: mean over each row's valid tokens of the edited layer's FFN activation, [B * F]. */
   sideFeatures(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<Float32Array>;
-  /** Hex fingerprint (FNV-1a 64) of a layer's base down_proj bytes. */
-  baseFingerprint(layer: number): Promise<string>;
+  /** Hex fingerprint (FNV-1a 64) of a layer's base down_proj bytes (target 1: GPT-2 c_fc). */
+  baseFingerprint(layer: number, target?: 0 | 1): Promise<string>;
 }
 
 /** Op-level access for CPU-vs-CUDA tests: runs one backend op on host inputs. */

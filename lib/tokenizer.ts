@@ -81,12 +81,23 @@ export class ModelTokenizer {
     this.chatTemplate = chatTemplate;
   }
 
-  /** Load tokenizer.json (required), tokenizer_config.json and the chat template of a model folder. */
+  /**
+   * Load tokenizer.json, tokenizer_config.json and the chat template of a model folder. Without a
+   * tokenizer.json, a GPT-2 style vocab.json + merges.txt pair is converted into one (byte-level BPE).
+   */
   static fromDir(dir: string): ModelTokenizer {
-    const tjFile = join(dir, 'tokenizer.json');
+    let tjFile = join(dir, 'tokenizer.json');
     const tcFile = join(dir, 'tokenizer_config.json');
-    const tj = readJson(tjFile);
     const tc = existsSync(tcFile) ? readJson(tcFile) : {};
+    let tj: Json;
+    const vocabFile = join(dir, 'vocab.json');
+    const mergesFile = join(dir, 'merges.txt');
+    if (!existsSync(tjFile) && existsSync(vocabFile) && existsSync(mergesFile)) {
+      tj = byteLevelBpeJson(readJson(vocabFile), readText(mergesFile), tc, vocabFile);
+      tjFile = vocabFile;
+    } else {
+      tj = readJson(tjFile);
+    }
     let template = pickTemplate(tc.chat_template, tcFile);
     const jinjaFile = join(dir, 'chat_template.jinja');
     if (template === undefined && existsSync(jinjaFile)) template = readFileSync(jinjaFile, 'utf8');
@@ -165,6 +176,77 @@ export class ModelTokenizer {
       throw tokError(`the chat template failed: ${(e as Error).message}`, undefined, e);
     }
   }
+}
+
+function readText(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw tokError(`${file}: cannot read (${(e as Error).message})`, { file }, e);
+  }
+}
+
+/**
+ * A tokenizer.json object for a GPT-2 style byte-level BPE given as vocab.json (token -> id) and
+ * merges.txt ("a b" per line, an optional "#version" first line): the ByteLevel pre-tokenizer, decoder
+ * and post-processor of HF's GPT-2 tokenizer.json, with the special tokens of tokenizer_config.json
+ * (added_tokens_decoder, else bos/eos/unk/pad that are in the vocabulary) as added tokens.
+ */
+export function byteLevelBpeJson(vocab: Json, mergesText: string, tokenizerConfig: Json = {}, source = 'vocab.json'): Json {
+  const ids = new Set<number>();
+  for (const [tok, id] of Object.entries(vocab)) {
+    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) throw tokError(`${source}: the id of ${JSON.stringify(tok)} is not a non-negative integer`, { file: source });
+    if (ids.has(id)) throw tokError(`${source}: id ${id} appears twice`, { file: source });
+    ids.add(id);
+  }
+  const merges: string[] = [];
+  mergesText.split(/\r?\n/).forEach((line, i) => {
+    if (line.length === 0 || (i === 0 && line.startsWith('#version'))) return;
+    const parts = line.split(' ');
+    if (parts.length !== 2 || !parts[0] || !parts[1]) throw tokError(`merges.txt line ${i + 1}: expected two tokens separated by one space`, { line: i + 1 });
+    merges.push(line);
+  });
+  const added: Json[] = [];
+  const decoder = tokenizerConfig.added_tokens_decoder;
+  if (typeof decoder === 'object' && decoder !== null) {
+    for (const [id, t] of Object.entries(decoder as Json)) {
+      const content = tokenText(t);
+      if (content === undefined || !/^\d+$/.test(id)) continue;
+      const o = t as Json;
+      added.push({ id: Number(id), content, single_word: !!o.single_word, lstrip: !!o.lstrip, rstrip: !!o.rstrip, normalized: o.normalized !== false, special: o.special !== false });
+    }
+  } else {
+    const seen = new Set<string>();
+    for (const k of ['bos_token', 'eos_token', 'unk_token', 'pad_token']) {
+      const content = tokenText(tokenizerConfig[k]);
+      if (content === undefined || seen.has(content) || typeof vocab[content] !== 'number') continue;
+      seen.add(content);
+      added.push({ id: vocab[content], content, single_word: false, lstrip: false, rstrip: false, normalized: true, special: true });
+    }
+  }
+  const prefix = tokenizerConfig.add_prefix_space === true;
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: prefix, trim_offsets: true, use_regex: true },
+    post_processor: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: '',
+      end_of_word_suffix: '',
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
+      merges,
+    },
+  };
 }
 
 function pickTemplate(v: unknown, file: string): string | undefined {

@@ -87,6 +87,17 @@ class Backend {
   // y[n, D] = x[idx[i], :]             (idx backend int32 [n]; gather rows before the lm_head)
   virtual void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) = 0;
 
+  // ---- GPT-2 family ops ----------------------------------------------------------------------------
+  // LayerNorm with bias: y[M,D] = (x − μ) / sqrt(σ² + eps) · w[D] + b[D], μ and σ² (biased) over each row.
+  //   w, b in their stored dtype; b.p == nullptr means no bias. y may alias x. Reductions in double.
+  virtual void layernorm(float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) = 0;
+
+  // y[n] = gelu_tanh(x[n]) = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))   (HF gelu_new; y may alias x)
+  virtual void gelu(float* y, const float* x, int n) = 0;
+
+  // y[M,N] += b[N]  (b in its stored dtype; the bias of M stacked rows, e.g. of every side-memory slot)
+  virtual void add_bias(float* y, WeightRef b, int M, int N) = 0;
+
   // ---- editing: input gradients of the ops above (the suffix backward) ----------------------------
   // Only input gradients exist here: the one weight gradient ever formed is the side memory's, inside
   // masked_sgd. "accumulate" adds into the output instead of overwriting it.
@@ -112,6 +123,14 @@ class Backend {
   virtual void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kc,
                              const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd,
                              float scale) = 0;
+
+  // LayerNorm input gradient (the bias has none). x̂ = (x − μ)·r, r = 1/sqrt(σ² + eps), g = w⊙dy:
+  //   dx = r·(g − mean(g) − x̂·mean(g⊙x̂))
+  virtual void layernorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
+                             bool accumulate) = 0;
+
+  // GELU (tanh form) input gradient: dx[n] = dy[n]·gelu'(x[n])   (dx may alias dy)
+  virtual void gelu_bwd(float* dx, const float* dy, const float* x, int n) = 0;
 
   // SwiGLU backward, y = silu(g)·u:  dg = dy·u·silu'(g),  du = dy·silu(g),  silu'(g) = σ(g)(1 + g(1 − σ(g)))
   virtual void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) = 0;

@@ -144,6 +144,13 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     if (!spec.Get("arch").IsObject()) throw_js(env, RE_ERR_ARG, "spec.arch must be an object");
     Napi::Object a = spec.Get("arch").As<Napi::Object>();
     re::Arch arch;
+    if (a.Has("kind") && !a.Get("kind").IsUndefined()) {
+      if (!a.Get("kind").IsString()) throw_js(env, RE_ERR_ARG, "arch.kind must be 'llama' or 'gpt2'");
+      const std::string kind = a.Get("kind").As<Napi::String>().Utf8Value();
+      if (kind == "gpt2") arch.kind = re::ArchKind::GPT2;
+      else if (kind != "llama") throw_js(env, RE_ERR_ARG, "arch.kind must be 'llama' or 'gpt2', got '" + kind + "'");
+    }
+    if (arch.kind == re::ArchKind::GPT2) arch.npos = int_field(env, a, "numPositions", "arch", 1);
     arch.D = int_field(env, a, "hiddenSize", "arch", 1);
     arch.F = int_field(env, a, "intermediateSize", "arch", 1);
     arch.L = int_field(env, a, "numLayers", "arch", 1, 10000);
@@ -507,8 +514,9 @@ Napi::Value NativeModel::SideCreate(const Napi::CallbackInfo& info) {
   re::Model* m = live(env);
   if (busy_) throw_js(env, "ERR_BUSY", "another call is running on this model");
   int layer = int_arg(env, info[0], "layer");
+  const int target = info.Length() > 1 && !info[1].IsUndefined() ? int_arg(env, info[1], "target") : 0;
   int id = 0;
-  RE_TRY(env, id = m->side_create(layer));
+  RE_TRY(env, id = m->side_create(layer, target));
   return Napi::Number::New(env, id);
 }
 
@@ -695,9 +703,10 @@ Napi::Value NativeModel::BaseFingerprint(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   live(env);
   const int layer = int_arg(env, info[0], "layer");
+  const int target = info.Length() > 1 && !info[1].IsUndefined() ? int_arg(env, info[1], "target") : 0;
   re::Model* m = begin_call(env);
   auto out = std::make_shared<uint64_t>(0);
-  auto* w = new LambdaWorker(env, this, m, [=] { *out = m->base_fingerprint(layer); }, [out](Napi::Env e) -> Napi::Value {
+  auto* w = new LambdaWorker(env, this, m, [=] { *out = m->base_fingerprint(layer, target); }, [out](Napi::Env e) -> Napi::Value {
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)*out);
     return Napi::String::New(e, buf);

@@ -38,12 +38,22 @@ float* Model::slot_ptr(int id, int slot) {
   return st.buf + (size_t)slot * arch_.D * arch_.F;
 }
 
-int Model::side_create(int layer) {
+WeightRef Model::side_base(const SideStore& st) const {
+  return st.target ? layers_[st.layer].up : layers_[st.layer].down;
+}
+WeightRef Model::side_bias(const SideStore& st) const {
+  return st.target ? layers_[st.layer].upb : layers_[st.layer].downb;
+}
+
+int Model::side_create(int layer, int target) {
   if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
   if (layer < 0 || layer >= arch_.L)
     fail(RE_ERR_ARG, "layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(arch_.L) + ")");
+  if (target != 0 && target != 1) fail(RE_ERR_ARG, "side memory target must be 0 (value matrix) or 1 (key matrix)");
+  if (target == 1 && !gpt2()) fail(RE_ERR_ARG, "a key-matrix (c_fc) side memory exists only for gpt2");
   SideStore st;
   st.layer = layer;
+  st.target = target;
   sides_[next_side_] = st;
   return next_side_++;
 }
@@ -82,7 +92,7 @@ int Model::side_add(int id, int from) {
   }
   float* dst = st.buf + (size_t)st.count * DF;
   if (from == -1) {
-    std::vector<float> b = base_f32(*be_, layers_[st.layer].down, DF);
+    std::vector<float> b = base_f32(*be_, side_base(st), DF);
     be_->upload(dst, b.data(), DF * 4);
   } else {
     be_->copy(dst, st.buf + (size_t)from * DF, DF * 4);
@@ -114,7 +124,7 @@ void Model::side_remove(int id, std::vector<int32_t> slots) {
 void Model::side_reset(int id, int slot) {
   float* p = slot_ptr(id, slot);
   const size_t DF = (size_t)arch_.D * arch_.F;
-  std::vector<float> b = base_f32(*be_, layers_[store(id).layer].down, DF);
+  std::vector<float> b = base_f32(*be_, side_base(store(id)), DF);
   be_->upload(p, b.data(), DF * 4);
   be_->sync();
 }
@@ -145,7 +155,7 @@ void Model::side_ties(int id, int dst, const std::vector<int32_t>& srcs, const s
   std::vector<const float*> ptrs;
   for (int32_t s : srcs) ptrs.push_back(slot_ptr(id, s));
   float* out = slot_ptr(id, dst);
-  be_->ties_merge(out, layers_[store(id).layer].down, ptrs.data(), weights.data(), (int)srcs.size(),
+  be_->ties_merge(out, side_base(store(id)), ptrs.data(), weights.data(), (int)srcs.size(),
                   (size_t)arch_.D * arch_.F, density);
   be_->sync();
 }
@@ -157,21 +167,22 @@ void Model::side_merge_loss_aware(int id, const int dst, const std::vector<int32
     if (!std::isfinite(w) || w < 0) fail(RE_ERR_ARG, "loss-aware merge: weights must be finite and >= 0");
   std::vector<const float*> ptrs;
   for (int32_t s : srcs) ptrs.push_back(slot_ptr(id, s));
-  be_->loss_aware_merge(slot_ptr(id, dst), layers_[store(id).layer].down, ptrs.data(), weights.data(),
+  be_->loss_aware_merge(slot_ptr(id, dst), side_base(store(id)), ptrs.data(), weights.data(),
                         (int)srcs.size(), (size_t)arch_.D * arch_.F);
   be_->sync();
 }
 
-uint64_t Model::base_fingerprint(int layer) {
+uint64_t Model::base_fingerprint(int layer, int target) {
   if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
   if (layer < 0 || layer >= arch_.L) fail(RE_ERR_ARG, "layer out of range");
-  const WeightRef w = layers_[layer].down;
+  if (target != 0 && !(target == 1 && gpt2())) fail(RE_ERR_ARG, "fingerprint: target must be 0, or 1 for gpt2");
+  const WeightRef w = target ? layers_[layer].up : layers_[layer].down;
   std::vector<uint8_t> raw((size_t)arch_.D * arch_.F * dtype_size(w.dt));
   be_->download(raw.data(), w.p, raw.size());
   be_->sync();
   uint64_t h = 1469598103934665603ull;
   for (uint8_t c : raw) h = (h ^ c) * 1099511628211ull;
-  return h ^ ((uint64_t)w.dt << 56) ^ ((uint64_t)layer << 48);
+  return h ^ ((uint64_t)w.dt << 56) ^ ((uint64_t)layer << 48) ^ ((uint64_t)target << 40);
 }
 
 // ---- shared pieces of the forward ------------------------------------------------------------------
@@ -200,22 +211,27 @@ void Model::attn_block(int l, float* x, int B, int T, const int32_t* d_pos, cons
   float* kc = ensure(kc_tmp_, (size_t)B * kd * T * 4);
   float* vc = ensure(vc_tmp_, (size_t)B * kd * T * 4);
   const Layer& w = layers_[l];
-  be_->rmsnorm(xn, x, w.ln1, BT, a.D, a.eps);
+  norm(xn, x, w.ln1, w.ln1b, BT);
   be_->linear(q, xn, w.q, w.qb, BT, qd, a.D, false);
   be_->linear(k, xn, w.k, w.kb, BT, kd, a.D, false);
   be_->linear(v, xn, w.v, w.vb, BT, kd, a.D, false);
-  be_->rope(q, d_pos, inv_freq_, BT, a.Hq, a.hd);
-  be_->rope(k, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+  pos_rotate(q, k, d_pos, BT);
   be_->kv_store(kc, vc, k, v, B, T, a.Hkv, a.hd, T, 0);
   be_->attention(att, q, kc, vc, d_pad, B, T, a.Hq, a.Hkv, a.hd, T, 0, (float)(1.0 / std::sqrt((double)a.hd)));
-  be_->linear(x, att, w.o, WeightRef{}, BT, a.D, qd, true);
+  be_->linear(x, att, w.o, w.ob, BT, a.D, qd, true);
 }
 
 void Model::mlp_act(int l, const float* x, float* act, int BT) {
   const Arch& a = arch_;
   float* xn = ensure(xn_, (size_t)BT * a.D * 4);
-  float* up = ensure(up_, (size_t)BT * a.F * 4);
   const Layer& w = layers_[l];
+  if (gpt2()) {
+    norm(xn, x, w.ln2, w.ln2b, BT);
+    be_->linear(act, xn, w.up, w.upb, BT, a.F, a.D, false);
+    be_->gelu(act, act, BT * a.F);
+    return;
+  }
+  float* up = ensure(up_, (size_t)BT * a.F * 4);
   be_->rmsnorm(xn, x, w.ln2, BT, a.D, a.eps);
   be_->linear(act, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
   be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
@@ -240,18 +256,23 @@ std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens,
   int32_t *d_ids, *d_pos, *d_pad;
   upload_ids(tokens, B, T, pad, &d_ids, &d_pos, &d_pad);
   float* x = ensure(x_, (size_t)BT * a.D * 4);
-  be_->embedding(x, d_ids, embed_, BT, a.D);
+  embed(x, d_ids, d_pos, BT, gpt2() ? ensure(xn_, (size_t)BT * a.D * 4) : nullptr);
   run_layers(0, L, x, B, T, 0, T, d_pos, d_pad, false, abort);
   check_abort_e(abort);
   attn_block(L, x, B, T, d_pos, d_pad);
-  float* A = ensure(gate_, (size_t)BT * a.F * 4);
-  mlp_act(L, x, A, BT);
-  float* om = ensure(hrows_, (size_t)BT * a.D * 4);
-  float* os = ensure(logits_, (size_t)BT * nm * a.D * 4);
+  // The edited matrix's input: the FFN activation (value) or the normed MLP input ln_2(h) (key).
+  const int N = side_N(st), K = side_K(st);
+  float* A = ensure(gate_, (size_t)BT * (st.target ? a.D : a.F) * 4);
+  if (st.target) norm(A, x, layers_[L].ln2, layers_[L].ln2b, BT);
+  else mlp_act(L, x, A, BT);
+  float* om = ensure(hrows_, (size_t)BT * N * 4);
+  float* os = ensure(logits_, (size_t)BT * nm * N * 4);
   float* d = ensure(att_, (size_t)BT * nm * 4 + 4);
-  be_->linear(om, A, layers_[L].down, WeightRef{}, BT, a.D, a.F, false);
-  be_->linear(os, A, WeightRef{st.buf, DType::F32}, WeightRef{}, BT, nm * a.D, a.F, false);  // all slots, one GEMM
-  be_->act_dist(d, os, om, BT, nm, a.D, act);
+  const WeightRef bias = side_bias(st);  // GPT-2: o = x·Wᵀ + b on both the main and every side output
+  be_->linear(om, A, side_base(st), bias, BT, N, K, false);
+  be_->linear(os, A, WeightRef{st.buf, DType::F32}, WeightRef{}, BT, nm * N, K, false);  // all slots, one GEMM
+  if (bias.p) be_->add_bias(os, bias, BT * nm, N);
+  be_->act_dist(d, os, om, BT, nm, N, act);
   be_->download(out.data(), d, out.size() * 4);
   be_->sync();
   return out;
@@ -272,7 +293,7 @@ std::vector<float> Model::side_features(int id, const std::vector<int32_t>& toke
   int32_t *d_ids, *d_pos, *d_pad;
   upload_ids(tokens, B, T, pad, &d_ids, &d_pos, &d_pad);
   float* x = ensure(x_, (size_t)BT * a.D * 4);
-  be_->embedding(x, d_ids, embed_, BT, a.D);
+  embed(x, d_ids, d_pos, BT, gpt2() ? ensure(xn_, (size_t)BT * a.D * 4) : nullptr);
   run_layers(0, L, x, B, T, 0, T, d_pos, d_pad, false, abort);
   check_abort_e(abort);
   attn_block(L, x, B, T, d_pos, d_pad);
@@ -297,7 +318,13 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
                             const ProgressFn& progress) {
   if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
   const Arch& a = arch_;
-  const int L = store(id).layer;
+  const SideStore& stv = store(id);
+  const int L = stv.layer;
+  // value (0): o = A·W'ᵀ (+ c_proj bias), A = FFN activation, [N, K] = [D, F];
+  // key (1, GPT-2 c_fc): o = ln_2(h)·W'ᵀ + c_fc bias, the activation gelu(o) feeds c_proj; [N, K] = [F, D].
+  const bool key = stv.target == 1;
+  const int N = side_N(stv), K = side_K(stv);
+  const WeightRef base = side_base(stv), sbias = side_bias(stv);
   float* Wp = slot_ptr(id, slot);
   const int R = eb.R, T = eb.T, BT = R * T, qd = a.Hq * a.hd, kd = a.Hkv * a.hd, D = a.D, F = a.F;
   // -- validate everything before touching state --
@@ -363,9 +390,9 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
     return ensure(edit_bufs_[nb++], std::max<size_t>(floats, 1) * 4);
   };
   float* hL = buf((size_t)BT * D);  // residual entering layer L's FFN output add
-  float* A = buf((size_t)BT * F);   // layer L's FFN activation
-  float* om = buf((size_t)BT * D);  // A·W_vᵀ (main output, frozen)
-  float* os = buf((size_t)BT * D);  // A·W'ᵀ
+  float* A = buf((size_t)BT * K);   // the edited matrix's input: layer L's FFN activation (key: ln_2(h))
+  float* om = buf((size_t)BT * N);  // A·W_vᵀ (+ b) (main output, frozen)
+  float* os = buf((size_t)BT * N);  // A·W'ᵀ (+ b)
   float* x = buf((size_t)BT * D);
   float* dx = buf((size_t)BT * D);
   float* dact = buf((size_t)BT * F);
@@ -389,9 +416,10 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   float* snapshot = buf((size_t)D * F);
   float* pool = buf((size_t)nsamp * BT);    // P [S, BT]: mean over each sample's valid edit-row tokens
   float* poolT = buf((size_t)BT * nsamp);   // Pᵀ
-  float* feat = buf((size_t)nsamp * D);
-  float* dfeat = buf((size_t)nsamp * D);
+  float* feat = buf((size_t)nsamp * N);
+  float* dfeat = buf((size_t)nsamp * N);
   float* kdout = buf((size_t)nsamp + 1);
+  float* actL = key ? buf((size_t)BT * F) : nullptr;  // key: layer L's activation gelu(o_side)
   struct Acts {
     float *x_in, *xn1, *q, *k, *v, *kc, *vc, *att, *h, *xn2, *gate, *up, *act;
   };
@@ -407,7 +435,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
     s.att = buf((size_t)BT * qd);
     s.h = buf((size_t)BT * D);
     s.xn2 = buf((size_t)BT * D);
-    s.gate = buf((size_t)BT * F);
+    s.gate = gpt2() ? nullptr : buf((size_t)BT * F);  // GPT-2: up holds the c_fc pre-activation
     s.up = buf((size_t)BT * F);
     s.act = buf((size_t)BT * F);
   }
@@ -439,12 +467,13 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
 
   auto prefix = [&] {
     float* x0 = ensure(x_, (size_t)BT * D * 4);
-    be_->embedding(x0, d_ids, embed_, BT, D);
+    embed(x0, d_ids, d_pos, BT, gpt2() ? ensure(xn_, (size_t)BT * D * 4) : nullptr);
     run_layers(0, L, x0, R, T, 0, T, d_pos, d_pad, false, abort);
     attn_block(L, x0, R, T, d_pos, d_pad);
     be_->copy(hL, x0, (size_t)BT * D * 4);
-    mlp_act(L, x0, A, BT);
-    be_->linear(om, A, wl.down, WeightRef{}, BT, D, F, false);
+    if (key) norm(A, x0, wl.ln2, wl.ln2b, BT);
+    else mlp_act(L, x0, A, BT);
+    be_->linear(om, A, base, sbias, BT, N, K, false);
   };
 
   std::vector<float> dist_h(BT), loss_h(RL), gd_h(BT), kd_h((size_t)nsamp + 1, 0.0f);
@@ -464,30 +493,40 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       check_abort_e(abort);
       if (h.full_forward) prefix();
       // ---- forward: side output, suffix layers (kept), head at label rows ----
-      be_->linear(os, A, WeightRef{Wp, DType::F32}, WeightRef{}, BT, D, F, false);
-      be_->add(x, hL, os, BT * D);
+      be_->linear(os, A, WeightRef{Wp, DType::F32}, sbias, BT, N, K, false);  // GPT-2: + the matrix's bias
+      if (key) {
+        be_->gelu(actL, os, BT * F);
+        be_->copy(x, hL, (size_t)BT * D * 4);
+        be_->linear(x, actL, wl.down, wl.downb, BT, D, F, true);
+      } else {
+        be_->add(x, hL, os, BT * D);
+      }
       for (int j = 0; j < nsuf; ++j) {
         const Layer& w = layers_[L + 1 + j];
         Acts& s = acts[j];
         be_->copy(s.x_in, x, (size_t)BT * D * 4);
-        be_->rmsnorm(s.xn1, x, w.ln1, BT, D, a.eps);
+        norm(s.xn1, x, w.ln1, w.ln1b, BT);
         be_->linear(s.q, s.xn1, w.q, w.qb, BT, qd, D, false);
         be_->linear(s.k, s.xn1, w.k, w.kb, BT, kd, D, false);
         be_->linear(s.v, s.xn1, w.v, w.vb, BT, kd, D, false);
-        be_->rope(s.q, d_pos, inv_freq_, BT, a.Hq, a.hd);
-        be_->rope(s.k, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+        pos_rotate(s.q, s.k, d_pos, BT);
         be_->kv_store(s.kc, s.vc, s.k, s.v, R, T, a.Hkv, a.hd, T, 0);
         be_->attention(s.att, s.q, s.kc, s.vc, d_pad, R, T, a.Hq, a.Hkv, a.hd, T, 0, scale);
-        be_->linear(x, s.att, w.o, WeightRef{}, BT, D, qd, true);
+        be_->linear(x, s.att, w.o, w.ob, BT, D, qd, true);
         be_->copy(s.h, x, (size_t)BT * D * 4);
-        be_->rmsnorm(s.xn2, x, w.ln2, BT, D, a.eps);
-        be_->linear(s.gate, s.xn2, w.gate, WeightRef{}, BT, F, D, false);
-        be_->linear(s.up, s.xn2, w.up, WeightRef{}, BT, F, D, false);
-        be_->swiglu(s.act, s.gate, s.up, BT * F);
-        be_->linear(x, s.act, w.down, WeightRef{}, BT, D, F, true);
+        norm(s.xn2, x, w.ln2, w.ln2b, BT);
+        if (gpt2()) {
+          be_->linear(s.up, s.xn2, w.up, w.upb, BT, F, D, false);
+          be_->gelu(s.act, s.up, BT * F);
+        } else {
+          be_->linear(s.gate, s.xn2, w.gate, WeightRef{}, BT, F, D, false);
+          be_->linear(s.up, s.xn2, w.up, WeightRef{}, BT, F, D, false);
+          be_->swiglu(s.act, s.gate, s.up, BT * F);
+        }
+        be_->linear(x, s.act, w.down, w.downb, BT, D, F, true);
       }
       be_->gather_rows(hrows, x, lrows_d, RL, D);
-      be_->rmsnorm(hn, hrows, norm_, RL, D, a.eps);
+      norm(hn, hrows, norm_, norm_b_, RL);
       be_->linear(logits, hn, lm_head_, WeightRef{}, RL, a.V, D, false);
       be_->cross_entropy(lossr, dlogits, logits, lbl_d, lwd, RL, a.V);
       be_->download(loss_h.data(), lossr, (size_t)RL * 4);
@@ -504,7 +543,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       }
       std::fill(gd_h.begin(), gd_h.end(), 0.0f);
       if (h.margin) {
-        be_->act_dist(dist, os, om, BT, 1, D, h.act);
+        be_->act_dist(dist, os, om, BT, 1, N, h.act);
         be_->download(dist_h.data(), dist, (size_t)BT * 4);
         be_->sync();
         std::vector<double> drow(R, 0.0), g_row(R, 0.0);
@@ -558,8 +597,8 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       // ---- intra-batch distillation (REPAIR Eq. 4) on the pooled side outputs of each sample ----
       double kd_loss = 0;
       if (use_kd) {
-        be_->linear_dx(feat, pool, WeightRef{os, DType::F32}, nsamp, BT, D, false);  // feat = P·o_side
-        be_->kd_loss(kdout, dfeat, feat, nsamp, D, h.kd_weight * h.kd_lambda, h.kd_weight * h.kd_theta);
+        be_->linear_dx(feat, pool, WeightRef{os, DType::F32}, nsamp, BT, N, false);  // feat = P·o_side
+        be_->kd_loss(kdout, dfeat, feat, nsamp, N, h.kd_weight * h.kd_lambda, h.kd_weight * h.kd_theta);
         be_->download(kd_h.data(), kdout, kd_h.size() * 4);
         be_->sync();
         kd_loss = kd_h[0];
@@ -596,35 +635,49 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
 
       // ---- backward: head → suffix layers → G = ∂L/∂o_side ----
       be_->linear_dx(hn, dlogits, lm_head_, RL, a.V, D, false);        // ∂/∂(normed rows)
-      be_->rmsnorm_bwd(dxn, hn, hrows, norm_, RL, D, a.eps, false);   // ∂/∂(rows of x)
+      norm_bwd(dxn, hn, hrows, norm_, RL, false);                     // ∂/∂(rows of x)
       be_->memset0(dx, (size_t)BT * D * 4);
       be_->scatter_add_rows(dx, dxn, lrows_d, RL, D);
       for (int j = nsuf - 1; j >= 0; --j) {
         const Layer& w = layers_[L + 1 + j];
         Acts& s = acts[j];
-        // x_out = h + down(act)
+        // x_out = h + down(act)    (biases have no input gradient)
         be_->linear_dx(dact, dx, w.down, BT, D, F, false);
-        be_->swiglu_bwd(dgate, dup, dact, s.gate, s.up, BT * F);
-        be_->linear_dx(dxn, dgate, w.gate, BT, F, D, false);
-        be_->linear_dx(dxn, dup, w.up, BT, F, D, true);
-        be_->rmsnorm_bwd(dx, dxn, s.h, w.ln2, BT, D, a.eps, true);
+        if (gpt2()) {
+          be_->gelu_bwd(dup, dact, s.up, BT * F);
+          be_->linear_dx(dxn, dup, w.up, BT, F, D, false);
+        } else {
+          be_->swiglu_bwd(dgate, dup, dact, s.gate, s.up, BT * F);
+          be_->linear_dx(dxn, dgate, w.gate, BT, F, D, false);
+          be_->linear_dx(dxn, dup, w.up, BT, F, D, true);
+        }
+        norm_bwd(dx, dxn, s.h, w.ln2, BT, true);
         // h = x_in + o_proj(attn)
         be_->linear_dx(datt, dx, w.o, BT, D, qd, false);
         be_->attention_bwd(dq, dk, dv, datt, s.q, s.kc, s.vc, d_pad, R, T, a.Hq, a.Hkv, a.hd, scale);
-        be_->rope_bwd(dq, d_pos, inv_freq_, BT, a.Hq, a.hd);
-        be_->rope_bwd(dk, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+        if (!gpt2()) {
+          be_->rope_bwd(dq, d_pos, inv_freq_, BT, a.Hq, a.hd);
+          be_->rope_bwd(dk, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+        }
         be_->linear_dx(dxn, dq, w.q, BT, qd, D, false);
         be_->linear_dx(dxn, dk, w.k, BT, kd, D, true);
         be_->linear_dx(dxn, dv, w.v, BT, kd, D, true);
-        be_->rmsnorm_bwd(dx, dxn, s.x_in, w.ln1, BT, D, a.eps, true);
+        norm_bwd(dx, dxn, s.x_in, w.ln1, BT, true);
+      }
+      // G = ∂L/∂o_side: the layer-L output gradient itself (value), or back through c_proj and gelu (key)
+      float* G = dx;
+      if (key) {
+        be_->linear_dx(dact, dx, wl.down, BT, D, F, false);
+        be_->gelu_bwd(dup, dact, os, BT * F);
+        G = dup;
       }
       if (h.margin) {
         be_->upload(gd, gd_h.data(), (size_t)BT * 4);
-        be_->act_dist_bwd(dx, gd, os, om, BT, D, h.act, true);
+        be_->act_dist_bwd(G, gd, os, om, BT, N, h.act, true);
       }
-      if (use_kd) be_->linear_dx(dx, poolT, WeightRef{dfeat, DType::F32}, BT, nsamp, D, true);  // += Pᵀ·∂L/∂feat
+      if (use_kd) be_->linear_dx(G, poolT, WeightRef{dfeat, DType::F32}, BT, nsamp, N, true);  // += Pᵀ·∂L/∂feat
       // ---- update: W' ← clamp(W' − lr·(M ⊙ Gᵀ·A + wd·W'), W_v ± c) ----
-      be_->masked_sgd(Wp, dx, A, wl.down, BT, D, F, h.seed, h.rho, h.lr, h.wd, h.clamp);
+      be_->masked_sgd(Wp, G, A, base, BT, N, K, h.seed, h.rho, h.lr, h.wd, h.clamp);
       res.loss.push_back((float)loss);
       res.ce.push_back((float)ce);
       res.act.push_back((float)act_loss);

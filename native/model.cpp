@@ -1,13 +1,16 @@
-// model.cpp — see model.h. The forward pass of a Llama-family decoder:
-//   x = embed(ids)
-//   per layer: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x);  x += down(silu(gate)·up) on rmsnorm(x)
-//   logits = lm_head(rmsnorm(x)) only at the rows asked for.
+// model.cpp — see model.h. The forward pass of a decoder:
+//   x = embed(ids)                                     (GPT-2: + wpe[pos])
+//   per layer: x += o_proj(attn(rope(q), rope(k), v)) on norm1(x)      (GPT-2: no RoPE, biases on q/k/v/o)
+//              x += down(silu(gate)·up) on norm2(x)                    (GPT-2: c_proj(gelu(c_fc)) + biases)
+//   logits = lm_head(norm_f(x)) only at the rows asked for.
+// norm = RMSNorm (Llama) or LayerNorm with bias (GPT-2).
 #include "model.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <numeric>
 
@@ -34,6 +37,29 @@ void check_abort(const std::atomic<bool>* abort) {
   if (abort && abort->load()) fail(RE_ERR_ABORTED, "the operation was aborted");
 }
 
+// out[c, r] = in[r, c] for in [R, C], in 64×64 tiles (cache friendly for GPT-2 XL's 1600×6400 matrices).
+template <typename T>
+void transpose_blocked(const T* in, T* out, int64_t R, int64_t C) {
+  constexpr int64_t B = 64;
+  for (int64_t r0 = 0; r0 < R; r0 += B)
+    for (int64_t c0 = 0; c0 < C; c0 += B) {
+      const int64_t r1 = std::min(R, r0 + B), c1 = std::min(C, c0 + B);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) out[c * R + r] = in[r * C + c];
+    }
+}
+
+// The bytes of an [R, C] tensor of T, transposed (typed copies keep the access well defined).
+template <typename T>
+std::vector<uint8_t> transpose_bytes(const std::vector<uint8_t>& in, int64_t R, int64_t C) {
+  std::vector<T> a((size_t)(R * C)), b((size_t)(R * C));
+  std::memcpy(a.data(), in.data(), a.size() * sizeof(T));
+  transpose_blocked(a.data(), b.data(), R, C);
+  std::vector<uint8_t> out(in.size());
+  std::memcpy(out.data(), b.data(), b.size() * sizeof(T));
+  return out;
+}
+
 }  // namespace
 
 Model::Model(std::unique_ptr<Backend> be, Arch arch, std::vector<TensorSpec> specs)
@@ -43,6 +69,14 @@ Model::Model(std::unique_ptr<Backend> be, Arch arch, std::vector<TensorSpec> spe
   if (a.D <= 0 || a.F <= 0 || a.L <= 0 || a.Hq <= 0 || a.Hkv <= 0 || a.hd <= 0 || a.V <= 0 || a.S <= 0)
     bad("every size must be positive");
   if (a.Hq % a.Hkv) bad("num_attention_heads must be a multiple of num_key_value_heads");
+  if (a.kind == ArchKind::GPT2) {
+    if (a.Hq != a.Hkv) bad("gpt2 has as many key/value heads as query heads");
+    if (a.Hq * a.hd != a.D) bad("gpt2 needs n_head * head_dim == n_embd");
+    if (a.npos < a.S) bad("gpt2 needs n_positions >= the context length");
+    if (!(a.eps > 0)) bad("layer_norm_epsilon must be positive");
+    return;
+  }
+  if (a.kind != ArchKind::Llama) bad("unknown architecture kind");
   if (a.hd % 2) bad("head_dim must be even");
   if ((int)a.inv_freq.size() != a.hd / 2) bad("invFreq must have head_dim/2 entries");
   if (!(a.eps > 0)) bad("rms_norm_eps must be positive");
@@ -74,6 +108,10 @@ float* Model::ensure(Buf& b, size_t bytes) {
 void Model::load(const std::atomic<bool>* abort) {
   if (loaded_) return;
   const Arch& a = arch_;
+  if (gpt2()) {
+    load_gpt2(abort);
+    return;
+  }
   // The tensors this architecture needs, with their shapes.
   std::map<std::string, std::vector<int64_t>> want;
   want["model.embed_tokens.weight"] = {a.V, a.D};
@@ -170,6 +208,151 @@ void Model::load(const std::atomic<bool>* abort) {
   loaded_ = true;
 }
 
+// GPT-2: canonical tensor names (lib/config.ts strips a "transformer." prefix). Conv1D weights are
+// stored [in, out]: each is read whole, transposed on the host into the nn.Linear [out, in] layout and
+// uploaded; c_attn (and its bias) is split into q, k, v. The dtype stays as stored.
+void Model::load_gpt2(const std::atomic<bool>* abort) {
+  const Arch& a = arch_;
+  const int64_t D = a.D, F = a.F;
+  std::map<std::string, std::vector<int64_t>> want;
+  std::map<std::string, bool> conv1d;  // names stored [in, out]
+  want["wte.weight"] = {a.V, D};
+  want["wpe.weight"] = {a.npos, D};
+  want["ln_f.weight"] = {D};
+  want["ln_f.bias"] = {D};
+  for (int l = 0; l < a.L; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    for (const char* n : {"ln_1", "ln_2"}) {
+      want[p + n + ".weight"] = {D};
+      want[p + n + ".bias"] = {D};
+    }
+    want[p + "attn.c_attn.weight"] = {D, 3 * D};
+    want[p + "attn.c_attn.bias"] = {3 * D};
+    want[p + "attn.c_proj.weight"] = {D, D};
+    want[p + "attn.c_proj.bias"] = {D};
+    want[p + "mlp.c_fc.weight"] = {D, F};
+    want[p + "mlp.c_fc.bias"] = {F};
+    want[p + "mlp.c_proj.weight"] = {F, D};
+    want[p + "mlp.c_proj.bias"] = {D};
+    for (const char* n : {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"})
+      conv1d[p + n] = true;
+  }
+  std::map<std::string, const TensorSpec*> by_name;
+  for (const auto& s : specs_) by_name[s.name] = &s;
+  for (const auto& [name, shape] : want) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) fail("ERR_MISSING_TENSOR", "missing tensor " + name);
+    const TensorSpec& s = *it->second;
+    if (s.shape != shape)
+      fail("ERR_SHAPE", "tensor " + name + " has shape " + shape_str(s.shape) + ", expected " + shape_str(shape) +
+                            (conv1d.count(name) ? " (GPT-2 Conv1D layout [in, out])" : ""));
+    uint64_t n = 1;
+    for (int64_t d : s.shape) n *= (uint64_t)d;
+    if (n * dtype_size(s.dt) != s.nbytes)
+      fail(RE_ERR_SAFETENSORS, "tensor " + name + ": byte size " + std::to_string(s.nbytes) + " does not match " +
+                                   shape_str(s.shape) + " x " + dtype_name(s.dt));
+  }
+  std::map<std::string, std::unique_ptr<File>> files;
+  auto read_all = [&](const std::string& name, std::vector<uint8_t>& out) -> const TensorSpec& {
+    const TensorSpec& s = *by_name[name];
+    auto& fh = files[s.file];
+    if (!fh) {
+      fh = std::make_unique<File>();
+      fh->f = std::fopen(s.file.c_str(), "rb");
+      if (!fh->f) fail(RE_ERR_IO, "cannot open " + s.file);
+    }
+    if (std::fseek(fh->f, 0, SEEK_END) != 0) fail(RE_ERR_IO, "cannot seek in " + s.file);
+    const long long fsize = std::ftell(fh->f);
+    if (fsize < 0 || s.offset + s.nbytes > (uint64_t)fsize)
+      fail(RE_ERR_SAFETENSORS, "tensor " + name + " lies past the end of " + s.file);
+    if (std::fseek(fh->f, (long)s.offset, SEEK_SET) != 0) fail(RE_ERR_IO, "cannot seek in " + s.file);
+    out.resize(s.nbytes);
+    if (s.nbytes && std::fread(out.data(), 1, s.nbytes, fh->f) != s.nbytes)
+      fail(RE_ERR_IO, "short read of tensor " + name + " in " + s.file);
+    return s;
+  };
+  auto upload = [&](const uint8_t* p, size_t bytes, DType dt) {
+    void* dst = be_->alloc(bytes);
+    weights_.push_back(dst);
+    be_->upload(dst, p, bytes);
+    return WeightRef{dst, dt};
+  };
+  // [R, C] -> [C, R] for elements of `es` bytes (2 or 4)
+  auto transpose = [](const std::vector<uint8_t>& in, int64_t R, int64_t C, size_t es) {
+    return es == 4 ? transpose_bytes<uint32_t>(in, R, C) : transpose_bytes<uint16_t>(in, R, C);
+  };
+  std::vector<uint8_t> raw;
+  auto plain = [&](const std::string& name) {
+    const TensorSpec& s = read_all(name, raw);
+    return upload(raw.data(), raw.size(), s.dt);
+  };
+  auto linear_w = [&](const std::string& name) {  // Conv1D [in, out] -> Linear [out, in]
+    const TensorSpec& s = read_all(name, raw);
+    std::vector<uint8_t> t = transpose(raw, s.shape[0], s.shape[1], dtype_size(s.dt));
+    return upload(t.data(), t.size(), s.dt);
+  };
+  embed_ = plain("wte.weight");
+  pos_embed_ = plain("wpe.weight");
+  norm_ = plain("ln_f.weight");
+  norm_b_ = plain("ln_f.bias");
+  lm_head_ = embed_;  // tied
+  layers_.resize(a.L);
+  for (int l = 0; l < a.L; ++l) {
+    check_abort(abort);
+    const std::string p = "h." + std::to_string(l) + ".";
+    Layer& y = layers_[l];
+    y.ln1 = plain(p + "ln_1.weight");
+    y.ln1b = plain(p + "ln_1.bias");
+    y.ln2 = plain(p + "ln_2.weight");
+    y.ln2b = plain(p + "ln_2.bias");
+    {
+      const TensorSpec& s = read_all(p + "attn.c_attn.weight", raw);
+      const size_t es = dtype_size(s.dt), piece = (size_t)D * D * es;
+      std::vector<uint8_t> t = transpose(raw, D, 3 * D, es);  // [3D, D]: rows q | k | v
+      y.q = upload(t.data(), piece, s.dt);
+      y.k = upload(t.data() + piece, piece, s.dt);
+      y.v = upload(t.data() + 2 * piece, piece, s.dt);
+      const TensorSpec& sb = read_all(p + "attn.c_attn.bias", raw);
+      const size_t bpiece = (size_t)D * dtype_size(sb.dt);
+      y.qb = upload(raw.data(), bpiece, sb.dt);
+      y.kb = upload(raw.data() + bpiece, bpiece, sb.dt);
+      y.vb = upload(raw.data() + 2 * bpiece, bpiece, sb.dt);
+    }
+    y.o = linear_w(p + "attn.c_proj.weight");
+    y.ob = plain(p + "attn.c_proj.bias");
+    y.up = linear_w(p + "mlp.c_fc.weight");
+    y.upb = plain(p + "mlp.c_fc.bias");
+    y.down = linear_w(p + "mlp.c_proj.weight");
+    y.downb = plain(p + "mlp.c_proj.bias");
+  }
+  be_->sync();
+  loaded_ = true;
+}
+
+void Model::embed(float* x, const int32_t* d_ids, const int32_t* d_pos, int n, float* tmp) {
+  be_->embedding(x, d_ids, embed_, n, arch_.D);
+  if (gpt2()) {
+    be_->embedding(tmp, d_pos, pos_embed_, n, arch_.D);
+    be_->add(x, x, tmp, n * arch_.D);
+  }
+}
+
+void Model::norm(float* y, const float* x, WeightRef w, WeightRef b, int M) {
+  if (gpt2()) be_->layernorm(y, x, w, b, M, arch_.D, arch_.eps);
+  else be_->rmsnorm(y, x, w, M, arch_.D, arch_.eps);
+}
+
+void Model::norm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, bool accumulate) {
+  if (gpt2()) be_->layernorm_bwd(dx, dy, x, w, M, arch_.D, arch_.eps, accumulate);
+  else be_->rmsnorm_bwd(dx, dy, x, w, M, arch_.D, arch_.eps, accumulate);
+}
+
+void Model::pos_rotate(float* q, float* k, const int32_t* d_pos, int BT) {
+  if (gpt2()) return;
+  be_->rope(q, d_pos, inv_freq_, BT, arch_.Hq, arch_.hd);
+  be_->rope(k, d_pos, inv_freq_, BT, arch_.Hkv, arch_.hd);
+}
+
 void Model::check_tokens(const std::vector<int32_t>& ids) const {
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] < 0 || ids[i] >= arch_.V)
@@ -188,7 +371,7 @@ void Model::run_layers(int l0, int l1, float* x, int B, int T, int P, int S, con
   float* v = ensure(v_, (size_t)BT * kd * 4);
   float* att = ensure(att_, (size_t)BT * qd * 4);
   float* gate = ensure(gate_, (size_t)BT * a.F * 4);
-  float* up = ensure(up_, (size_t)BT * a.F * 4);
+  float* up = gpt2() ? nullptr : ensure(up_, (size_t)BT * a.F * 4);
   float *kc = nullptr, *vc = nullptr;
   if (!per_layer_cache) {
     kc = ensure(kc_tmp_, (size_t)B * kd * S * 4);
@@ -202,32 +385,48 @@ void Model::run_layers(int l0, int l1, float* x, int B, int T, int P, int S, con
       kc = kc_[l];
       vc = vc_[l];
     }
-    be_->rmsnorm(xn, x, w.ln1, BT, a.D, a.eps);
+    norm(xn, x, w.ln1, w.ln1b, BT);
     be_->linear(q, xn, w.q, w.qb, BT, qd, a.D, false);
     be_->linear(k, xn, w.k, w.kb, BT, kd, a.D, false);
     be_->linear(v, xn, w.v, w.vb, BT, kd, a.D, false);
-    be_->rope(q, d_pos, inv_freq_, BT, a.Hq, a.hd);
-    be_->rope(k, d_pos, inv_freq_, BT, a.Hkv, a.hd);
+    pos_rotate(q, k, d_pos, BT);
     be_->kv_store(kc, vc, k, v, B, T, a.Hkv, a.hd, S, P);
     be_->attention(att, q, kc, vc, d_pad, B, T, a.Hq, a.Hkv, a.hd, S, P, scale);
-    be_->linear(x, att, w.o, WeightRef{}, BT, a.D, qd, true);
-    be_->rmsnorm(xn, x, w.ln2, BT, a.D, a.eps);
-    be_->linear(gate, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
-    be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
-    be_->swiglu(gate, gate, up, BT * a.F);
-    if (route && route->side && store(route->side).layer == l) {
-      // Routed rows use their side memory's down_proj; consecutive rows with the same choice share a call.
+    be_->linear(x, att, w.o, w.ob, BT, a.D, qd, true);
+    norm(xn, x, w.ln2, w.ln2b, BT);
+    // Routed rows use their side-memory slot in place of the store's matrix (value: down_proj / c_proj;
+    // key: GPT-2 c_fc); consecutive rows with the same choice share a call.
+    const bool routed = route && route->side && store(route->side).layer == l;
+    const bool route_key = routed && store(route->side).target == 1;
+    auto by_rows = [&](const WeightRef& basew, const std::function<void(int, int, WeightRef)>& run) {
       for (int b0 = 0; b0 < B;) {
         int b1 = b0 + 1;
         while (b1 < B && route->slot[b1] == route->slot[b0]) ++b1;
         const int s = route->slot[b0];
-        WeightRef W = s >= 0 ? WeightRef{slot_ptr(route->side, s), DType::F32} : w.down;
-        be_->linear(x + (size_t)b0 * T * a.D, gate + (size_t)b0 * T * a.F, W, WeightRef{}, (b1 - b0) * T, a.D, a.F,
-                    true);
+        run(b0, b1, s >= 0 ? WeightRef{slot_ptr(route->side, s), DType::F32} : basew);
         b0 = b1;
       }
+    };
+    if (gpt2()) {
+      if (route_key) {
+        by_rows(w.up, [&](int b0, int b1, WeightRef W) {
+          be_->linear(gate + (size_t)b0 * T * a.F, xn + (size_t)b0 * T * a.D, W, w.upb, (b1 - b0) * T, a.F, a.D, false);
+        });
+      } else {
+        be_->linear(gate, xn, w.up, w.upb, BT, a.F, a.D, false);
+      }
+      be_->gelu(gate, gate, BT * a.F);
     } else {
-      be_->linear(x, gate, w.down, WeightRef{}, BT, a.D, a.F, true);
+      be_->linear(gate, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
+      be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
+      be_->swiglu(gate, gate, up, BT * a.F);
+    }
+    if (routed && !route_key) {
+      by_rows(w.down, [&](int b0, int b1, WeightRef W) {
+        be_->linear(x + (size_t)b0 * T * a.D, gate + (size_t)b0 * T * a.F, W, w.downb, (b1 - b0) * T, a.D, a.F, true);
+      });
+    } else {
+      be_->linear(x, gate, w.down, w.downb, BT, a.D, a.F, true);
     }
   }
 }
@@ -237,7 +436,7 @@ void Model::head(const float* x, const int32_t* d_rows, int R, std::vector<float
   float* h = ensure(hrows_, (size_t)R * a.D * 4);
   float* lg = ensure(logits_, (size_t)R * a.V * 4);
   be_->gather_rows(h, x, d_rows, R, a.D);
-  be_->rmsnorm(h, h, norm_, R, a.D, a.eps);
+  norm(h, h, norm_, norm_b_, R);
   be_->linear(lg, h, lm_head_, WeightRef{}, R, a.V, a.D, false);
   out.resize((size_t)R * a.V);
   be_->download(out.data(), lg, out.size() * 4);
@@ -278,7 +477,7 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, int B, int
   be_->upload(d_pad, pad.data(), (size_t)B * 4);
   if (!rows.empty()) be_->upload(d_rows, rows.data(), rows.size() * 4);
   float* x = ensure(x_, (size_t)BT * a.D * 4);
-  be_->embedding(x, d_ids, embed_, BT, a.D);
+  embed(x, d_ids, d_pos, BT, gpt2() ? ensure(xn_, (size_t)BT * a.D * 4) : nullptr);
   run_layers(0, a.L, x, B, T, 0, T, d_pos, d_pad, false, abort, route.side ? &route : nullptr);
   std::vector<float> out;
   if (rows.empty()) {
@@ -305,7 +504,7 @@ void Model::feed(const std::vector<int32_t>& ids, std::vector<float>& logits, co
   be_->upload(d_pad, &zero, 4);
   be_->upload(d_rows, &last, 4);
   float* x = ensure(x_, (size_t)T * a.D * 4);
-  be_->embedding(x, d_ids, embed_, T, a.D);
+  embed(x, d_ids, d_pos, T, gpt2() ? ensure(xn_, (size_t)T * a.D * 4) : nullptr);
   run_layers(0, a.L, x, 1, T, P, a.S, d_pos, d_pad, true, abort, route);
   head(x, d_rows, 1, logits);
   cache_len_ = P + T;

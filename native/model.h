@@ -1,6 +1,13 @@
-// model.h — the Llama-family transformer runtime (llama, mistral, qwen2), written once against the
-// Backend interface: weight loading by file offset, a stateless batched forward with left padding,
-// and batch-1 generation with a persistent KV cache and native sampling.
+// model.h — the decoder runtime, written once against the Backend interface: weight loading by file
+// offset, a stateless batched forward with left padding, and batch-1 generation with a persistent KV
+// cache and native sampling. Two architecture kinds share it (the runtime branches on the kind, never
+// on the backend):
+//   Llama family (llama, mistral, qwen2): RMSNorm, RoPE, GQA, SwiGLU MLP, optional q/k/v biases.
+//   GPT-2 (gpt2): LayerNorm with bias, learned positions (wpe) added to the token embeddings, MHA with
+//     q/k/v/o biases and no RoPE, MLP gelu_new(c_fc) → c_proj with biases, ln_f, tied lm_head (wte).
+//     Conv1D weights are stored [in, out]; the loader transposes them into the nn.Linear [out, in]
+//     layout once, so the same `linear` / `linear_dx` ops serve both kinds and the side memory of
+//     mlp.c_proj is [D, F] like Llama's down_proj. The fused c_attn [D, 3D] is split into q, k, v.
 #pragma once
 #include <atomic>
 #include <functional>
@@ -14,7 +21,10 @@
 
 namespace re {
 
+enum class ArchKind : int { Llama = 0, GPT2 = 1 };
+
 struct Arch {
+  ArchKind kind = ArchKind::Llama;
   int D = 0;    // hidden_size
   int F = 0;    // intermediate_size
   int L = 0;    // num_hidden_layers
@@ -23,8 +33,9 @@ struct Arch {
   int hd = 0;   // head_dim
   int V = 0;    // vocab_size
   int S = 0;    // context length (KV cache capacity)
-  float eps = 1e-5f;
-  std::vector<float> inv_freq;  // [hd/2]
+  float eps = 1e-5f;             // RMSNorm eps (Llama) or LayerNorm eps (GPT-2)
+  int npos = 0;                  // GPT-2: rows of the learned position table wpe (n_positions >= S)
+  std::vector<float> inv_freq;  // [hd/2] (Llama; empty for GPT-2)
   bool tie = false;
   bool qkv_bias = false;
 };
@@ -118,9 +129,13 @@ class Model {
                                 const std::atomic<bool>* abort, const Route& route = Route());
 
   // ---- side memories (edit.cpp) ----------------------------------------------------------------
-  // A store holds f32 copies of one layer's down_proj [D, F] in one stacked buffer (slot i at i·D·F),
-  // so every slot is scored with a single GEMM. Slot order and meaning are the caller's (TS) policy.
-  int side_create(int layer);
+  // A store holds f32 copies of one layer's FFN matrix in one stacked buffer (slot i at i·D·F), so every
+  // slot is scored with a single GEMM. Slot order and meaning are the caller's (TS) policy.
+  // target 0 (value): down_proj / GPT-2 mlp.c_proj, [D, F], o = A·Wᵀ (+ c_proj bias), A = the FFN activation.
+  // target 1 (key, GPT-2 only: the reference's mlp.c_fc choice): c_fc as [F, D], o = ln_2(h)·Wᵀ + c_fc bias,
+  //   and the FFN activation is gelu(o); the routing score compares φ(o) of side and main (φ = gelu: the
+  //   real activation). Every side-memory call below follows the store's target.
+  int side_create(int layer, int target = 0);
   void side_free(int id);
   int side_slots(int id) const;
   int side_layer(int id) const;
@@ -135,7 +150,7 @@ class Model {
   // ModelFeat for batching: mean over each row's valid tokens of the edited layer's FFN activation A: [B, F].
   std::vector<float> side_features(int id, const std::vector<int32_t>& tokens, int B, int T,
                                    const std::vector<int32_t>& pad, const std::atomic<bool>* abort);
-  uint64_t base_fingerprint(int layer);  // FNV-1a 64 over the base down_proj bytes
+  uint64_t base_fingerprint(int layer, int target = 0);  // FNV-1a 64 over the base matrix bytes
   // Per-token routing distances of every slot: [slots, B*T] (pads included; TS reduces per row).
   std::vector<float> side_score(int id, const std::vector<int32_t>& tokens, int B, int T,
                                 const std::vector<int32_t>& pad, int act, const std::atomic<bool>* abort);
@@ -152,12 +167,15 @@ class Model {
  private:
   struct Layer {
     WeightRef ln1, q, k, v, o, qb, kb, vb, ln2, gate, up, down;
+    // GPT-2: LayerNorm biases, o/up(c_fc)/down(c_proj) biases (gate unused; up = c_fc, down = mlp.c_proj)
+    WeightRef ln1b, ln2b, ob, upb, downb;
   };
   struct Buf {
     void* p = nullptr;
     size_t bytes = 0;
   };
   float* ensure(Buf& b, size_t bytes);
+  void load_gpt2(const std::atomic<bool>* abort);
   void check_tokens(const std::vector<int32_t>& ids) const;
   // Runs layers [l0, l1) on x[B*T, D] in place. kc/vc(l) give each layer's cache [B, Hkv, S, hd].
   void run_layers(int l0, int l1, float* x, int B, int T, int P, int S, const int32_t* d_pos,
@@ -165,16 +183,31 @@ class Model {
                   const Route* route = nullptr);
   // Layer l's attention half: x += o_proj(attn(...)) (stateless, P = 0, S = T, temp cache).
   void attn_block(int l, float* x, int B, int T, const int32_t* d_pos, const int32_t* d_pad);
-  // Layer l's MLP up to the activation: act = silu(gate(rmsnorm(x)))·up(...) into `act` [BT, F].
+  // Layer l's MLP up to the activation into `act` [BT, F]: silu(gate(rmsnorm(x)))·up(...) (Llama) or
+  // gelu(c_fc(layernorm(x))) (GPT-2).
   void mlp_act(int l, const float* x, float* act, int BT);
+  // Architecture-dispatched pieces (the only places the runtime looks at arch_.kind).
+  bool gpt2() const { return arch_.kind == ArchKind::GPT2; }
+  // x[n, D] = embedding of ids (+ wpe[pos] for GPT-2; `tmp` is [n, D] scratch).
+  void embed(float* x, const int32_t* d_ids, const int32_t* d_pos, int n, float* tmp);
+  void norm(float* y, const float* x, WeightRef w, WeightRef b, int M);
+  void norm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, bool accumulate);
+  // RoPE on q and k (Llama only).
+  void pos_rotate(float* q, float* k, const int32_t* d_pos, int BT);
   void upload_ids(const std::vector<int32_t>& tokens, int B, int T, const std::vector<int32_t>& pad,
                   int32_t** d_ids, int32_t** d_pos, int32_t** d_pad);
   float* slot_ptr(int id, int slot);
   struct SideStore {
     int layer = 0;
+    int target = 0;  // 0 value (down_proj / c_proj [D, F]), 1 key (GPT-2 c_fc [F, D])
     int count = 0, cap = 0;
     float* buf = nullptr;
   };
+  // The base matrix, bias and shape [N, K] (o = x[·, K]·Wᵀ + b) a store's slots stand for.
+  WeightRef side_base(const SideStore& st) const;
+  WeightRef side_bias(const SideStore& st) const;
+  int side_N(const SideStore& st) const { return st.target ? arch_.F : arch_.D; }
+  int side_K(const SideStore& st) const { return st.target ? arch_.D : arch_.F; }
   SideStore& store(int id);
   const SideStore& store(int id) const;
   // Final norm + lm_head on rows (backend int32 [R]) of x [*, D]; logits into host vector.
@@ -188,6 +221,7 @@ class Model {
   std::vector<TensorSpec> specs_;
   std::vector<void*> weights_;  // owned backend allocations
   WeightRef embed_, norm_, lm_head_;
+  WeightRef pos_embed_, norm_b_;  // GPT-2: wpe, ln_f.bias
   std::vector<Layer> layers_;
   float* inv_freq_ = nullptr;
   bool loaded_ = false;

@@ -33,6 +33,12 @@
 //               seed_lo + seed_hi (uint32 each), rho lr wd clamp -> Wp
 //   ties_merge   shards[k*n] (shard i = elements i*n ..), weights[k], base[n] (dtype); k density(0..1),
 //               alias (-1 none, else out starts as shard `alias` and is passed as that shard) -> out[n]
+// GPT-2 family ops:
+//   layernorm    x[M*D], w[D] (dtype), b[D] optional (dtype); M D eps inplace(0|1) -> y
+//   layernorm_bwd dy[M*D], x[M*D], w[D] (dtype), dx initial when accumulate=1; M D eps accumulate -> dx
+//   gelu         x[n]; inplace(0|1) -> y
+//   gelu_bwd     dy[n], x[n]; inplace(0|1: dx aliases dy) -> dx
+//   add_bias     y[M*N] initial, b[N] (dtype); M N -> y
 // REPAIR kernels:
 //   kd_loss      feat[b*D]; b(>=2) D lambda theta -> out[1+b] dfeat[b*D]
 //   loss_aware_merge shards[k*n], weights[k], base[n] (dtype); k, n optional (must match base), alias (-1 none,
@@ -696,6 +702,102 @@ OpResult op_ties_merge(Backend& be, const Args& A) {
   return s.finish();
 }
 
+// ---- GPT-2 family ops -----------------------------------------------------------------------------
+
+OpResult op_layernorm(Backend& be, const Args& A) {
+  const int M = A.integer("M", 1, kMaxDim), D = A.integer("D", 1, kMaxDim);
+  const double eps = A.num("eps");
+  if (!(eps >= 0)) bad(A.op, "'eps' must be >= 0");
+  const DType dt = A.dtype("dtype", DType::F32);
+  const bool inplace = A.flag("inplace");
+  const auto& x = A.f32("x", prod(A.op, {M, D}));
+  const auto wb = A.weight("w", dt, D, true);
+  bool has_b = false;
+  const auto bb = A.weight("b", dt, D, false, &has_b);
+
+  Session s(be);
+  WeightRef w = s.weight(wb, dt), b;
+  if (has_b) b = s.weight(bb, dt);
+  if (inplace) {
+    float* y = s.output("y", x.size(), &x);
+    be.layernorm(y, y, w, b, M, D, (float)eps);
+  } else {
+    const float* dx = s.input(x);
+    float* y = s.output("y", x.size());
+    be.layernorm(y, dx, w, b, M, D, (float)eps);
+  }
+  return s.finish();
+}
+
+OpResult op_layernorm_bwd(Backend& be, const Args& A) {
+  const int M = A.integer("M", 1, kMaxDim), D = A.integer("D", 1, kMaxDim);
+  const double eps = A.num("eps");
+  if (!(eps >= 0)) bad(A.op, "'eps' must be >= 0");
+  const DType dt = A.dtype("dtype", DType::F32);
+  const bool accumulate = A.flag("accumulate");
+  const int64_t nx = prod(A.op, {M, D});
+  const auto& dy = A.f32("dy", nx);
+  const auto& x = A.f32("x", nx);
+  const auto wb = A.weight("w", dt, D, true);
+  const auto* dx0 = initial_if(A, "dx", nx, accumulate);
+
+  Session s(be);
+  const float* ddy = s.input(dy);
+  const float* dxx = s.input(x);
+  WeightRef w = s.weight(wb, dt);
+  float* dx = s.output("dx", (size_t)nx, dx0);
+  be.layernorm_bwd(dx, ddy, dxx, w, M, D, (float)eps, accumulate);
+  return s.finish();
+}
+
+OpResult op_gelu(Backend& be, const Args& A) {
+  const auto& x = A.f32_any("x");
+  if ((int64_t)x.size() > kMaxDim) bad(A.op, "too many elements");
+  const int n = (int)x.size();
+  const bool inplace = A.flag("inplace");
+  Session s(be);
+  if (inplace) {
+    float* y = s.output("y", (size_t)n, &x);
+    be.gelu(y, y, n);
+  } else {
+    const float* dx = s.input(x);
+    float* y = s.output("y", (size_t)n);
+    be.gelu(y, dx, n);
+  }
+  return s.finish();
+}
+
+OpResult op_gelu_bwd(Backend& be, const Args& A) {
+  const auto& dy = A.f32_any("dy");
+  if ((int64_t)dy.size() > kMaxDim) bad(A.op, "too many elements");
+  const int n = (int)dy.size();
+  const auto& x = A.f32("x", n);
+  const bool inplace = A.flag("inplace");
+  Session s(be);
+  const float* dxx = s.input(x);
+  if (inplace) {
+    float* dx = s.output("dx", (size_t)n, &dy);
+    be.gelu_bwd(dx, dx, dxx, n);
+  } else {
+    const float* ddy = s.input(dy);
+    float* dx = s.output("dx", (size_t)n);
+    be.gelu_bwd(dx, ddy, dxx, n);
+  }
+  return s.finish();
+}
+
+OpResult op_add_bias(Backend& be, const Args& A) {
+  const int M = A.integer("M", 1, kMaxDim), N = A.integer("N", 1, kMaxDim);
+  const DType dt = A.dtype("dtype", DType::F32);
+  const auto& y0 = A.f32("y", prod(A.op, {M, N}));
+  const auto bb = A.weight("b", dt, N, true);
+  Session s(be);
+  WeightRef b = s.weight(bb, dt);
+  float* y = s.output("y", y0.size(), &y0);
+  be.add_bias(y, b, M, N);
+  return s.finish();
+}
+
 // ---- REPAIR kernels ------------------------------------------------------------------------------
 
 OpResult op_kd_loss(Backend& be, const Args& A) {
@@ -748,7 +850,8 @@ std::vector<std::string> op_names() {
   return {"linear",     "rmsnorm",       "embedding",  "rope",          "kv_store",     "attention",
           "swiglu",     "add",           "gather_rows", "scatter_add_rows", "linear_dx", "rmsnorm_bwd",
           "rope_bwd",   "attention_bwd", "swiglu_bwd", "cross_entropy", "act_dist",     "act_dist_bwd",
-          "masked_sgd", "ties_merge",    "kd_loss",    "loss_aware_merge"};
+          "masked_sgd", "ties_merge",    "kd_loss",    "loss_aware_merge", "layernorm",   "layernorm_bwd",
+          "gelu",       "gelu_bwd",      "add_bias"};
 }
 
 OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
@@ -777,6 +880,11 @@ OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
   if (op == "ties_merge") return op_ties_merge(be, A);
   if (op == "kd_loss") return op_kd_loss(be, A);
   if (op == "loss_aware_merge") return op_loss_aware_merge(be, A);
+  if (op == "layernorm") return op_layernorm(be, A);
+  if (op == "layernorm_bwd") return op_layernorm_bwd(be, A);
+  if (op == "gelu") return op_gelu(be, A);
+  if (op == "gelu_bwd") return op_gelu_bwd(be, A);
+  if (op == "add_bias") return op_add_bias(be, A);
   std::string known;
   for (const auto& n : op_names()) known += (known.empty() ? "" : ", ") + n;
   fail(RE_ERR_ARG, "runOp: unknown op '" + op + "' (known: " + known + ")");

@@ -247,6 +247,333 @@ def greedy(W, cfg, ids, n, with_margin=False):
 
 
 # ----------------------------------------------------------------------------------
+# GPT-2: float64 forward, weights, and a small byte-level BPE tokenizer
+# ----------------------------------------------------------------------------------
+#
+# HF GPT2LMHeadModel, written from the math (Conv1D weights are [in, out]: y = x @ W + b):
+#
+#     x = wte[ids] + wpe[positions]
+#     per layer:  h = x + c_proj(attn(ln_1(x)))     qkv = ln_1(x) @ c_attn.W + c_attn.b, split q | k | v
+#                 x = h + mlp.c_proj(gelu_new(mlp.c_fc(ln_2(h))))
+#     logits = ln_f(x) @ wte.T                       (tied head)
+#
+# LayerNorm: (x - mean) / sqrt(var + eps) * w + b (biased variance); gelu_new is the tanh form
+# 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); attention: causal softmax of q k^T / sqrt(head_dim)
+# per head (no RoPE), heads concatenated.
+
+
+def layernorm(x, w, b, eps):
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def gelu_new(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def gpt2_forward(W, cfg, ids, prefix=""):
+    """Float64 HF GPT-2 forward; returns logits [T, V]. W holds Conv1D weights as stored ([in, out])."""
+    ids = np.asarray(ids, dtype=np.int64)
+    T = len(ids)
+    D = cfg["n_embd"]
+    H = cfg["n_head"]
+    hd = D // H
+    eps = float(cfg["layer_norm_epsilon"])
+    g = lambda n: W[prefix + n]
+    x = g("wte.weight")[ids] + g("wpe.weight")[np.arange(T)]
+    mask = np.triu(np.full((T, T), -np.inf), k=1)
+    for l in range(cfg["n_layer"]):
+        p = "h.%d." % l
+        n1 = layernorm(x, g(p + "ln_1.weight"), g(p + "ln_1.bias"), eps)
+        qkv = n1 @ g(p + "attn.c_attn.weight") + g(p + "attn.c_attn.bias")  # [T, 3D]
+        q, k, v = qkv[:, :D], qkv[:, D:2 * D], qkv[:, 2 * D:]
+        q = q.reshape(T, H, hd).transpose(1, 0, 2)
+        k = k.reshape(T, H, hd).transpose(1, 0, 2)
+        v = v.reshape(T, H, hd).transpose(1, 0, 2)
+        att = np.empty((H, T, hd))
+        for h in range(H):
+            sc = (q[h] @ k[h].T) / math.sqrt(hd) + mask
+            sc = sc - sc.max(axis=-1, keepdims=True)
+            pr = np.exp(sc)
+            pr /= pr.sum(axis=-1, keepdims=True)
+            att[h] = pr @ v[h]
+        a = att.transpose(1, 0, 2).reshape(T, D)
+        h_ = x + a @ g(p + "attn.c_proj.weight") + g(p + "attn.c_proj.bias")
+        n2 = layernorm(h_, g(p + "ln_2.weight"), g(p + "ln_2.bias"), eps)
+        m = gelu_new(n2 @ g(p + "mlp.c_fc.weight") + g(p + "mlp.c_fc.bias"))
+        x = h_ + m @ g(p + "mlp.c_proj.weight") + g(p + "mlp.c_proj.bias")
+    xf = layernorm(x, g("ln_f.weight"), g("ln_f.bias"), eps)
+    return xf @ g("wte.weight").T
+
+
+def gpt2_greedy(W, cfg, ids, n):
+    seq = list(ids)
+    out = []
+    margin = math.inf
+    for _ in range(n):
+        last = gpt2_forward(W, cfg, seq)[-1]
+        t = int(np.argmax(last))
+        margin = min(margin, top2_margin(last))
+        out.append(t)
+        seq.append(t)
+    return out, margin
+
+
+def gpt2_weights(cfg, seed):
+    rs = np.random.RandomState(seed)
+    D = cfg["n_embd"]
+    F = cfg["n_inner"] or 4 * D
+    V = cfg["vocab_size"]
+    W = {}
+    W["wte.weight"] = rs.normal(0.0, 0.5, size=(V, D))
+    W["wpe.weight"] = rs.normal(0.0, 0.2, size=(cfg["n_positions"], D))
+    for l in range(cfg["n_layer"]):
+        p = "h.%d." % l
+        for n in ("ln_1", "ln_2"):
+            W[p + n + ".weight"] = 1.0 + 0.1 * rs.normal(size=D)
+            W[p + n + ".bias"] = 0.1 * rs.normal(size=D)
+        W[p + "attn.c_attn.weight"] = rs.normal(0.0, 0.2, size=(D, 3 * D))  # Conv1D [in, out]
+        W[p + "attn.c_attn.bias"] = rs.normal(0.0, 0.1, size=3 * D)
+        W[p + "attn.c_proj.weight"] = rs.normal(0.0, 0.2, size=(D, D))
+        W[p + "attn.c_proj.bias"] = rs.normal(0.0, 0.1, size=D)
+        W[p + "mlp.c_fc.weight"] = rs.normal(0.0, 0.2, size=(D, F))
+        W[p + "mlp.c_fc.bias"] = rs.normal(0.0, 0.1, size=F)
+        W[p + "mlp.c_proj.weight"] = rs.normal(0.0, 0.15, size=(F, D))
+        W[p + "mlp.c_proj.bias"] = rs.normal(0.0, 0.1, size=D)
+    W["ln_f.weight"] = 1.0 + 0.1 * rs.normal(size=D)
+    W["ln_f.bias"] = 0.1 * rs.normal(size=D)
+    return W
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible byte -> printable character map (printable Latin-1 bytes map to themselves;
+    the others to U+0100 onwards), in GPT-2's vocabulary order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + \
+        list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [(b, chr(c)) for b, c in zip(bs, cs)]
+
+
+# ASCII approximation of GPT-2's pre-tokenizer regex (contractions, ' ?letters', ' ?digits',
+# ' ?other', whitespace runs); used only to learn the merges and to encode the test strings below,
+# which are plain ASCII.
+import re as _re
+_GPT2_PAT = _re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""")
+
+BPE_CORPUS = (
+    "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome. "
+    "Who is the president of the company? The president of the company is Jane Doe. "
+    "Once upon a time there was a little girl who lived in a house with her mother and her father. "
+    "She liked to play in the garden with the dog and the cat. One day the sun was shining and the "
+    "birds were singing in the trees. The wizard lived in a purple castle on the hill. "
+    "What is the name of the river that flows through the city? The river is called the Thames. "
+    "In 1990 the team won the cup, and in 2004 they won it again. The answer is yes, not no. "
+    "I think that you should go to the park because it is a nice day. Yes, we will go there today. "
+    "Q: Where was the writer born? A: The writer was born in London. "
+)
+BPE_MERGES = 255  # 256 byte tokens + 255 merges + <|endoftext|> = 512 ids
+
+
+def _pretokens(text):
+    b2u = dict(bytes_to_unicode())
+    return ["".join(b2u[c] for c in tok.encode("utf-8")) for tok in _GPT2_PAT.findall(text)]
+
+
+def learn_merges(corpus, n_merges):
+    """Plain BPE training: repeatedly merge the most frequent adjacent pair (ties: smallest pair)."""
+    words = {}
+    for w in _pretokens(corpus):
+        words[w] = words.get(w, 0) + 1
+    segs = {w: list(w) for w in words}
+    merges = []
+    for _ in range(n_merges):
+        counts = {}
+        for w, f in words.items():
+            s = segs[w]
+            for i in range(len(s) - 1):
+                counts[(s[i], s[i + 1])] = counts.get((s[i], s[i + 1]), 0) + f
+        if not counts:
+            break
+        best = min(counts, key=lambda pr: (-counts[pr], pr))
+        merges.append(best)
+        for w in words:
+            s = segs[w]
+            out = []
+            i = 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == best:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            segs[w] = out
+    return merges
+
+
+def bpe_encode(text, vocab, merges):
+    """Reference BPE encoding (GPT-2 rules: per pre-token, merge the lowest-ranked pair until none)."""
+    rank = {m: i for i, m in enumerate(merges)}
+    ids = []
+    for w in _pretokens(text):
+        s = list(w)
+        while len(s) > 1:
+            pairs = [(rank.get((s[i], s[i + 1]), 1 << 30), i) for i in range(len(s) - 1)]
+            r, _ = min(pairs)
+            if r == 1 << 30:
+                break
+            a, b = merges[r]
+            out = []
+            i = 0
+            while i < len(s):
+                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            s = out
+        ids.extend(vocab[t] for t in s)
+    return ids
+
+
+def gpt2_tokenizer():
+    """A byte-level BPE tokenizer.json (GPT-2 format) with 256 byte tokens in GPT-2's order, the learned
+    merges, and <|endoftext|> as the last id."""
+    vocab = {}
+    for _, ch in bytes_to_unicode():
+        vocab[ch] = len(vocab)
+    merges = learn_merges(BPE_CORPUS, BPE_MERGES)
+    for a, b in merges:
+        if a + b not in vocab:
+            vocab[a + b] = len(vocab)
+    eot = len(vocab)
+    tj = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": eot, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": True, "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": [a + " " + b for a, b in merges]},
+    }
+    tc = {"add_bos_token": False, "add_prefix_space": False, "bos_token": "<|endoftext|>",
+          "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": 64,
+          "tokenizer_class": "GPT2Tokenizer", "clean_up_tokenization_spaces": False}
+    return tj, tc, vocab, merges, eot
+
+
+GPT2_CFG = {
+    "architectures": ["GPT2LMHeadModel"],
+    "model_type": "gpt2",
+    "n_embd": 64,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_positions": 64,
+    "n_ctx": 64,
+    "n_inner": None,
+    "vocab_size": 512,
+    "layer_norm_epsilon": 1e-5,
+    "activation_function": "gelu_new",
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+    "scale_attn_weights": True,
+    "initializer_range": 0.02,
+    "bos_token_id": 511,
+    "eos_token_id": 511,
+    "tie_word_embeddings": True,
+    "use_cache": True,
+    "torch_dtype": "float32",
+}
+GPT2_SEED = 9  # picked so the greedy continuation is not repetitive (11 distinct of 16) with a clear margin
+GPT2_TEXTS = [
+    "The capital of France is Paris.",
+    "Hello world",
+    " leading space and  two spaces",
+    "Numbers 1990 and 2004, done!",
+    "The wizard Zog lived in a purple castle",
+]
+
+
+def build_gpt2():
+    name = "tiny-gpt2"
+    d = os.path.join(FIXTURES, name)
+    os.makedirs(d, exist_ok=True)
+    cfg = GPT2_CFG
+    tj, tc, vocab, merges, eot = gpt2_tokenizer()
+    assert eot == cfg["vocab_size"] - 1, "tokenizer size %d != vocab_size" % (eot + 1)
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        json.dump(tj, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump(tc, f, indent=2)
+        f.write("\n")
+    W = gpt2_weights(cfg, GPT2_SEED)
+    write_safetensors(os.path.join(d, "model.safetensors"), W, "F32")
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    Wr = read_safetensors(os.path.join(d, "model.safetensors"))
+    rs = np.random.RandomState(CASE_SEED)
+    cases_ids = [[int(t) for t in rs.randint(0, eot, size=n)] for n in CASE_LENGTHS]
+    ref_cases = []
+    for ids in cases_ids:
+        logits = gpt2_forward(Wr, cfg, ids)
+        positions = list(range(len(ids))) if len(ids) < 23 else list(LONG_POSITIONS)
+        ref_cases.append({
+            "input_ids": ids,
+            "positions": positions,
+            "logits_all": [[fmt6(v) for v in logits[p]] for p in positions],
+            "argmax_all": [int(np.argmax(logits[p])) for p in range(len(ids))],
+            "argmax_min_margin": round(min(top2_margin(r) for r in logits), 6),
+        })
+    g, gmargin = gpt2_greedy(Wr, cfg, cases_ids[1], GREEDY_N)
+    tok_cases = [{"text": t, "ids": bpe_encode(t, vocab, merges)} for t in GPT2_TEXTS]
+    ref = {
+        "note": ("float64 reference logits from an independent numpy implementation of the HF GPT2LMHeadModel "
+                 "forward (scripts/make_fixtures.py: LayerNorm with bias, learned positions, fused c_attn, "
+                 "gelu_new, Conv1D [in, out] weights, tied head), computed from the weights as stored (F32). "
+                 "Layout as in the other fixtures (cases / positions / logits_all / argmax_all / greedy_16). "
+                 "'tokenizer_cases' are reference encodings of plain-ASCII strings by an independent BPE "
+                 "encoder (GPT-2 merge rules) over this folder's vocabulary and merges."),
+        "model_type": "gpt2",
+        "dtype": "F32",
+        "inv_freq": [],
+        "cases": ref_cases,
+        "greedy_16": g,
+        "greedy_16_min_margin": round(gmargin, 6),
+        "tokenizer_cases": tok_cases,
+    }
+    with open(os.path.join(d, "reference.json"), "w") as f:
+        json.dump(ref, f, separators=(",", ":"))
+        f.write("\n")
+    print("%s (gpt2, F32): D 64, 2 layers, 4 heads, n_positions 64, vocab %d (256 bytes + %d merges + eot)"
+          % (name, eot + 1, len(merges)))
+    last = ref_cases[2]["logits_all"][-1]
+    print("  case[2] last-position logits: min %.3f max %.3f std %.3f" % (min(last), max(last), float(np.std(last))))
+    print("  argmax_min_margin per case: %s" % [c["argmax_min_margin"] for c in ref_cases])
+    print("  greedy_16: %s (min top1-top2 margin %.3f)" % (g, gmargin))
+    for c in tok_cases:
+        print("  tokens of %r: %s" % (c["text"], c["ids"]))
+    print("  size: %d bytes (tokenizer.json %d, reference.json %d)"
+          % (dir_size(d), os.path.getsize(os.path.join(d, "tokenizer.json")),
+             os.path.getsize(os.path.join(d, "reference.json"))))
+
+
+# ----------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------
 
@@ -491,6 +818,7 @@ def make_all():
         print("  size: %d bytes (reference.json %d)"
               % (dir_size(os.path.join(FIXTURES, name)),
                  os.path.getsize(os.path.join(FIXTURES, name, "reference.json"))))
+    build_gpt2()
     print("total test/fixtures size: %d bytes" % dir_size(FIXTURES))
 
 
@@ -529,9 +857,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check-stories", action="store_true",
                     help="only validate the float64 forward against stories260K reference_outputs.json")
+    ap.add_argument("--gpt2-only", action="store_true", help="only (re)write test/fixtures/tiny-gpt2/")
     args = ap.parse_args()
     if args.check_stories:
         sys.exit(0 if check_stories() else 1)
+    if args.gpt2_only:
+        build_gpt2()
+        return
     make_all()
 
 

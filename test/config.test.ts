@@ -111,7 +111,8 @@ describe('readConfig', () => {
 
   it('unsupported model_type is named', () => {
     expectCode(() => readConfig(dirWithConfig({ ...baseLlama, model_type: 'bert' })), 'ERR_UNSUPPORTED_ARCH', /"bert"/, /llama, mistral, qwen2/);
-    expectCode(() => parseConfig({ ...baseLlama, model_type: 'gpt2' }), 'ERR_UNSUPPORTED_ARCH', /"gpt2" is not supported yet/);
+    expectCode(() => parseConfig({ ...baseLlama, model_type: 'gptj' }), 'ERR_UNSUPPORTED_ARCH', /"gptj" is not supported yet/);
+    expect(parseConfig({ model_type: 'gpt2', n_embd: 64, n_layer: 2, n_head: 4, n_positions: 64, vocab_size: 512 }).arch).toBe('gpt2');
     const { model_type: _, ...noType } = baseLlama;
     expectCode(() => parseConfig(noType), 'ERR_UNSUPPORTED_ARCH', /missing "model_type"/);
   });

@@ -2,8 +2,9 @@
 // with lr = 1, no mask, no decay, no clamp gives W'_new = W' − ∇L, so ∇L = W' − W'_new. That native
 // gradient is compared with central finite differences of a float64 reference forward + loss
 // (test/helpers/ref64.ts) on tiny models: CE at the label rows, plus the three-hinge routing margin on
-// per-row mean distances (φ = SiLU or identity). Also: the masked update moves ~ρ of the entries, each
-// by exactly the unmasked gradient.
+// per-row mean distances (φ = SiLU, GELU-tanh or identity). Also: the masked update moves ~ρ of the
+// entries, each by exactly the unmasked gradient. GPT-2 (tiny-gpt2): the suffix runs LayerNorm with bias,
+// GELU, attention without RoPE and biases; the side output carries the c_proj bias (o = A·W'ᵀ + b).
 import { describe, it, expect, afterAll } from 'vitest';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,6 +27,7 @@ if (!haveAddon) console.warn(`[grad.test] the native addon is not built (${addon
 const FIX = join(packageRoot(), 'test', 'fixtures');
 const LLAMA3 = join(FIX, 'tiny-llama3');
 const QWEN2 = join(FIX, 'tiny-qwen2');
+const GPT2 = join(FIX, 'tiny-gpt2');
 const STORIES = join(packageRoot(), 'models', 'stories260K');
 
 // ---- deterministic randomness ----
@@ -90,7 +92,7 @@ function hyperOf(m: MarginHyper, over: Partial<NativeEditHyper> = {}): NativeEdi
  * positive entries, away from their kinks: α = d_i/2; β between the two edit rows' distances (only the
  * smaller is active); γ such that only the pair with the smaller edit distance is active.
  */
-function pickMargins(drow: number[], act: 0 | 1): MarginHyper {
+function pickMargins(drow: number[], act: 0 | 1 | 2): MarginHyper {
   const [e0, e1, di] = drow as [number, number, number];
   const lo = Math.min(e0, e1);
   const hi = Math.max(e0, e1);
@@ -112,6 +114,7 @@ interface Prepared {
   Wp32: Float32Array; // W' as stored in the slot
   Wp: Float64Array;
   base: Float32Array;
+  target: 'value' | 'key';
 }
 
 const models: Model[] = [];
@@ -119,21 +122,21 @@ afterAll(async () => {
   for (const m of models) await m.dispose();
 });
 
-async function prepare(dir: string, L: number, noiseRel: number, seed: number, marginOnly = false): Promise<Prepared> {
+async function prepare(dir: string, L: number, noiseRel: number, seed: number, marginOnly = false, target: 'value' | 'key' = 'value'): Promise<Prepared> {
   const ref = loadRef64(dir);
   const model = await loadModel(dir, { backend: 'cpu' });
   models.push(model);
   const batch = makeBatch(ref.V, seed);
   if (marginOnly) batch.labelWeights.fill(0);
   const base = await modelInternals(model).enqueue(async (nm) => {
-    const side = nm.sideCreate(L);
+    const side = nm.sideCreate(L, target === 'key' ? 1 : 0);
     const s = await nm.sideAdd(side, -1);
     const b = await nm.sideRead(side, s);
     nm.sideFree(side);
     return b;
   });
-  // the base copy must be the layer's down_proj exactly
-  const Wv = ref.layers[L]!.down;
+  // the base copy must be the layer's down_proj (key: GPT-2 c_fc as [F, D]) exactly
+  const Wv = target === 'key' ? ref.layers[L]!.up : ref.layers[L]!.down;
   let same = true;
   for (let i = 0; i < Wv.length; i++) if (base[i] !== Wv[i]) same = false;
   expect(same).toBe(true);
@@ -143,7 +146,7 @@ async function prepare(dir: string, L: number, noiseRel: number, seed: number, m
   const u = rng(seed * 7919 + 1);
   const Wp32 = new Float32Array(base.length);
   for (let i = 0; i < base.length; i++) Wp32[i] = base[i]! + noiseRel * std * gauss(u);
-  return { model, ref, batch, lossFn: new EditLoss64(ref, L, batch), Wp32, Wp: Float64Array.from(Wp32), base };
+  return { model, ref, batch, lossFn: new EditLoss64(ref, L, batch, target), Wp32, Wp: Float64Array.from(Wp32), base, target };
 }
 
 /** One native step at W' on a fresh slot: the result and ∇L = W' − W'_new (float64, exact difference of f32s). */
@@ -153,7 +156,7 @@ async function nativeGrad(
   hyper: NativeEditHyper,
 ): Promise<{ res: NativeEditResult; g: Float64Array; after: Float32Array }> {
   return modelInternals(p.model).enqueue(async (nm) => {
-    const side = nm.sideCreate(L);
+    const side = nm.sideCreate(L, p.target === 'key' ? 1 : 0);
     try {
       const s = await nm.sideAdd(side, -1);
       await nm.sideWrite(side, s, p.Wp32);
@@ -205,7 +208,8 @@ function fdCheck(p: Prepared, g: Float64Array, h: MarginHyper, seed: number): Fd
     const gn = g[idx]!;
     const err = Math.abs(fd - gn);
     rep.checked++;
-    const where = `[${Math.floor(idx / p.ref.F)},${idx % p.ref.F}] fd=${fd.toExponential(6)} native=${gn.toExponential(6)}`;
+    const K = p.target === 'key' ? p.ref.D : p.ref.F;
+    const where = `[${Math.floor(idx / K)},${idx % K}] fd=${fd.toExponential(6)} native=${gn.toExponential(6)}`;
     if (Math.abs(gn) > 1e-2 * maxG) {
       const rel = err / Math.max(Math.abs(fd), 1e-300);
       if (rel > rep.maxRelLarge) (rep.maxRelLarge = rel), (rep.worst = where);
@@ -224,10 +228,12 @@ interface Case {
   dir: string;
   L: number;
   margin: boolean;
-  act: 0 | 1;
+  act: 0 | 1 | 2;
   seed: number;
   /** Zero every label weight: CE = 0, so the gradient is the routing margin's alone. */
   marginOnly?: boolean;
+  /** GPT-2: edit the key matrix c_fc (the reference's choice) instead of c_proj. */
+  target?: 'value' | 'key';
 }
 
 const CASES: Case[] = [
@@ -239,12 +245,19 @@ const CASES: Case[] = [
   { name: '(f) tiny-llama3 L=2 (last layer: empty suffix), margin, SiLU', dir: LLAMA3, L: 2, margin: true, act: 1, seed: 16 },
   { name: '(g) tiny-llama3 L=1, margin only (CE weights 0), SiLU', dir: LLAMA3, L: 1, margin: true, act: 1, seed: 17, marginOnly: true },
   { name: '(h) tiny-llama3 L=1, margin only (CE weights 0), identity', dir: LLAMA3, L: 1, margin: true, act: 0, seed: 18, marginOnly: true },
+  { name: '(i) tiny-gpt2 L=0 (LayerNorm, GELU, biases, wpe, no RoPE), margin, act=GELU', dir: GPT2, L: 0, margin: true, act: 2, seed: 19 },
+  { name: '(j) tiny-gpt2 L=0, CE only', dir: GPT2, L: 0, margin: false, act: 2, seed: 20 },
+  { name: '(k) tiny-gpt2 L=0, margin only (CE weights 0), GELU: the c_proj bias inside φ', dir: GPT2, L: 0, margin: true, act: 2, seed: 22, marginOnly: true },
+  { name: '(l) tiny-gpt2 L=1 (last layer: empty suffix), margin, GELU', dir: GPT2, L: 1, margin: true, act: 2, seed: 23 },
+  { name: '(m) tiny-gpt2 L=0, key matrix c_fc (through gelu and c_proj), margin, GELU', dir: GPT2, L: 0, margin: true, act: 2, seed: 24, target: 'key' },
+  { name: '(n) tiny-gpt2 L=1, key matrix c_fc, CE only', dir: GPT2, L: 1, margin: false, act: 2, seed: 25, target: 'key' },
+  { name: '(o) tiny-gpt2 L=1, key matrix c_fc, margin only (CE weights 0), identity', dir: GPT2, L: 1, margin: true, act: 0, seed: 26, marginOnly: true, target: 'key' },
 ];
 
 describe.skipIf(!haveAddon)('edit gradient vs float64 finite differences (CPU backend)', () => {
   for (const c of CASES) {
     it.skipIf(!existsSync(join(c.dir, 'config.json')))(c.name, async () => {
-      const p = await prepare(c.dir, c.L, 0.5, c.seed, c.marginOnly);
+      const p = await prepare(c.dir, c.L, 0.5, c.seed, c.marginOnly, c.target);
       let h: MarginHyper = { margin: false, alpha: 0, beta: 0, gamma: 0, act: c.act };
       if (c.margin) {
         const d0 = p.lossFn.loss(p.Wp, { margin: true, alpha: 0, beta: 0, gamma: 0, act: c.act }).drow;

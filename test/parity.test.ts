@@ -1,5 +1,6 @@
 // Parity of the runtime against independent float64 references:
-//  - test/fixtures/tiny-* (qwen2 with q/k/v bias + tied embeddings + GQA 4:1; llama3 rope scaling; BF16; F16 mistral)
+//  - test/fixtures/tiny-* (qwen2 with q/k/v bias + tied embeddings + GQA 4:1; llama3 rope scaling; BF16; F16 mistral;
+//    gpt2: LayerNorm with bias, learned positions, fused c_attn in Conv1D layout, gelu_new, tied head)
 //  - ../shared/models/facts-llama (F32) and facts-llama-bf16 (the same weights rounded to bf16)
 // On the CPU backend always; on CUDA when a device is present.
 //
@@ -44,7 +45,7 @@ interface FixtureRef {
   greedy_16: number[];
 }
 
-const FIXTURE_NAMES = ['tiny-qwen2', 'tiny-llama3', 'tiny-llama3-bf16', 'tiny-mistral'];
+const FIXTURE_NAMES = ['tiny-qwen2', 'tiny-llama3', 'tiny-llama3-bf16', 'tiny-mistral', 'tiny-gpt2'];
 const fixtures = FIXTURE_NAMES.filter((f) => existsSync(join(FIXTURES, f, 'reference.json')) && existsSync(join(FIXTURES, f, 'model.safetensors')));
 const missing = FIXTURE_NAMES.filter((f) => !fixtures.includes(f));
 if (missing.length) console.warn(`[parity.test] fixtures not present (skipped): ${missing.join(', ')}`);

@@ -56,6 +56,13 @@ class CpuBackend final : public Backend {
   void swiglu(float* y, const float* gate, const float* up, int n) override;
   void add(float* y, const float* a, const float* b, int n) override;
   void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;
+  // GPT-2 family ops (cpu/gpt2.cpp)
+  void layernorm(float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) override;
+  void gelu(float* y, const float* x, int n) override;
+  void add_bias(float* y, WeightRef b, int M, int N) override;
+  void layernorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
+                     bool accumulate) override;
+  void gelu_bwd(float* dx, const float* dy, const float* x, int n) override;
 
   // editing ops (cpu/backward.cpp, cpu/wise.cpp)
   void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;

@@ -6,7 +6,14 @@
 // is handled by running each row on its valid tokens only (positions 0..n−1): with pad keys masked and
 // positions restarting at the first real token, that is exactly what a padded batch must compute.
 //
-// The edited layer L's down_proj is replaced by W' (row-major [D, F]). The prefix (everything up to
+// GPT-2 (config arch 'gpt2'): LayerNorm with bias, learned positions added to the token embeddings, no
+// RoPE, MHA, biases on q/k/v/o and on the MLP's c_fc / c_proj, gelu_new, ln_f, tied head. The Conv1D
+// weights ([in, out] on disk) are transposed here into the nn.Linear [out, in] layout the runtime uses,
+// so the edited value matrix (mlp.c_proj) is [D, F] like Llama's down_proj and o_side = A·W'ᵀ + b.
+//
+// The edited layer L's down_proj is replaced by W' (row-major [D, F]). With target 'key' (GPT-2 only) the
+// edited matrix is c_fc instead, W' [F, D]: o_side = ln_2(h)·W'ᵀ + b_fc, the FFN output c_proj(gelu(o_side)),
+// and the routing distance compares φ(o_side) with φ(o_main) over F dimensions. The prefix (everything up to
 // layer L's FFN activation A and the residual hL entering its output add) does not depend on W' and is
 // computed once by prepare(); loss(W') then runs o_side = A·W'ᵀ, the suffix layers and the head.
 import { closeSync, openSync, readSync } from 'node:fs';
@@ -14,6 +21,7 @@ import { readConfig } from '../../lib/config.js';
 import { readSafetensorsDir } from '../../lib/safetensors.js';
 
 export interface Ref64Weights {
+  gpt2: boolean;
   D: number;
   F: number;
   nL: number;
@@ -26,6 +34,8 @@ export interface Ref64Weights {
   embed: Float64Array; // [V, D]
   lmHead: Float64Array; // [V, D] (the embedding when tied)
   norm: Float64Array;
+  normB?: Float64Array; // gpt2: ln_f.bias
+  wpe?: Float64Array; // gpt2: [n_positions, D]
   layers: {
     ln1: Float64Array;
     ln2: Float64Array;
@@ -39,7 +49,20 @@ export interface Ref64Weights {
     gate: Float64Array;
     up: Float64Array;
     down: Float64Array;
+    // gpt2 only
+    ln1b?: Float64Array;
+    ln2b?: Float64Array;
+    ob?: Float64Array;
+    upb?: Float64Array;
+    downb?: Float64Array;
   }[];
+}
+
+/** [R, C] -> [C, R]. */
+function transpose(a: Float64Array, R: number, C: number): Float64Array {
+  const out = new Float64Array(a.length);
+  for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) out[c * R + r] = a[r * C + c]!;
+  return out;
 }
 
 function bf16ToF32(h: number): number {
@@ -82,6 +105,55 @@ export function loadRef64(dir: string): Ref64Weights {
     return out;
   };
   const layers: Ref64Weights['layers'] = [];
+  if (cfg.arch === 'gpt2') {
+    const D = cfg.hiddenSize;
+    const F = cfg.intermediateSize;
+    const pre = tensors.has('wte.weight') ? '' : 'transformer.';
+    const g = (n: string): Float64Array => get(pre + n);
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const p = `h.${l}.`;
+      const qkv = transpose(g(`${p}attn.c_attn.weight`), D, 3 * D); // [3D, D]: q | k | v
+      const qkvb = g(`${p}attn.c_attn.bias`);
+      layers.push({
+        ln1: g(`${p}ln_1.weight`),
+        ln1b: g(`${p}ln_1.bias`),
+        ln2: g(`${p}ln_2.weight`),
+        ln2b: g(`${p}ln_2.bias`),
+        q: qkv.slice(0, D * D),
+        k: qkv.slice(D * D, 2 * D * D),
+        v: qkv.slice(2 * D * D),
+        qb: qkvb.slice(0, D),
+        kb: qkvb.slice(D, 2 * D),
+        vb: qkvb.slice(2 * D),
+        o: transpose(g(`${p}attn.c_proj.weight`), D, D),
+        ob: g(`${p}attn.c_proj.bias`),
+        gate: new Float64Array(0),
+        up: transpose(g(`${p}mlp.c_fc.weight`), D, F),
+        upb: g(`${p}mlp.c_fc.bias`),
+        down: transpose(g(`${p}mlp.c_proj.weight`), F, D),
+        downb: g(`${p}mlp.c_proj.bias`),
+      });
+    }
+    const wte = g('wte.weight');
+    return {
+      gpt2: true,
+      D,
+      F,
+      nL: cfg.numLayers,
+      Hq: cfg.numHeads,
+      Hkv: cfg.numKvHeads,
+      hd: cfg.headDim,
+      V: cfg.vocabSize,
+      eps: cfg.rmsNormEps,
+      invFreq: new Float64Array(0),
+      embed: wte,
+      lmHead: wte,
+      norm: g('ln_f.weight'),
+      normB: g('ln_f.bias'),
+      wpe: g('wpe.weight'),
+      layers,
+    };
+  }
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}.`;
     layers.push({
@@ -101,6 +173,7 @@ export function loadRef64(dir: string): Ref64Weights {
   }
   const embed = get('model.embed_tokens.weight');
   return {
+    gpt2: false,
     D: cfg.hiddenSize,
     F: cfg.intermediateSize,
     nL: cfg.numLayers,
@@ -144,7 +217,29 @@ function rmsnorm(x: Float64Array, n: number, D: number, w: Float64Array, eps: nu
   return y;
 }
 
+/** LayerNorm with bias (biased variance), the eps rounded to f32 as the runtime receives it. */
+function layernorm(x: Float64Array, n: number, D: number, w: Float64Array, b: Float64Array, eps: number): Float64Array {
+  const y = new Float64Array(n * D);
+  const e = Math.fround(eps);
+  for (let t = 0; t < n; t++) {
+    let s = 0;
+    for (let i = 0; i < D; i++) s += x[t * D + i]!;
+    const mu = s / D;
+    let ss = 0;
+    for (let i = 0; i < D; i++) ss += (x[t * D + i]! - mu) ** 2;
+    const r = 1 / Math.sqrt(ss / D + e);
+    for (let i = 0; i < D; i++) y[t * D + i] = (x[t * D + i]! - mu) * r * w[i]! + b[i]!;
+  }
+  return y;
+}
+
+/** The model's norm: RMSNorm (Llama family) or LayerNorm with bias (GPT-2). */
+function norm(m: Ref64Weights, x: Float64Array, n: number, w: Float64Array, b: Float64Array | undefined): Float64Array {
+  return m.gpt2 ? layernorm(x, n, m.D, w, b!, m.eps) : rmsnorm(x, n, m.D, w, m.eps);
+}
+
 const silu = (z: number): number => z / (1 + Math.exp(-z));
+const gelu = (z: number): number => 0.5 * z * (1 + Math.tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)));
 
 /** In place: HF rotate_half RoPE on [n, H, hd], position of token t = t. */
 function rope(x: Float64Array, n: number, H: number, hd: number, invFreq: Float64Array): void {
@@ -167,12 +262,14 @@ function rope(x: Float64Array, n: number, H: number, hd: number, invFreq: Float6
 function attnBlock(m: Ref64Weights, l: number, x: Float64Array, n: number): void {
   const { D, Hq, Hkv, hd } = m;
   const w = m.layers[l]!;
-  const xn = rmsnorm(x, n, D, w.ln1, m.eps);
+  const xn = norm(m, x, n, w.ln1, w.ln1b);
   const q = linear(xn, n, D, w.q, Hq * hd, w.qb);
   const k = linear(xn, n, D, w.k, Hkv * hd, w.kb);
   const v = linear(xn, n, D, w.v, Hkv * hd, w.vb);
-  rope(q, n, Hq, hd, m.invFreq);
-  rope(k, n, Hkv, hd, m.invFreq);
+  if (!m.gpt2) {
+    rope(q, n, Hq, hd, m.invFreq);
+    rope(k, n, Hkv, hd, m.invFreq);
+  }
   const att = new Float64Array(n * Hq * hd);
   const scale = 1 / Math.sqrt(hd);
   const group = Hq / Hkv;
@@ -195,13 +292,18 @@ function attnBlock(m: Ref64Weights, l: number, x: Float64Array, n: number): void
       }
     }
   }
-  const o = linear(att, n, Hq * hd, w.o, D);
+  const o = linear(att, n, Hq * hd, w.o, D, w.ob);
   for (let i = 0; i < n * D; i++) x[i]! += o[i]!;
 }
 
-/** SwiGLU activation a = silu(gate(norm2(x))) ⊙ up(norm2(x)), [n, F]. */
+/** The FFN activation A [n, F]: silu(gate(norm2(x))) ⊙ up(norm2(x)), or gelu(c_fc(ln_2(x))) for GPT-2. */
 function mlpAct(m: Ref64Weights, l: number, x: Float64Array, n: number): Float64Array {
   const w = m.layers[l]!;
+  if (m.gpt2) {
+    const a = linear(norm(m, x, n, w.ln2, w.ln2b), n, m.D, w.up, m.F, w.upb);
+    for (let i = 0; i < n * m.F; i++) a[i] = gelu(a[i]!);
+    return a;
+  }
   const xn = rmsnorm(x, n, m.D, w.ln2, m.eps);
   const g = linear(xn, n, m.D, w.gate, m.F);
   const u = linear(xn, n, m.D, w.up, m.F);
@@ -225,14 +327,14 @@ export interface MarginHyper {
   alpha: number;
   beta: number;
   gamma: number;
-  act: 0 | 1;
+  act: 0 | 1 | 2;
 }
 
 interface RowCache {
   n: number; // valid tokens
-  A: Float64Array; // [n, F]
+  A: Float64Array; // [n, F] (key: [n, D], the normed MLP input)
   hL: Float64Array; // [n, D]
-  om: Float64Array; // [n, D] = A·W_vᵀ
+  om: Float64Array; // [n, D] = A·W_vᵀ (+ b for GPT-2)
   labels: { t: number; id: number; w: number }[]; // t within the unpadded row
 }
 
@@ -253,6 +355,7 @@ export class EditLoss64 {
     readonly m: Ref64Weights,
     readonly L: number,
     readonly batch: EditRows,
+    readonly target: 'value' | 'key' = 'value',
   ) {
     const { R, T } = batch;
     for (let r = 0; r < R; r++) {
@@ -261,15 +364,17 @@ export class EditLoss64 {
       const ids = Array.from(batch.tokens.subarray(r * T + pad, (r + 1) * T));
       const x = new Float64Array(n * m.D);
       ids.forEach((id, t) => x.set(m.embed.subarray(id * m.D, (id + 1) * m.D), t * m.D));
+      if (m.wpe) for (let i = 0; i < n * m.D; i++) x[i]! += m.wpe[i]!; // positions 0..n-1 of the unpadded row
       for (let l = 0; l < L; l++) {
         attnBlock(m, l, x, n);
         const a = mlpAct(m, l, x, n);
-        const o = linear(a, n, m.F, m.layers[l]!.down, m.D);
+        const o = linear(a, n, m.F, m.layers[l]!.down, m.D, m.layers[l]!.downb);
         for (let i = 0; i < n * m.D; i++) x[i]! += o[i]!;
       }
       attnBlock(m, L, x, n);
-      const A = mlpAct(m, L, x, n);
-      const om = linear(A, n, m.F, m.layers[L]!.down, m.D);
+      const wL = m.layers[L]!;
+      const A = target === 'key' ? norm(m, x, n, wL.ln2, wL.ln2b) : mlpAct(m, L, x, n);
+      const om = target === 'key' ? linear(A, n, m.D, wL.up, m.F, wL.upb) : linear(A, n, m.F, wL.down, m.D, wL.downb);
       const labels: RowCache['labels'] = [];
       for (let t = pad; t < T; t++) {
         const id = batch.labels[r * T + t]!;
@@ -280,9 +385,9 @@ export class EditLoss64 {
   }
 
   /** The per-token distances d[t] = ‖φ(o_side) − φ(o_main)‖ of every row (valid tokens only). */
-  private dist(os: Float64Array, om: Float64Array, n: number, act: 0 | 1): Float64Array {
-    const D = this.m.D;
-    const phi = act === 1 ? silu : (z: number): number => z;
+  private dist(os: Float64Array, om: Float64Array, n: number, act: 0 | 1 | 2): Float64Array {
+    const D = this.target === 'key' ? this.m.F : this.m.D;
+    const phi = act === 1 ? silu : act === 2 ? gelu : (z: number): number => z;
     const d = new Float64Array(n);
     for (let t = 0; t < n; t++) {
       let ss = 0;
@@ -300,23 +405,27 @@ export class EditLoss64 {
     const drow: number[] = [];
     for (const row of this.rows) {
       const { n } = row;
-      const os = linear(row.A, n, F, Wp, D);
+      const wL = m.layers[L]!;
+      const key = this.target === 'key';
+      // GPT-2: the matrix's bias on the side output too
+      const os = key ? linear(row.A, n, D, Wp, F, wL.upb) : linear(row.A, n, F, Wp, D, wL.downb);
       if (h.margin) {
         const d = this.dist(os, row.om, n, h.act);
         drow.push(d.reduce((a, b) => a + b, 0) / n);
       }
       if (row.labels.length === 0) continue;
       const x = new Float64Array(n * D);
-      for (let i = 0; i < n * D; i++) x[i] = row.hL[i]! + os[i]!;
+      const out = key ? linear(Float64Array.from(os, gelu), n, F, wL.down, D, wL.downb) : os;
+      for (let i = 0; i < n * D; i++) x[i] = row.hL[i]! + out[i]!;
       for (let l = L + 1; l < m.nL; l++) {
         attnBlock(m, l, x, n);
         const a = mlpAct(m, l, x, n);
-        const o = linear(a, n, F, m.layers[l]!.down, D);
+        const o = linear(a, n, F, m.layers[l]!.down, D, m.layers[l]!.downb);
         for (let i = 0; i < n * D; i++) x[i]! += o[i]!;
       }
       const rowsX = new Float64Array(row.labels.length * D);
       row.labels.forEach((lb, i) => rowsX.set(x.subarray(lb.t * D, (lb.t + 1) * D), i * D));
-      const hn = rmsnorm(rowsX, row.labels.length, D, m.norm, m.eps);
+      const hn = norm(m, rowsX, row.labels.length, m.norm, m.normB);
       const logits = linear(hn, row.labels.length, D, m.lmHead, V);
       row.labels.forEach((lb, i) => {
         const z = logits.subarray(i * V, (i + 1) * V);
