@@ -196,7 +196,7 @@ interface LoopState {
   /** E: edits whose last monitored prediction failed. */
   feedback: string[];
   /** Last monitored status of each edit: the memory it routed to (uid, or 'main') and a(x). */
-  status: Record<string, { memory: string; score: number; ok: boolean }>;
+  status: Record<string, { memory: string; routedTo?: string; score: number; ok: boolean }>;
   attempts: Record<string, number>;
   gaveUp: string[];
   uidCounter: number;
@@ -817,7 +817,10 @@ export class Editor {
   #onEvent: ((e: RepairEvent) => void) | undefined;
 
   #remapStatus(from: string[], to: string): void {
-    for (const s of Object.values(this.#loop.status)) if (from.includes(s.memory)) s.memory = to;
+    for (const s of Object.values(this.#loop.status)) {
+      if (from.includes(s.memory)) s.memory = to;
+      if (s.routedTo && from.includes(s.routedTo)) s.routedTo = to;
+    }
   }
 
   // ---- the REPAIR closed loop (ALGORITHM.md §2.1, Alg. 1) ----
@@ -983,10 +986,11 @@ export class Editor {
         memory = route;
       }
       const ok = score >= ro.tauCorrect;
-      // Attribution (§2.2): the memory that produced the prediction — the paper's argmax-activation rule,
-      // as the router applies it; an edit routed to the main weight (its memory no longer activates) is
-      // charged to the memory that holds it.
-      loop.status[p.id] = { memory: memory !== 'main' ? memory : this.#holder(p.id), score, ok };
+      // Attribution (§2.2) [ours]: an edit is charged to the memory that holds it (it failed to serve its
+      // edit — also when it no longer activates at all) and, when another memory out-scored it, to that
+      // memory too (the paper's argmax-activation rule): a broken shard and a memory that steals
+      // routes both show up in the per-memory error rates.
+      loop.status[p.id] = { memory: this.#holder(p.id), routedTo: memory, score, ok };
       if (!ok) {
         if (!loop.feedback.includes(p.id)) loop.feedback.push(p.id);
         onEvent?.({ type: 'error-detected', id: p.id, score, memory: this.#holder(p.id), routedTo: memory });
@@ -1038,7 +1042,11 @@ export class Editor {
   async #maybeRetrigger(onEvent: ((e: RepairEvent) => void) | undefined, gaveUp: string[]): Promise<number> {
     const ro = this.config.repair!;
     const loop = this.#loop;
-    const rates = [...errorRates(Object.values(loop.status).map((s) => ({ memory: s.memory === 'main' ? undefined : s.memory, ok: s.ok })))].filter(([, r]) => r.n >= ro.minMonitored);
+    const charged = Object.values(loop.status).flatMap((s) => [
+      { memory: s.memory === 'main' ? undefined : s.memory, ok: s.ok },
+      ...(s.routedTo && s.routedTo !== 'main' && s.routedTo !== s.memory ? [{ memory: s.routedTo, ok: s.ok }] : []),
+    ]);
+    const rates = [...errorRates(charged)].filter(([, r]) => r.n >= ro.minMonitored);
     const worst = rates.reduce<[string, { n: number; failed: number; rate: number }] | undefined>((a, b) => (!a || b[1].rate > a[1].rate ? b : a), undefined);
     const byRate = worst !== undefined && worst[1].rate > ro.tauPrune;
     const byPool = loop.feedback.length > ro.tauE;
