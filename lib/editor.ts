@@ -635,8 +635,8 @@ export class Editor {
     }
     this.#validateRequest(request);
     const id = request.id ?? this.#freshId();
-    const [res] = await this.#train([{ id, request, attempts: 0 }], false, opts);
-    return res!;
+    const { results } = await this.#train([{ id, request, attempts: 0 }], false, opts);
+    return results[0]!;
   }
 
   #freshId(): string {
@@ -648,7 +648,11 @@ export class Editor {
    * Train a batch of samples into the working memory in one native call, record them, run the cadence.
    * Throws (leaving everything as it was) when the native edit fails or is aborted.
    */
-  async #train(items: Pending[], kd: boolean, opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void } = {}): Promise<EditResult[]> {
+  async #train(
+    items: Pending[],
+    kd: boolean,
+    opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void } = {},
+  ): Promise<{ results: EditResult[]; memory: string; res: NativeEditResult }> {
     const cursor = this.#irrCursor;
     const samples = items.map((p) => ({ request: p.request, irrelevant: this.#irrelevantFor(p.request) }));
     let batch: NativeEditBatch;
@@ -693,8 +697,7 @@ export class Editor {
     const prev = this.#editCount;
     this.#editCount += S;
     if (this.config.method !== 'ft') await this.#cadence(prev);
-    this.#lastTrained = { uid: trainedInto, res };
-    return items.map((p, i) => {
+    const results = items.map((p, i) => {
       const mi = this.#memories.findIndex((m) => m.edits.includes(p.id));
       return {
         id: p.id,
@@ -704,8 +707,8 @@ export class Editor {
         score: S > 1 ? res.sampleStat[i]! : res.thresholdStat,
       };
     });
+    return { results, memory: trainedInto, res };
   }
-  #lastTrained: { uid: string; res: NativeEditResult } | undefined;
 
   /** §1.7: save whenever the edit counter crosses a multiple of saveFreq, merge when it crosses mergeFreq. */
   async #cadence(prev: number): Promise<void> {
@@ -855,10 +858,10 @@ export class Editor {
         while (this.#loop.queue.length) {
           if (opts.signal?.aborted) throw new RepairError('ERR_ABORTED', 'editMany was aborted');
           const p = this.#loop.queue[0]!;
-          const r = await this.#train([p], false, { signal: opts.signal });
+          const t = await this.#train([p], false, { signal: opts.signal });
           this.#loop.queue.shift();
-          results.push(...r);
-          opts.onEvent?.({ type: 'edit-trained', ids: [p.id], memory: this.#lastTrained!.uid, steps: r[0]!.steps, loss: r[0]!.losses.at(-1) ?? 0, kd: 0, kdScores: [0] });
+          results.push(...t.results);
+          opts.onEvent?.({ type: 'edit-trained', ids: [p.id], memory: t.memory, steps: t.res.steps, loss: t.res.loss.at(-1) ?? 0, kd: 0, kdScores: [0] });
           opts.onProgress?.({ done: total - this.#loop.queue.length, total });
         }
         return { results, gaveUp, retriggers };
@@ -901,15 +904,15 @@ export class Editor {
         for (const batch of batches) {
           if (opts.signal?.aborted) throw new RepairError('ERR_ABORTED', 'editMany was aborted');
           const trained = await this.#train(batch, ro.kd, { signal: opts.signal });
+          const res = trained.res;
           // the batch is in: take it off the queue / residual pool
           const bIds = new Set(batch.map((p) => p.id));
           loop.queue = loop.queue.filter((p) => !bIds.has(p.id));
           loop.residual = loop.residual.filter((p) => !bIds.has(p.id));
-          results.push(...trained);
+          results.push(...trained.results);
           done += batch.length;
-          const res = this.#lastTrained!.res;
           const kdScores = Array.from(res.sampleKd);
-          opts.onEvent?.({ type: 'edit-trained', ids: batch.map((p) => p.id), memory: this.#lastTrained!.uid, steps: res.steps, loss: res.loss.at(-1) ?? 0, kd: res.kd.at(-1) ?? 0, kdScores });
+          opts.onEvent?.({ type: 'edit-trained', ids: batch.map((p) => p.id), memory: trained.memory, steps: res.steps, loss: res.loss.at(-1) ?? 0, kd: res.kd.at(-1) ?? 0, kdScores });
           // FILTERANDRECLUSTER: samples inconsistent with the batch teacher are re-batched later
           if (ro.kd && batch.length > 1) {
             const out = batch.filter((p, i) => i > 0 && kdScores[i]! >= ro.epsCons && p.attempts < ro.budget);

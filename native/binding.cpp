@@ -253,6 +253,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value BaseFingerprint(const Napi::CallbackInfo& info);
   Napi::Value SideMergeLossAware(const Napi::CallbackInfo& info);
   Napi::Value SideFeatures(const Napi::CallbackInfo& info);
+  // Queue a closure on the model as an async call (serialised by begin_call); resolves with result().
+  Napi::Value run_async(Napi::Env env, std::function<void(re::Model*)> run,
+                        std::function<Napi::Value(Napi::Env)> result);
   re::Model* live(Napi::Env env) {
     if (!model_ || dispose_pending_) throw_js(env, RE_ERR_DISPOSED, "the model has been disposed");
     return model_.get();
@@ -361,14 +364,14 @@ class GenerateWorker : public ModelWorker {
 // A worker that runs a closure and converts its result on the JS thread.
 class LambdaWorker : public ModelWorker {
  public:
-  LambdaWorker(Napi::Env env, NativeModel* o, re::Model* m, std::function<void()> run,
+  LambdaWorker(Napi::Env env, NativeModel* o, re::Model* m, std::function<void(re::Model*)> run,
                std::function<Napi::Value(Napi::Env)> result)
       : ModelWorker(env, o, m), run_(std::move(run)), result_(std::move(result)) {}
-  void Run() override { run_(); }
+  void Run() override { run_(m_); }
   Napi::Value Result(Napi::Env env) override { return result_ ? result_(env) : env.Undefined(); }
 
  private:
-  std::function<void()> run_;
+  std::function<void(re::Model*)> run_;
   std::function<Napi::Value(Napi::Env)> result_;
 };
 
@@ -501,6 +504,14 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
   return w->promise();
 }
 
+Napi::Value NativeModel::run_async(Napi::Env env, std::function<void(re::Model*)> run,
+                                   std::function<Napi::Value(Napi::Env)> result) {
+  re::Model* m = begin_call(env);
+  auto* w = new LambdaWorker(env, this, m, std::move(run), std::move(result));
+  w->Queue();
+  return w->promise();
+}
+
 // ---- side memories ----------------------------------------------------------------------------------
 #define RE_TRY(env, expr)                  \
   try {                                    \
@@ -543,12 +554,9 @@ Napi::Value NativeModel::SideAdd(const Napi::CallbackInfo& info) {
   const int side = int_arg(env, info[0], "side");
   if (!info[1].IsNumber()) throw_js(env, RE_ERR_ARG, "from must be a slot index or -1");
   const int from = info[1].As<Napi::Number>().Int32Value();
-  re::Model* m = begin_call(env);
   auto out = std::make_shared<int>(0);
-  auto* w = new LambdaWorker(env, this, m, [m, side, from, out] { *out = m->side_add(side, from); },
+  return run_async(env, [side, from, out](re::Model* m) { *out = m->side_add(side, from); },
                              [out](Napi::Env e) { return Napi::Number::New(e, *out); });
-  w->Queue();
-  return w->promise();
 }
 
 Napi::Value NativeModel::SideRemove(const Napi::CallbackInfo& info) {
@@ -556,32 +564,23 @@ Napi::Value NativeModel::SideRemove(const Napi::CallbackInfo& info) {
   live(env);
   const int side = int_arg(env, info[0], "side");
   auto slots = int32_vec(env, info[1], "slots");
-  re::Model* m = begin_call(env);
-  auto* w = new LambdaWorker(env, this, m, [m, side, slots] { m->side_remove(side, slots); }, nullptr);
-  w->Queue();
-  return w->promise();
+  return run_async(env, [side, slots](re::Model* m) { m->side_remove(side, slots); }, nullptr);
 }
 
 Napi::Value NativeModel::SideReset(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   live(env);
   const int side = int_arg(env, info[0], "side"), slot = int_arg(env, info[1], "slot");
-  re::Model* m = begin_call(env);
-  auto* w = new LambdaWorker(env, this, m, [m, side, slot] { m->side_reset(side, slot); }, nullptr);
-  w->Queue();
-  return w->promise();
+  return run_async(env, [side, slot](re::Model* m) { m->side_reset(side, slot); }, nullptr);
 }
 
 Napi::Value NativeModel::SideRead(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   live(env);
   const int side = int_arg(env, info[0], "side"), slot = int_arg(env, info[1], "slot");
-  re::Model* m = begin_call(env);
   auto out = std::make_shared<std::vector<float>>();
-  auto* w = new LambdaWorker(env, this, m, [m, side, slot, out] { *out = m->side_read(side, slot); },
+  return run_async(env, [side, slot, out](re::Model* m) { *out = m->side_read(side, slot); },
                              [out](Napi::Env e) -> Napi::Value { return f32_array(e, *out); });
-  w->Queue();
-  return w->promise();
 }
 
 Napi::Value NativeModel::SideWrite(const Napi::CallbackInfo& info) {
@@ -589,10 +588,7 @@ Napi::Value NativeModel::SideWrite(const Napi::CallbackInfo& info) {
   live(env);
   const int side = int_arg(env, info[0], "side"), slot = int_arg(env, info[1], "slot");
   auto data = std::make_shared<std::vector<float>>(f32_vec(env, info[2], "weights"));
-  re::Model* m = begin_call(env);
-  auto* w = new LambdaWorker(env, this, m, [m, side, slot, data] { m->side_write(side, slot, *data); }, nullptr);
-  w->Queue();
-  return w->promise();
+  return run_async(env, [side, slot, data](re::Model* m) { m->side_write(side, slot, *data); }, nullptr);
 }
 
 Napi::Value NativeModel::SideTies(const Napi::CallbackInfo& info) {
@@ -603,10 +599,7 @@ Napi::Value NativeModel::SideTies(const Napi::CallbackInfo& info) {
   auto weights = f32_vec(env, info[3], "weights");
   if (!info[4].IsNumber()) throw_js(env, RE_ERR_ARG, "density must be a number");
   const float density = info[4].As<Napi::Number>().FloatValue();
-  re::Model* m = begin_call(env);
-  auto* w = new LambdaWorker(env, this, m, [=] { m->side_ties(side, dst, srcs, weights, density); }, nullptr);
-  w->Queue();
-  return w->promise();
+  return run_async(env, [=](re::Model* m) { m->side_ties(side, dst, srcs, weights, density); }, nullptr);
 }
 
 Napi::Value NativeModel::SideScore(const Napi::CallbackInfo& info) {
@@ -617,13 +610,10 @@ Napi::Value NativeModel::SideScore(const Napi::CallbackInfo& info) {
   const int B = int_arg(env, info[2], "B"), T = int_arg(env, info[3], "T");
   auto pad = int32_vec(env, info[4], "pad");
   const int act = int_arg(env, info[5], "act");
-  re::Model* m = begin_call(env);
   auto out = std::make_shared<std::vector<float>>();
   const std::atomic<bool>* ab = &abort_;
-  auto* w = new LambdaWorker(env, this, m, [=] { *out = m->side_score(side, tokens, B, T, pad, act, ab); },
+  return run_async(env, [=](re::Model* m) { *out = m->side_score(side, tokens, B, T, pad, act, ab); },
                              [out](Napi::Env e) -> Napi::Value { return f32_array(e, *out); });
-  w->Queue();
-  return w->promise();
 }
 
 Napi::Value NativeModel::SideEdit(const Napi::CallbackInfo& info) {
@@ -677,10 +667,7 @@ Napi::Value NativeModel::SideMergeLossAware(const Napi::CallbackInfo& info) {
   const int side = int_arg(env, info[0], "side"), dst = int_arg(env, info[1], "dst");
   auto srcs = int32_vec(env, info[2], "srcs");
   auto weights = f32_vec(env, info[3], "weights");
-  re::Model* m = begin_call(env);
-  auto* w = new LambdaWorker(env, this, m, [=] { m->side_merge_loss_aware(side, dst, srcs, weights); }, nullptr);
-  w->Queue();
-  return w->promise();
+  return run_async(env, [=](re::Model* m) { m->side_merge_loss_aware(side, dst, srcs, weights); }, nullptr);
 }
 
 Napi::Value NativeModel::SideFeatures(const Napi::CallbackInfo& info) {
@@ -690,13 +677,10 @@ Napi::Value NativeModel::SideFeatures(const Napi::CallbackInfo& info) {
   auto tokens = int32_vec(env, info[1], "tokens");
   const int B = int_arg(env, info[2], "B"), T = int_arg(env, info[3], "T");
   auto pad = int32_vec(env, info[4], "pad");
-  re::Model* m = begin_call(env);
   auto out = std::make_shared<std::vector<float>>();
   const std::atomic<bool>* ab = &abort_;
-  auto* w = new LambdaWorker(env, this, m, [=] { *out = m->side_features(side, tokens, B, T, pad, ab); },
+  return run_async(env, [=](re::Model* m) { *out = m->side_features(side, tokens, B, T, pad, ab); },
                              [out](Napi::Env e) -> Napi::Value { return f32_array(e, *out); });
-  w->Queue();
-  return w->promise();
 }
 
 Napi::Value NativeModel::BaseFingerprint(const Napi::CallbackInfo& info) {
@@ -704,15 +688,12 @@ Napi::Value NativeModel::BaseFingerprint(const Napi::CallbackInfo& info) {
   live(env);
   const int layer = int_arg(env, info[0], "layer");
   const int target = info.Length() > 1 && !info[1].IsUndefined() ? int_arg(env, info[1], "target") : 0;
-  re::Model* m = begin_call(env);
   auto out = std::make_shared<uint64_t>(0);
-  auto* w = new LambdaWorker(env, this, m, [=] { *out = m->base_fingerprint(layer, target); }, [out](Napi::Env e) -> Napi::Value {
+  return run_async(env, [=](re::Model* m) { *out = m->base_fingerprint(layer, target); }, [out](Napi::Env e) -> Napi::Value {
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)*out);
     return Napi::String::New(e, buf);
   });
-  w->Queue();
-  return w->promise();
 }
 
 // ---- info() and runOp() ----------------------------------------------------------------------------

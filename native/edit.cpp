@@ -14,12 +14,6 @@
 
 namespace re {
 
-namespace {
-void check_abort_e(const std::atomic<bool>* abort) {
-  if (abort && abort->load()) fail(RE_ERR_ABORTED, "the edit was aborted");
-}
-}  // namespace
-
 // ---- stores ----------------------------------------------------------------------------------------
 Model::SideStore& Model::store(int id) {
   auto it = sides_.find(id);
@@ -258,7 +252,7 @@ std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens,
   float* x = ensure(x_, (size_t)BT * a.D * 4);
   embed(x, d_ids, d_pos, BT, gpt2() ? ensure(xn_, (size_t)BT * a.D * 4) : nullptr);
   run_layers(0, L, x, B, T, 0, T, d_pos, d_pad, false, abort);
-  check_abort_e(abort);
+  check_abort(abort);
   attn_block(L, x, B, T, d_pos, d_pad);
   // The edited matrix's input: the FFN activation (value) or the normed MLP input ln_2(h) (key).
   const int N = side_N(st), K = side_K(st);
@@ -295,7 +289,7 @@ std::vector<float> Model::side_features(int id, const std::vector<int32_t>& toke
   float* x = ensure(x_, (size_t)BT * a.D * 4);
   embed(x, d_ids, d_pos, BT, gpt2() ? ensure(xn_, (size_t)BT * a.D * 4) : nullptr);
   run_layers(0, L, x, B, T, 0, T, d_pos, d_pad, false, abort);
-  check_abort_e(abort);
+  check_abort(abort);
   attn_block(L, x, B, T, d_pos, d_pad);
   float* A = ensure(gate_, (size_t)BT * a.F * 4);
   mlp_act(L, x, A, BT);
@@ -490,7 +484,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   try {
     if (!h.full_forward) prefix();
     for (int it = 0; it < h.n_iter; ++it) {
-      check_abort_e(abort);
+      check_abort(abort, "the edit");
       if (h.full_forward) prefix();
       // ---- forward: side output, suffix layers (kept), head at label rows ----
       be_->linear(os, A, WeightRef{Wp, DType::F32}, sbias, BT, N, K, false);  // GPT-2: + the matrix's bias

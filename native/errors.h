@@ -1,6 +1,7 @@
 // errors.h — the one error type of the native layer. Thrown, caught at the binding boundary, and
 // turned into a JS Error whose `code` is the string below. Native code never exits or aborts.
 #pragma once
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -28,5 +29,10 @@ class Error : public std::runtime_error {
 #define RE_ERR_INTERNAL "ERR_INTERNAL"
 
 [[noreturn]] inline void fail(const char* code, const std::string& msg) { throw Error(code, msg); }
+
+// Checked between steps and layers of every long native call (the AbortSignal's flag).
+inline void check_abort(const std::atomic<bool>* abort, const char* what = "the operation") {
+  if (abort && abort->load()) fail(RE_ERR_ABORTED, std::string(what) + " was aborted");
+}
 
 }  // namespace re

@@ -33,10 +33,6 @@ struct File {
   }
 };
 
-void check_abort(const std::atomic<bool>* abort) {
-  if (abort && abort->load()) fail(RE_ERR_ABORTED, "the operation was aborted");
-}
-
 // out[c, r] = in[r, c] for in [R, C], in 64×64 tiles (cache friendly for GPT-2 XL's 1600×6400 matrices).
 template <typename T>
 void transpose_blocked(const T* in, T* out, int64_t R, int64_t C) {
