@@ -12,6 +12,7 @@
 // The static CUDA runtime opens libcuda lazily, so with no driver cudaGetDeviceCount fails
 // (cudaErrorInsufficientDriver); cuda_info() treats any such error as "zero devices" and reports
 // the reason instead of failing.
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
 
@@ -55,6 +56,8 @@ void add_bias_forward(cudaStream_t st, float* y, WeightRef b, int M, int N);
 // repair.cu
 void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat, int b, int D, float lambda,
                     float theta);
+void kl_distill_repair(cudaStream_t st, float* loss, float* dlogits, const float* logits, const int32_t* student,
+                       const int32_t* teacher, const float* w, int P, int V, float T);
 void loss_aware_merge_repair(cudaStream_t st, float* out, WeightRef base, const float* const* shards,
                              const float* weights, int k, size_t n);
 
@@ -95,6 +98,7 @@ class CudaBackend final : public Backend {
     std::lock_guard<std::mutex> lk(mu_);
     sizes_[p] = bytes;
     in_use_ += bytes;
+    peak_ = std::max(peak_, in_use_);
     return p;
   }
 
@@ -146,6 +150,14 @@ class CudaBackend final : public Backend {
   size_t bytes_in_use() const override {
     std::lock_guard<std::mutex> lk(mu_);
     return in_use_;
+  }
+  size_t peak_bytes() const override {
+    std::lock_guard<std::mutex> lk(mu_);
+    return peak_;
+  }
+  void reset_peak() override {
+    std::lock_guard<std::mutex> lk(mu_);
+    peak_ = in_use_;
   }
 
   // ---- ops -------------------------------------------------------------------------------------
@@ -269,6 +281,11 @@ class CudaBackend final : public Backend {
     enter("kd_loss");
     run("kd_loss", [&] { kd_loss_repair(stream_, out, dfeat, feat, b, D, lambda, theta); });
   }
+  void kl_distill(float* loss, float* dlogits, const float* logits, const int32_t* student, const int32_t* teacher,
+                  const float* w, int P, int V, float T) override {
+    enter("kl_distill");
+    run("kl_distill", [&] { kl_distill_repair(stream_, loss, dlogits, logits, student, teacher, w, P, V, T); });
+  }
   void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
                         size_t n) override {
     enter("loss_aware_merge");
@@ -319,6 +336,7 @@ class CudaBackend final : public Backend {
   mutable std::mutex mu_;
   std::unordered_map<void*, size_t> sizes_;
   size_t in_use_ = 0;
+  size_t peak_ = 0;
   bool broken_ = false;
   std::string sticky_msg_;
 };

@@ -1,5 +1,6 @@
 // repair.cu — the REPAIR kernels on the GPU (CUDA twins of native/cpu/repair.cpp): the intra-batch
-// distillation loss (Eq. 4) with its gradient to the pooled features, and the loss-aware merge (Alg. 4).
+// distillation loss (Eq. 4) with its gradient to the pooled features, the optional logit-KL term of Eq. 4
+// (kl_distill), and the loss-aware merge (Alg. 4).
 //
 //   kd_loss           b rows of D features (b small, D up to ~2·10⁴). Everything is in double, like the CPU,
 //                     so the result is the CPU's up to summation order (one f32 rounding at the end):
@@ -11,6 +12,20 @@
 //                       (4) one thread: L = λ·mean_{i>=1}(1 − c_i) + θ·Σ_i v_i/b and the per-sample scores;
 //                       (5) elementwise over (i, e): dfeat_i = (g_i − go_i·o_i)/‖feat_i‖, row 0 and zero rows 0.
 //                     o_i is never stored: it is re-formed as feat/‖feat‖ (double) wherever it is needed.
+//   kl_distill        P (student, teacher) row pairs of logits [rows, V] (V up to ~1.5·10⁵). One block of
+//                     kKlBlock threads per pair, two passes over the two rows, everything in double like the
+//                     CPU (x = z·(1/T) is the CPU's exact expression), so the result is the CPU's up to
+//                     summation order and exp's last bit (one f32 rounding per output):
+//                       (1) online log-sum-exp of x for both rows: per thread a running (max, Σ exp) pair,
+//                           merged over each warp (shuffles), then over the warps by warp 0;
+//                       (2) lp = x_t − lse_t, lq = x_s − lse_s, p = exp(lp), q = exp(lq);
+//                           KL = Σ p·(lp − lq) (block sum); dlogits[s] += w·T·(q − p), one f32 rounding.
+//                     f32 exps (expf of an f32-rounded exponent) were modelled and rejected: near the teacher
+//                     (KL ~1e-4, where distillation drives) they cost ~1e-4 relative on the loss, ~1e-5 on the
+//                     gradient. Cost at V = 151936: ~100 DP ops per element, ~0.1–0.2 ms per wave of pairs.
+//                     Loads are unrolled kKlUnroll deep so one block keeps enough bytes in flight when P is
+//                     small (one block per SM). Identical rows give exactly lp == lq (the same arithmetic in
+//                     the same order), hence a loss and a gradient of exactly 0.
 //   loss_aware_merge  one elementwise kernel: per element the sign test over the non-zero τ_i, the weighted
 //                     sum or the value of the shard with the largest w_i·|τ_i| (strict '>' in index order:
 //                     ties keep the lower index), in double with explicitly rounded operations (no FMA
@@ -19,8 +34,11 @@
 //                     alias a shard: each thread reads every shard at p before it writes out[p], and no
 //                     other thread touches p (shards are therefore read with plain loads, not __ldg).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
+
+#include <math_constants.h>
 
 // defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
 #include "common.cuh"
@@ -154,6 +172,130 @@ __global__ void kd_grad_kernel(float* dfeat, const float* feat, const double* nr
   }
 }
 
+// ---- kl_distill -----------------------------------------------------------------------------------
+
+constexpr int kKlBlock = 512;
+constexpr int kKlUnroll = 4;
+constexpr int kKlWarps = kKlBlock / 32;
+static_assert(kKlWarps <= 32, "the cross-warp merge runs in one warp");
+
+// Adds x to a running log-sum-exp state (m = max so far, s = Σ exp(x − m)); empty: m = −inf, s = 0.
+__device__ __forceinline__ void lse_add(double& m, double& s, double x) {
+  if (x > m) {
+    s = s * exp(m - x) + 1.0;  // rescale (rare); from empty: 0·0 + 1
+    m = x;
+  } else if (x != -CUDART_INF) {  // −inf adds nothing (and x = m = −inf must not make a NaN); NaN propagates
+    s += exp(x - m);
+  }
+}
+
+// Merges (m2, s2) into (m, s). Symmetric in its two states, so butterfly shuffles leave every lane equal.
+__device__ __forceinline__ void lse_merge(double& m, double& s, double m2, double s2) {
+  if (m2 > m) {
+    const double tm = m, ts = s;
+    m = m2;
+    s = s2;
+    m2 = tm;
+    s2 = ts;
+  }
+  if (s2 > 0) s += s2 * exp(m2 - m);  // an empty state (s2 = 0, m2 = −inf) adds nothing
+}
+
+__device__ __forceinline__ void lse_merge_warp(double& m, double& s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    lse_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+}
+
+// One block per pair i:  x = z·(1/T) (the CPU's exact expression);  lse of both rows;
+//   lp = x_t − lse_t, lq = x_s − lse_s;  loss[i] = w·T²·Σ p·(lp − lq);  dlogits[s] += w·T·(q − p).
+__global__ void __launch_bounds__(kKlBlock, 1)
+    kl_distill_kernel(float* loss, float* dlogits, const float* logits, const int32_t* student,
+                      const int32_t* teacher, const float* w, int V, double T, double invT) {
+  __shared__ double part_m[2][kKlWarps], part_s[2][kKlWarps];
+  __shared__ double part_kl[kKlWarps];
+  __shared__ double s_lse[2];
+  const int i = blockIdx.x;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const size_t rs = (size_t)student[i], rt = (size_t)teacher[i];
+  const float* zs = logits + rs * (size_t)V;  // [V] student row
+  const float* zt = logits + rt * (size_t)V;  // [V] teacher row (read only)
+  float* g = dlogits + rs * (size_t)V;        // [V] accumulated into
+
+  // (1) log-sum-exp of both rows: per thread, then per warp, then warp 0 over the warps
+  double mt = -CUDART_INF, st = 0, ms = -CUDART_INF, ss = 0;
+  for (int v0 = threadIdx.x; v0 < V; v0 += kKlBlock * kKlUnroll) {
+    float a[kKlUnroll], b[kKlUnroll];
+#pragma unroll
+    for (int u = 0; u < kKlUnroll; ++u) {  // all loads first: kKlUnroll·2 in flight per thread
+      const int v = v0 + u * kKlBlock;
+      a[u] = v < V ? __ldg(zt + v) : 0.f;
+      b[u] = v < V ? __ldg(zs + v) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kKlUnroll; ++u)
+      if (v0 + u * kKlBlock < V) {
+        lse_add(mt, st, (double)a[u] * invT);
+        lse_add(ms, ss, (double)b[u] * invT);
+      }
+  }
+  lse_merge_warp(mt, st);
+  lse_merge_warp(ms, ss);
+  if (lane == 0) {
+    part_m[0][warp] = mt;
+    part_s[0][warp] = st;
+    part_m[1][warp] = ms;
+    part_s[1][warp] = ss;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    mt = lane < kKlWarps ? part_m[0][lane] : -CUDART_INF;
+    st = lane < kKlWarps ? part_s[0][lane] : 0.0;
+    ms = lane < kKlWarps ? part_m[1][lane] : -CUDART_INF;
+    ss = lane < kKlWarps ? part_s[1][lane] : 0.0;
+    lse_merge_warp(mt, st);
+    lse_merge_warp(ms, ss);
+    if (lane == 0) {
+      s_lse[0] = mt + log(st);
+      s_lse[1] = ms + log(ss);
+    }
+  }
+  __syncthreads();
+  const double lt = s_lse[0], ls = s_lse[1];
+
+  // (2) KL and the gradient
+  const double wi = (double)w[i], cg = wi * T;
+  double kl = 0;
+  for (int v0 = threadIdx.x; v0 < V; v0 += kKlBlock * kKlUnroll) {
+    float a[kKlUnroll], b[kKlUnroll], gv[kKlUnroll];
+#pragma unroll
+    for (int u = 0; u < kKlUnroll; ++u) {
+      const int v = v0 + u * kKlBlock;
+      a[u] = v < V ? __ldg(zt + v) : 0.f;
+      b[u] = v < V ? __ldg(zs + v) : 0.f;
+      gv[u] = v < V ? g[v] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kKlUnroll; ++u) {
+      const int v = v0 + u * kKlBlock;
+      if (v < V) {
+        const double lp = (double)a[u] * invT - lt, lq = (double)b[u] * invT - ls;
+        const double p = exp(lp), q = exp(lq);
+        if (p != 0) kl += p * (lp - lq);  // 0·log 0 = 0 (a NaN still propagates)
+        g[v] = (float)((double)gv[u] + cg * (q - p));
+      }
+    }
+  }
+  kl = warp_sum_d(kl);
+  if (lane == 0) part_kl[warp] = kl;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int k = 0; k < kKlWarps; ++k) t += part_kl[k];
+    loss[i] = (float)(wi * T * T * t);
+  }
+}
+
 // ---- loss_aware_merge -----------------------------------------------------------------------------
 
 template <typename WT>
@@ -217,6 +359,21 @@ void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat
   RE_CUDA_LAUNCH("kd_loss (loss)");
   kd_grad_kernel<<<grid_for(bb * (size_t)D, 256), 256, 0, st>>>(dfeat, feat, nrm, mean, go, b, D, ca, cb);
   RE_CUDA_LAUNCH("kd_loss (gradient)");
+}
+
+void kl_distill_repair(cudaStream_t st, float* loss, float* dlogits, const float* logits, const int32_t* student,
+                       const int32_t* teacher, const float* w, int P, int V, float T) {
+  check_arg(P >= 0, "kl_distill", "P must be >= 0");
+  check_arg(V >= 1 && V <= 0x7fffffff - kKlBlock * kKlUnroll, "kl_distill",
+            "V must be >= 1 and below 2^31 - kKlBlock·kKlUnroll");
+  check_arg(T > 0 && std::isfinite(T), "kl_distill", "T must be finite and > 0");
+  if (P == 0) return;
+  check_arg(loss != nullptr && dlogits != nullptr && logits != nullptr && student != nullptr && teacher != nullptr &&
+                w != nullptr,
+            "kl_distill", "null pointer");
+  const double Td = T;
+  kl_distill_kernel<<<(unsigned)P, kKlBlock, 0, st>>>(loss, dlogits, logits, student, teacher, w, V, Td, 1.0 / Td);
+  RE_CUDA_LAUNCH("kl_distill");
 }
 
 void loss_aware_merge_repair(cudaStream_t st, float* out, WeightRef base, const float* const* shards,

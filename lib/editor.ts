@@ -590,8 +590,8 @@ export class Editor {
       act: actCode(this.model, c.scoreMode),
       earlyStop: c.earlyStop,
       fullForward: false,
-      ...(r ? { actWeight: r.actWeight } : {}),
-      ...(r && kd ? { kd: true, kdWeight: r.kdWeight, kdLambda: r.kdLambda, kdTheta: r.kdVarianceSign * r.kdTheta } : {}),
+      ...(r ? { actWeight: r.actWeight, fitStop: r.fitStop } : {}),
+      ...(r && kd ? { kd: true, kdWeight: r.kdWeight, kdLambda: r.kdLambda, kdTheta: r.kdVarianceSign * r.kdTheta, ...(r.kdLogits ? { kdTemperature: r.kdTemperature } : {}) } : {}),
     };
   }
 

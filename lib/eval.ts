@@ -23,8 +23,15 @@
 // Protocols: 'sequential' (N edits via editMany, then all N evaluated on the final model) and 'single'
 // (edit one, evaluate it, restore with a fresh editor or rollback). Each N gets a fresh editor on the same
 // loaded model. Teacher-forced metrics run batched: many rows per logits call.
+// Routing scores [beyond the reference; option `routing`, off by default, on in the CLI]: on the final
+// model of each 'sequential' run of a side-memory method (wise, repair; ft has no router), one
+// Editor.explain per edit, rephrase and locality (unrelated) prompt gives the top memory's score, the
+// threshold it is compared with and whether the input reached a side memory (§1.9). The default basis,
+// 'teacher-forced', routes the very rows Rel/Gen/Loc score, as logits() routes them (full-row
+// thresholds); 'prompt-only' routes the bare prompts as generate() does (what exact match sees). Per case
+// in run.routing.cases, routed fractions in run.routing.summary.
 
-import { Editor, type EditMethod, type EditorConfig, type EditorOptions, type RepairEvent } from './editor.js';
+import { Editor, type EditMethod, type EditorConfig, type EditorOptions, type Explanation, type RepairEvent } from './editor.js';
 import { RepairError } from './errors.js';
 import { packageVersion } from './info.js';
 import type { GenerateOptions, GenerateResult, LogitsOptions, LogitsResult, Model, Prompt } from './model.js';
@@ -328,6 +335,138 @@ export async function exactMatchOf(
   return { match: exactMatch(g.completion, target), completion: g.completion };
 }
 
+// ---- routing scores (§1.9) --------------------------------------------------------------------------
+
+/**
+ * Which input a routing score is taken on. 'teacher-forced': the very rows Rel/Gen/Loc score (prompt +
+ * " " + target, rephrase + " " + target, locality prompt + " " + answer), routed as editor.logits() routes
+ * them (full-row thresholds): the routing behind the Rel/Gen/Loc figures. 'prompt-only': the bare prompts
+ * (chat template for edit and rephrase prompts when enabled), routed as editor.generate() routes them
+ * (prompt-only thresholds): the routing behind the exact-match figures.
+ */
+export type RoutingBasis = 'teacher-forced' | 'prompt-only';
+export const ROUTING_BASES: readonly RoutingBasis[] = ['teacher-forced', 'prompt-only'];
+
+/** What the router did with one input (from Editor.explain). */
+export interface RoutePoint {
+  /** The chosen memory's score; when routed to the main weight, the highest score over the memories. */
+  score: number | null;
+  /** The threshold that score was compared with (that memory's; all memories share one unless retrieve). */
+  threshold: number | null;
+  /** The input went to a side memory (not the main weight). */
+  routed: boolean;
+  /** Editor.explain's route: 'main', or the memory index (-1 = the working memory). */
+  route: 'main' | number;
+  /** Tokens scored. */
+  tokens: number;
+}
+
+/** The routing of one case: its edit prompt, its rephrase (null without one), its locality (unrelated) prompts. */
+export interface RoutingCase {
+  id: string;
+  edit: RoutePoint | null;
+  rephrase: RoutePoint | null;
+  unrelated: RoutePoint[];
+}
+
+export interface RoutedCount {
+  /** Inputs of this kind. */
+  prompts: number;
+  /** Of those, routed to a side memory. */
+  routed: number;
+  /** routed / prompts (null when there are none). */
+  fraction: number | null;
+}
+
+export interface RoutingSummary {
+  /** Ideally 1 (edits reach their memory), 1 (rephrases too) and 0 (unrelated prompts stay on the main weight). */
+  edit: RoutedCount;
+  rephrase: RoutedCount;
+  unrelated: RoutedCount;
+  /** The thresholds of the points are not all the same (several memories with their own thresholds). */
+  thresholdsDiffer: boolean;
+}
+
+/** Routing scores of every case of a run (sequential protocol, side-memory methods, final edited model). */
+export interface RoutingReport {
+  basis: RoutingBasis;
+  cases: RoutingCase[];
+  summary: RoutingSummary;
+  /** Time spent on the explain calls (not part of timings.evalSeconds). */
+  seconds: number;
+}
+
+/** Anything that explains its routing: an Editor. */
+export interface RoutingSource {
+  explain(prompt: Prompt, opts?: { signal?: AbortSignal; teacherForced?: boolean }): Promise<Explanation>;
+}
+
+/** The token ids routed for one record: the metric rows (teacher-forced) or the bare prompts, cut to the context. */
+export function routingInputs(
+  tok: ModelTokenizer,
+  record: EditRecord,
+  useChatTemplate: boolean,
+  basis: RoutingBasis,
+  contextLength = Infinity,
+): { edit: number[]; rephrase: number[] | null; unrelated: number[][] } {
+  const ids = (prompt: string, answer: string): number[] => (basis === 'teacher-forced' ? answerRow(tok, prompt, answer, contextLength).ids : tok.encode(prompt).slice(0, contextLength));
+  return {
+    edit: ids(promptText(tok, record.prompt, useChatTemplate), record.target),
+    rephrase: record.rephrase === undefined ? null : ids(promptText(tok, record.rephrase, useChatTemplate), record.target),
+    unrelated: (record.locality ?? []).map((l) => ids(l.prompt, l.answer)),
+  };
+}
+
+/** Routed counts and the threshold check over per-case routing points. */
+export function summarizeRouting(cs: readonly RoutingCase[]): RoutingSummary {
+  const count = (pts: readonly (RoutePoint | null)[]): RoutedCount => {
+    const p = pts.filter((x): x is RoutePoint => x !== null);
+    const routed = p.filter((x) => x.routed).length;
+    return { prompts: p.length, routed, fraction: p.length ? routed / p.length : null };
+  };
+  const thr = cs.flatMap((c) => [c.edit, c.rephrase, ...c.unrelated]).flatMap((p) => (p && fin(p.threshold) ? [p.threshold] : []));
+  const lo = thr.length ? Math.min(...thr) : 0;
+  const hi = thr.length ? Math.max(...thr) : 0;
+  return {
+    edit: count(cs.map((c) => c.edit)),
+    rephrase: count(cs.map((c) => c.rephrase)),
+    unrelated: count(cs.flatMap((c) => c.unrelated)),
+    thresholdsDiffer: hi - lo > 1e-9 * Math.max(Math.abs(hi), Math.abs(lo)),
+  };
+}
+
+/**
+ * Route every edit, rephrase and locality prompt of `records` through `src` (one explain call each) and
+ * record the top score, its threshold and whether it reached a side memory.
+ */
+export async function routingScores(
+  src: RoutingSource,
+  model: Model,
+  records: readonly EditRecord[],
+  opts: { useChatTemplate: boolean; basis: RoutingBasis; signal?: AbortSignal; onProgress?: (done: number, total: number) => void },
+): Promise<RoutingReport> {
+  const t0 = performance.now();
+  const inputs = records.map((r) => routingInputs(model.tokenizer, r, opts.useChatTemplate, opts.basis, model.contextLength));
+  const total = inputs.reduce((a, x) => a + 1 + (x.rephrase ? 1 : 0) + x.unrelated.length, 0);
+  let done = 0;
+  const point = async (ids: number[]): Promise<RoutePoint> => {
+    if (opts.signal?.aborted) throw new RepairError('ERR_ABORTED', 'evaluation was aborted');
+    const e = await src.explain({ tokens: ids }, { teacherForced: opts.basis === 'teacher-forced', signal: opts.signal });
+    opts.onProgress?.(++done, total);
+    return { score: fin(e.score) ? e.score : null, threshold: fin(e.threshold) ? e.threshold : null, routed: e.route !== 'main', route: e.route, tokens: e.tokens };
+  };
+  const cs: RoutingCase[] = [];
+  for (const [i, r] of records.entries()) {
+    const x = inputs[i]!;
+    const edit = x.edit.length ? await point(x.edit) : null;
+    const rephrase = x.rephrase?.length ? await point(x.rephrase) : null;
+    const unrelated: RoutePoint[] = [];
+    for (const u of x.unrelated) if (u.length) unrelated.push(await point(u));
+    cs.push({ id: r.id, edit, rephrase, unrelated });
+  }
+  return { basis: opts.basis, cases: cs, summary: summarizeRouting(cs), seconds: (performance.now() - t0) / 1000 };
+}
+
 // ---- the evaluation ---------------------------------------------------------------------------------
 
 /** One evaluated case (record) of a run: every per-case value. */
@@ -403,6 +542,12 @@ export interface EvalRun {
   /** The editor after the run ('sequential'): its memories. */
   memories: { working: number; memories: number } | null;
   truncatedRows: number;
+  /**
+   * Routing scores of the edit, rephrase and locality prompts on the final edited model (the one Rel/Gen/Loc
+   * are measured on): 'sequential' runs of side-memory methods when EvalOptions.routing is set; else null
+   * (ft has no router; 'single' runs are not covered).
+   */
+  routing: RoutingReport | null;
 }
 
 export interface EvalReport {
@@ -420,6 +565,8 @@ export interface EvalReport {
     restore: RestoreMode;
     metrics: MetricName[];
     batchSize: number;
+    /** The routing basis recorded per run (EvalOptions.routing), null when off. */
+    routing: RoutingBasis | null;
     dataset: string | null;
     records: number;
     recordIds: string[];
@@ -435,7 +582,7 @@ export interface EvalReport {
 
 export interface EvalProgress {
   label: string;
-  phase: 'pre' | 'edit' | 'eval';
+  phase: 'pre' | 'edit' | 'eval' | 'routing';
   n: number;
   done: number;
   total: number;
@@ -461,6 +608,13 @@ export interface EvalOptions {
   batchSize?: number;
   /** 'single' only: restore the model after each case with a fresh editor (default) or rollback. */
   restore?: RestoreMode;
+  /**
+   * Record the routing score of every edit, rephrase and locality prompt on the final model of each
+   * 'sequential' run (side-memory methods only): true = 'teacher-forced' (the Rel/Gen/Loc rows, as they are
+   * routed when measured), or a basis. One Editor.explain per prompt. Default false (off: evaluate() stays
+   * as cheap as the metrics); the CLI turns it on.
+   */
+  routing?: boolean | RoutingBasis;
   label?: string;
   /** Dataset name recorded in the configuration. */
   dataset?: string;
@@ -478,7 +632,11 @@ export function defaultMetrics(records: readonly EditRecord[]): MetricName[] {
   return m;
 }
 
-function checkOptions(model: Model, records: readonly EditRecord[], opts: EvalOptions): { ns: number[]; metrics: MetricName[]; protocol: Protocol; restore: RestoreMode; batchSize: number } {
+function checkOptions(
+  model: Model,
+  records: readonly EditRecord[],
+  opts: EvalOptions,
+): { ns: number[]; metrics: MetricName[]; protocol: Protocol; restore: RestoreMode; batchSize: number; routing: RoutingBasis | null } {
   const bad = (msg: string, field: string) => new RepairError('ERR_INVALID_ARG', `evaluate: ${msg}`, { field });
   if (model.disposed) throw new RepairError('ERR_DISPOSED', 'the model has been disposed');
   if (!Array.isArray(records) || records.length === 0) throw bad('records must be a non-empty array', 'records');
@@ -495,13 +653,16 @@ function checkOptions(model: Model, records: readonly EditRecord[], opts: EvalOp
   for (const m of metrics) if (!METRIC_NAMES.includes(m)) throw bad(`unknown metric ${JSON.stringify(m)} (known: ${METRIC_NAMES.join(', ')})`, 'metrics');
   const batchSize = opts.batchSize ?? 16;
   if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw bad(`batchSize must be a positive integer, got ${batchSize}`, 'batchSize');
+  const r = opts.routing ?? false;
+  if (typeof r !== 'boolean' && !ROUTING_BASES.includes(r)) throw bad(`routing must be a boolean or one of ${ROUTING_BASES.join(', ')}, got ${JSON.stringify(r)}`, 'routing');
+  const routing: RoutingBasis | null = r === true ? 'teacher-forced' : r === false ? null : r;
   const ids = new Set<string>();
   records.forEach((r, i) => {
     if (typeof r?.id !== 'string' || r.id === '') throw bad(`record ${i} has no id`, 'records');
     if (ids.has(r.id)) throw bad(`duplicate record id ${r.id}`, 'records');
     ids.add(r.id);
   });
-  return { ns: [...opts.ns], metrics, protocol, restore, batchSize };
+  return { ns: [...opts.ns], metrics, protocol, restore, batchSize, routing };
 }
 
 /** Pre-edit measurements, shared by every variant and N (computed once per chat-template setting). */
@@ -578,7 +739,7 @@ async function evaluateOne(
   for (const n of o.ns) {
     const run =
       o.protocol === 'sequential'
-        ? await runSequential(model, used.slice(0, n), label, variant.method, editorOptions, pre, mopts, o.metrics, opts)
+        ? await runSequential(model, used.slice(0, n), label, variant.method, editorOptions, pre, mopts, o, opts)
         : await runSingle(model, used.slice(0, n), label, variant.method, editorOptions, pre, mopts, o, opts);
     runs.push(run);
     opts.onRun?.(run);
@@ -598,6 +759,7 @@ async function evaluateOne(
       restore: o.restore,
       metrics: o.metrics,
       batchSize: o.batchSize,
+      routing: o.routing,
       dataset: opts.dataset ?? null,
       records: used.length,
       recordIds: used.map((r) => r.id),
@@ -711,9 +873,10 @@ async function runSequential(
   editorOptions: EditorOptions,
   pre: Measurement,
   mopts: MeasureOptions,
-  metrics: readonly MetricName[],
+  o: ReturnType<typeof checkOptions>,
   opts: Omit<EvalOptions, 'method' | 'editorOptions' | 'label'>,
 ): Promise<EvalRun> {
+  const metrics = o.metrics;
   const n = records.length;
   const signal = opts.signal;
   const events: Record<string, number> = {};
@@ -750,6 +913,16 @@ async function runSequential(
     const genMs = performance.now() - tg;
     const evalMs = performance.now() - tv;
     const cs = cases(records, pre, { post, preIdx: records.map((_, i) => i), em });
+    // Routing on the same final model, after the metrics (its time is kept apart from evalSeconds).
+    const routing =
+      o.routing && method !== 'ft'
+        ? await routingScores(editor, model, records, {
+            useChatTemplate: mopts.useChatTemplate,
+            basis: o.routing,
+            signal,
+            onProgress: (d, t) => opts.onProgress?.({ label, phase: 'routing', n, done: d, total: t }),
+          })
+        : null;
     const mem = editor.memories();
     return {
       label,
@@ -764,6 +937,7 @@ async function runSequential(
       retriggers: res.retriggers,
       memories: { working: mem.working.edits.length, memories: mem.memories.length },
       truncatedRows: post.truncatedRows,
+      routing,
     };
   } finally {
     await editor.dispose();
@@ -844,5 +1018,6 @@ async function runSingle(
     retriggers,
     memories: null,
     truncatedRows: truncated,
+    routing: null,
   };
 }

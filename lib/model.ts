@@ -332,6 +332,15 @@ export class Model {
     return this.#nm && !this.#disposed ? this.#nm.memoryBytes() : 0;
   }
 
+  /**
+   * High-water mark of the backend's allocations (host memory on the CPU backend, device memory on CUDA)
+   * since the model was loaded or the last reset, in bytes; `{ reset: true }` restarts the mark from the
+   * bytes in use now, after reading it. 0 after dispose.
+   */
+  memoryPeakBytes(opts: { reset?: boolean } = {}): number {
+    return this.#nm && !this.#disposed ? this.#nm.memoryPeakBytes(opts.reset === true) : 0;
+  }
+
   /** Token ids of a prompt as generate() feeds them. */
   promptTokens(prompt: Prompt): number[] {
     if (typeof prompt === 'string') return this.tokenizer.encode(prompt, { addSpecialTokens: true });

@@ -114,6 +114,8 @@ export interface NativeEditHyper {
   kdWeight?: number; // λ_KD, default 1
   kdLambda?: number; // λ of the cosine term, default 0.2
   kdTheta?: number; // ϑ of the variance term, default 0.1 (negative: a diversity bonus)
+  kdTemperature?: number; // T of the optional logit KL of Eq. 4 (weighted λ_KD·T²); 0 or absent = off
+  fitStop?: number; // [ours] > 0: stop once L_act = 0 and every sample's CE <= fitStop; default 0 (off)
 }
 
 export interface NativeEditResult {
@@ -155,6 +157,8 @@ export interface NativeModel {
   cacheLength(): number;
   /** Backend memory held by this model (weights + caches), in bytes. */
   memoryBytes(): number;
+  /** High-water mark of the backend's allocations since the last reset; reset = true restarts it from now. */
+  memoryPeakBytes(reset?: boolean): number;
   /** Free everything now (waits for nothing: a running call finishes first, then memory is freed). */
   dispose(): void;
 

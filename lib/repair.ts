@@ -37,6 +37,15 @@ export interface RepairOptions {
   kdVarianceSign: 1 | -1;
   /** λ_KD of Eq. 6. Default 1.0 (Table 6). */
   kdWeight: number;
+  /**
+   * Add Eq. 4's optional logit term: λ_KD·T²·mean KL(p_teacher ‖ p_student), p = softmax(logits / T), over
+   * each student's edit rows paired with the teacher's (same context template), aligned from the first
+   * answer token over their common answer positions [ours: the alignment; the reference pads to a common
+   * length]. Default off (ALGORITHM.md §2.5: optional; the reference ships it disabled).
+   */
+  kdLogits: boolean;
+  /** T of the logit KL. Default 2.0 (Table 6). */
+  kdTemperature: number;
   /** λ_a of Eq. 6 (routing margin weight). Default 1.0 (Table 6, ZsRE LLaMA-3). */
   actWeight: number;
   /** ε_cons: a sample whose 1 − cos to the batch teacher stays >= this goes to the residual pool. Default 0.5 (§2.9). */
@@ -53,6 +62,14 @@ export interface RepairOptions {
   minMonitored: number;
   /** α of the merge weights softmax(−α·L_i). Default 1.0 (§2.9). */
   mergeAlpha: number;
+  /**
+   * Fit stop [ours]: a batch stops training once it is learnt — every routing-margin hinge satisfied and
+   * each sample's CE <= fitStop — instead of running all n_iter steps (the reference's EarlyStopMeter
+   * almost never fires with margin losses, §1.5). 0 = off. Default 0.02 (the EarlyStopMeter's loss bound).
+   * A cost mechanism: past that point the hinges give no gradient and the CE almost none, and the monitor
+   * catches an edit that stopped too soon.
+   */
+  fitStop: number;
   /** Times one edit may be re-queued (reintegration or residual re-batching): the termination budget. Default 3 [ours]. */
   budget: number;
 }
@@ -69,6 +86,8 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   kdTheta: 0.1,
   kdVarianceSign: 1,
   kdWeight: 1.0,
+  kdLogits: false,
+  kdTemperature: 2.0,
   actWeight: 1.0,
   epsCons: 0.5,
   tauCorrect: 0.85,
@@ -77,6 +96,7 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   minMonitored: 2,
   mergeAlpha: 1.0,
   budget: 3,
+  fitStop: 0.02,
 };
 
 /** Fill the defaults and validate every field (typed errors naming the field). */
@@ -85,7 +105,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   if (o && o.batchSize !== undefined && o.window === undefined) r.window = 2 * o.batchSize;
   const bad = (k: string, what: string) => new RepairError('ERR_INVALID_ARG', `repair option ${k} must be ${what}, got ${JSON.stringify((r as unknown as Record<string, unknown>)[k])}`, { field: k });
   for (const k of Object.keys(o ?? {})) if (!(k in REPAIR_DEFAULTS) && k !== 'tauE') throw new RepairError('ERR_INVALID_ARG', `unknown repair option '${k}'`, { field: k });
-  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
+  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge', 'kdLogits'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
   const int = (k: keyof RepairOptions, lo: number, hi: number) => {
     const v = r[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) throw bad(k, `an integer in [${lo}, ${hi}]`);
@@ -101,6 +121,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   num('kdTheta', (x) => x >= 0, 'a number >= 0');
   if (r.kdVarianceSign !== 1 && r.kdVarianceSign !== -1) throw bad('kdVarianceSign', '1 or -1');
   num('kdWeight', (x) => x >= 0, 'a number >= 0');
+  num('kdTemperature', (x) => x > 0 && x <= 100, 'a number in (0, 100]');
   num('actWeight', (x) => x >= 0, 'a number >= 0');
   num('epsCons', (x) => x >= 0, 'a number >= 0');
   num('tauCorrect', (x) => x >= 0 && x <= 1, 'a number in [0, 1]');
@@ -110,6 +131,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   int('minMonitored', 1, 1e9);
   num('mergeAlpha', (x) => x >= 0, 'a number >= 0');
   int('budget', 0, 1000);
+  num('fitStop', (x) => x >= 0, 'a number >= 0');
   return r;
 }
 

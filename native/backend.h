@@ -41,6 +41,8 @@ class Backend {
   virtual void memset0(void* dst, size_t bytes) = 0;
   virtual void sync() = 0;  // wait for queued work; throws ERR_CUDA on a sticky error
   virtual size_t bytes_in_use() const = 0;
+  virtual size_t peak_bytes() const = 0;  // high-water mark of bytes_in_use() since the last reset_peak()
+  virtual void reset_peak() = 0;          // peak := bytes in use now
 
   // ---- ops (shapes are row-major, last index fastest) ---------------------------------------
 
@@ -173,6 +175,14 @@ class Backend {
   //   dfeat[i] = ∂L/∂feat_i for i >= 1; dfeat[0] = 0 (the teacher is a stop-gradient). A zero feature row
   //   counts as direction 0 with zero gradient. b >= 2.
   virtual void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) = 0;
+
+  // Logit distillation (REPAIR Eq. 4's optional term, ALGORITHM.md §2.5) over P (student, teacher) row pairs of
+  // logits [rows, V]:  p = softmax(logits[teacher[i]] / T), q = softmax(logits[student[i]] / T)
+  //   loss[i] = w[i]·T²·KL(p ‖ q) = w[i]·T²·Σ_v p_v·(log p_v − log q_v)
+  //   dlogits[student[i]] += w[i]·T·(q − p)          (the teacher row gets no gradient: stop-gradient)
+  // Student rows must be distinct (each student row accumulates from exactly one pair); T > 0.
+  virtual void kl_distill(float* loss, float* dlogits, const float* logits, const int32_t* student,
+                          const int32_t* teacher, const float* w, int P, int V, float T) = 0;
 
   // Loss-aware merge (REPAIR Alg. 4) of k f32 shards [n] against base [n] with weights w (softmax(−α·L)):
   //   τ_i = shard_i − base; zeros are neutral (a masked entry takes no part, in the sign test or the weights);

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdio>
 #include <functional>
+#include <cmath>
 #include <memory>
 #include <chrono>
 #include <cstring>
@@ -117,6 +118,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                         InstanceMethod("generate", &NativeModel::Generate), InstanceMethod("abort", &NativeModel::Abort),
                         InstanceMethod("cacheLength", &NativeModel::CacheLength),
                         InstanceMethod("memoryBytes", &NativeModel::MemoryBytes),
+                        InstanceMethod("memoryPeakBytes", &NativeModel::MemoryPeakBytes),
                         InstanceMethod("dispose", &NativeModel::Dispose),
                         InstanceMethod("sideCreate", &NativeModel::SideCreate),
                         InstanceMethod("sideFree", &NativeModel::SideFree),
@@ -270,6 +272,14 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   }
   Napi::Value MemoryBytes(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), model_ ? (double)model_->memory_bytes() : 0.0);
+  }
+  // memoryPeakBytes(reset?): the high-water mark of the backend's allocations (host or device) since the
+  // last reset; with reset = true the mark restarts from the bytes in use now (after reading it).
+  Napi::Value MemoryPeakBytes(const Napi::CallbackInfo& info) {
+    if (!model_) return Napi::Number::New(info.Env(), 0.0);
+    const double peak = (double)model_->memory_peak_bytes();
+    if (info.Length() > 0 && info[0].ToBoolean()) model_->reset_memory_peak();
+    return Napi::Number::New(info.Env(), peak);
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -655,6 +665,10 @@ Napi::Value NativeModel::SideEdit(const Napi::CallbackInfo& info) {
   h.kd_weight = opt_num("kdWeight", 1.f);
   h.kd_lambda = opt_num("kdLambda", 0.2f);
   h.kd_theta = opt_num("kdTheta", 0.1f);
+  h.kd_temp = opt_num("kdTemperature", 0.f);
+  if (!(h.kd_temp >= 0.f) || !std::isfinite(h.kd_temp)) throw_js(env, RE_ERR_ARG, "hyper.kdTemperature must be a finite number >= 0");
+  h.fit_stop = opt_num("fitStop", 0.f);
+  if (!(h.fit_stop >= 0.f)) throw_js(env, RE_ERR_ARG, "hyper.fitStop must be >= 0");
   re::Model* m = begin_call(env);
   auto* w = new EditWorker(env, this, m, side, slot, std::move(b), h, info[4]);
   w->Queue();

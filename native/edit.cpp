@@ -375,6 +375,33 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   }
   if (lrows.empty()) fail(RE_ERR_ARG, "edit: the rows have no label (empty target?)");
   const int RL = (int)lrows.size();
+  // Logit KL pairs (REPAIR Eq. 4's optional term) [ours: alignment]: the k-th edit row of sample s >= 1 is
+  // paired with the k-th edit row of the teacher (sample 0), position by position from the first answer
+  // token over their jointly valid answer positions; weight λ_KD / ((S − 1)·rows_s·m) so the term is the
+  // mean over rows and positions of KL(p_0 ‖ p_s), averaged over the b − 1 students (× T² in the kernel).
+  std::vector<int32_t> kl_s, kl_t;
+  std::vector<float> kl_w;
+  if (use_kd && h.kd_temp > 0) {
+    std::vector<std::vector<int>> rows_of(nsamp);  // edit rows of each sample, in row order
+    for (int r = 0; r < R; ++r)
+      if (sample_of[r] >= 0) rows_of[sample_of[r]].push_back(r);
+    std::vector<std::vector<int>> lpos(R);  // label-row indices (into lrows) of each row, in position order
+    for (int i = 0; i < RL; ++i) lpos[lrows[i] / T].push_back(i);
+    for (int si = 1; si < nsamp; ++si) {
+      const int rows = (int)std::min(rows_of[si].size(), rows_of[0].size());
+      for (int k = 0; k < rows; ++k) {
+        const auto& ps = lpos[rows_of[si][k]];
+        const auto& pt = lpos[rows_of[0][k]];
+        const int m = (int)std::min(ps.size(), pt.size());
+        for (int j = 0; j < m; ++j) {
+          kl_s.push_back(ps[j]);
+          kl_t.push_back(pt[j]);
+          kl_w.push_back((float)(h.kd_weight / ((double)(nsamp - 1) * rows * m)));
+        }
+      }
+    }
+  }
+  const int KP = (int)kl_s.size();
 
   // -- workspace --
   const int nsuf = a.L - 1 - L;  // layers above the edited one
@@ -413,6 +440,10 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   float* feat = buf((size_t)nsamp * N);
   float* dfeat = buf((size_t)nsamp * N);
   float* kdout = buf((size_t)nsamp + 1);
+  float* klloss = buf(KP);
+  int32_t* kls_d = reinterpret_cast<int32_t*>(buf(KP));
+  int32_t* klt_d = reinterpret_cast<int32_t*>(buf(KP));
+  float* klw_d = buf(KP);
   float* actL = key ? buf((size_t)BT * F) : nullptr;  // key: layer L's activation gelu(o_side)
   struct Acts {
     float *x_in, *xn1, *q, *k, *v, *kc, *vc, *att, *h, *xn2, *gate, *up, *act;
@@ -437,6 +468,11 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   be_->upload(lbl_d, lbl.data(), (size_t)RL * 4);
   be_->upload(lwd, lw.data(), (size_t)RL * 4);
   be_->copy(snapshot, Wp, (size_t)D * F * 4);
+  if (KP) {
+    be_->upload(kls_d, kl_s.data(), (size_t)KP * 4);
+    be_->upload(klt_d, kl_t.data(), (size_t)KP * 4);
+    be_->upload(klw_d, kl_w.data(), (size_t)KP * 4);
+  }
   if (use_kd) {
     std::vector<float> P((size_t)nsamp * BT, 0.0f), PT((size_t)BT * nsamp, 0.0f);
     std::vector<int> cnt(nsamp, 0);
@@ -471,6 +507,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   };
 
   std::vector<float> dist_h(BT), loss_h(RL), gd_h(BT), kd_h((size_t)nsamp + 1, 0.0f);
+  std::vector<float> kl_h;
   std::vector<int> valid(R), prompt_end(R, T - 1);  // prompt tokens of an edit row: [pad, prompt_end]
   for (int r = 0; r < R; ++r) {
     valid[r] = T - eb.pad[r];
@@ -481,6 +518,8 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       }
   }
   EditResult res;
+  double best_loss = INFINITY;  // fit stop: the best loss so far (1 % steps) and its step
+  int best_it = 0;
   try {
     if (!h.full_forward) prefix();
     for (int it = 0; it < h.n_iter; ++it) {
@@ -597,14 +636,34 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
         be_->sync();
         kd_loss = kd_h[0];
       }
+      if (KP) {  // + λ_KD·T²·mean KL(p_teacher ‖ p_student) over the aligned answer positions; dlogits +=
+        be_->kl_distill(klloss, dlogits, logits, kls_d, klt_d, klw_d, KP, a.V, h.kd_temp);
+        kl_h.resize(KP);
+        be_->download(kl_h.data(), klloss, (size_t)KP * 4);
+        be_->sync();
+        for (float v : kl_h) kd_loss += v;
+      }
       const double loss = ce + act_loss + kd_loss;
       if (!std::isfinite(loss))
         fail("ERR_NAN_LOSS", "edit: the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
                                  " at step " + std::to_string(it) + " (learning rate too high?); the edit was not stored");
       // early stop (EarlyStopMeter): the two latest recorded losses within 1e-4 and the latest <= 0.02
       const size_t nl = res.loss.size();
-      const bool stop = h.early_stop && nl >= 2 && std::fabs(res.loss[nl - 1] - res.loss[nl - 2]) <= 1e-4f &&
-                        res.loss[nl - 1] <= 0.02f;
+      bool stop = h.early_stop && nl >= 2 && std::fabs(res.loss[nl - 1] - res.loss[nl - 2]) <= 1e-4f &&
+                  res.loss[nl - 1] <= 0.02f;
+      // [ours] fit stop: every sample's CE is small and the rest of the loss (the routing hinges, KD) is 0 or
+      // has not improved by 1 % for 10 steps. On small models the hinges often plateau at a margin they
+      // cannot reach while the CE is long learnt; the remaining steps then change little (the monitor
+      // catches an edit that really needed them).
+      if (loss < 0.99 * best_loss) {
+        best_loss = loss;
+        best_it = it;
+      }
+      if (h.fit_stop > 0) {
+        bool fit = true;
+        for (int si = 0; si < nsamp; ++si) fit = fit && s_ce[si] <= h.fit_stop;
+        stop = stop || (fit && (act_loss + kd_loss == 0 || it - best_it >= 10));
+      }
       // per-sample figures of this step (kept from the last executed step)
       res.sample_stat.assign(nsamp, 0.f);
       res.sample_prompt_stat.assign(nsamp, 0.f);

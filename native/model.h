@@ -78,12 +78,14 @@ struct EditHyper {
   float alpha = 5.f, beta = 20.f, gamma = 10.f;         // act_margin [α, β, γ]
   int act = 1;                                          // φ: 0 identity (paper), 1 SiLU, 2 GELU-tanh
   bool early_stop = true;
+  float fit_stop = 0.f;  // [ours] > 0: stop once L_act = 0 and every sample's CE <= fit_stop (0 = off)
   bool full_forward = false;  // recompute the frozen prefix every step (the slow path, for benchmarks)
   float act_weight = 1.f;     // λ_a of REPAIR Eq. 6 (WISE: 1)
   bool kd = false;            // REPAIR intra-batch distillation over the batch's samples (Eq. 4)
   float kd_weight = 1.f;      // λ_KD
   float kd_lambda = 0.2f;     // λ (cosine term)
   float kd_theta = 0.1f;      // ϑ (variance term; negative = diversity bonus)
+  float kd_temp = 0.f;        // T of the optional logit KL (Eq. 4); 0 = off. Weighted by λ_KD·T².
 };
 
 struct EditResult {
@@ -161,6 +163,8 @@ class Model {
 
   int cache_length() const { return cache_len_; }
   size_t memory_bytes() const { return be_->bytes_in_use(); }
+  size_t memory_peak_bytes() const { return be_->peak_bytes(); }
+  void reset_memory_peak() { be_->reset_peak(); }
   const Arch& arch() const { return arch_; }
   Backend& backend() { return *be_; }
 

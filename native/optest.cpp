@@ -41,6 +41,8 @@
 //   add_bias     y[M*N] initial, b[N] (dtype); M N -> y
 // REPAIR kernels:
 //   kd_loss      feat[b*D]; b(>=2) D lambda theta -> out[1+b] dfeat[b*D]
+//   kl_distill   logits[rows*V], student[P] (distinct, 0 <= s < rows), teacher[P] (0 <= t < rows), w[P],
+//               dlogits[rows*V] optional initial (zeros); rows V P(>=0) T(>0) -> loss[P] dlogits[rows*V]
 //   loss_aware_merge shards[k*n], weights[k], base[n] (dtype); k, n optional (must match base), alias (-1 none,
 //               else out starts as shard `alias` and is passed as that shard) -> out[n]
 #include "optest.h"
@@ -814,6 +816,40 @@ OpResult op_kd_loss(Backend& be, const Args& A) {
   return s.finish();
 }
 
+OpResult op_kl_distill(Backend& be, const Args& A) {
+  const int rows = A.integer("rows", 1, kMaxDim), V = A.integer("V", 1, kMaxDim), P = A.integer("P", 0, kMaxDim);
+  const float T = (float)A.num("T");
+  if (!(T > 0) || !std::isfinite(T)) bad(A.op, "'T' must be > 0 and finite as an f32");
+  const int64_t nl = prod(A.op, {rows, V});
+  const auto& logits = A.f32("logits", nl);
+  const auto& student = A.i32("student", P);
+  const auto& teacher = A.i32("teacher", P);
+  const auto& w = A.f32("w", P);
+  const std::vector<float>* g0 = A.f32_opt("dlogits", nl);
+  std::vector<char> seen((size_t)rows, 0);
+  for (int i = 0; i < P; ++i) {
+    if (student[i] < 0 || student[i] >= rows)
+      bad(A.op, "student[" + std::to_string(i) + "] = " + std::to_string(student[i]) + " is out of range [0, " +
+                    std::to_string(rows) + ")");
+    if (teacher[i] < 0 || teacher[i] >= rows)
+      bad(A.op, "teacher[" + std::to_string(i) + "] = " + std::to_string(teacher[i]) + " is out of range [0, " +
+                    std::to_string(rows) + ")");
+    if (seen[student[i]]) bad(A.op, "student row " + std::to_string(student[i]) + " appears twice");
+    seen[student[i]] = 1;
+  }
+  const std::vector<float> zeros(g0 ? 0 : (size_t)nl, 0.0f);
+
+  Session s(be);
+  const float* dl = s.input(logits);
+  const int32_t* ds = s.input(student);
+  const int32_t* dt = s.input(teacher);
+  const float* dw = s.input(w);
+  float* loss = s.output("loss", (size_t)P);
+  float* dlogits = s.output("dlogits", (size_t)nl, g0 ? g0 : &zeros);
+  be.kl_distill(loss, dlogits, dl, ds, dt, dw, P, V, T);
+  return s.finish();
+}
+
 OpResult op_loss_aware_merge(Backend& be, const Args& A) {
   const int k = A.integer("k", 0, 4096);
   const DType dt = A.dtype("dtype", DType::F32);
@@ -851,7 +887,7 @@ std::vector<std::string> op_names() {
           "swiglu",     "add",           "gather_rows", "scatter_add_rows", "linear_dx", "rmsnorm_bwd",
           "rope_bwd",   "attention_bwd", "swiglu_bwd", "cross_entropy", "act_dist",     "act_dist_bwd",
           "masked_sgd", "ties_merge",    "kd_loss",    "loss_aware_merge", "layernorm",   "layernorm_bwd",
-          "gelu",       "gelu_bwd",      "add_bias"};
+          "gelu",       "gelu_bwd",      "add_bias",   "kl_distill"};
 }
 
 OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
@@ -879,6 +915,7 @@ OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
   if (op == "masked_sgd") return op_masked_sgd(be, A);
   if (op == "ties_merge") return op_ties_merge(be, A);
   if (op == "kd_loss") return op_kd_loss(be, A);
+  if (op == "kl_distill") return op_kl_distill(be, A);
   if (op == "loss_aware_merge") return op_loss_aware_merge(be, A);
   if (op == "layernorm") return op_layernorm(be, A);
   if (op == "layernorm_bwd") return op_layernorm_bwd(be, A);

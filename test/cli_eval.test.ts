@@ -1,6 +1,8 @@
 // `repair-edit eval` end to end on the shipped stories260K (tsx lib/cli.ts ..., as a user runs it): the
-// results table, the JSON file (schema, every per-case value, the configuration), the HTML report
-// (written, self-contained, its SVG plots well formed), and the exit codes of bad arguments and data.
+// results table, the JSON file (schema, every per-case value, the configuration, the routing scores), the
+// HTML report (written, self-contained, its SVG plots well formed, one routing-score histogram per method
+// whose bars add up to the prompts routed), and the exit codes of bad arguments and data. The histogram
+// and line-plot renderers on hand-made inputs (bins, edges, the threshold line's position, escaping).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -9,7 +11,8 @@ import { join } from 'node:path';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
 import { namedDatasetPath } from '../lib/datasets.js';
-import { renderHtmlReport, svgPlot } from '../lib/cli/eval.js';
+import { binValues, HIST, renderHtmlReport, routingPlot, svgHistogram, svgPlot } from '../lib/cli/eval.js';
+import { summarizeRouting, type EvalRun, type RoutePoint, type RoutingCase } from '../lib/eval.js';
 
 const ROOT = packageRoot();
 const TSX = join(ROOT, 'node_modules', '.bin', 'tsx');
@@ -61,15 +64,61 @@ afterAll(() => {
 function svgs(html: string): string[] {
   const out = html.match(/<svg[\s\S]*?<\/svg>/g) ?? [];
   for (const s of out) {
-    const open = (s.match(/<(polyline|line|circle|text|title)\b/g) ?? []).length;
-    const selfClosed = (s.match(/<(polyline|line|circle)\b[^>]*\/>/g) ?? []).length;
-    const closed = (s.match(/<\/(polyline|line|circle|text|title)>/g) ?? []).length;
+    const open = (s.match(/<(polyline|line|circle|text|title|rect)\b/g) ?? []).length;
+    const selfClosed = (s.match(/<(polyline|line|circle|rect)\b[^>]*\/>/g) ?? []).length;
+    const closed = (s.match(/<\/(polyline|line|circle|text|title|rect)>/g) ?? []).length;
     expect(open).toBe(selfClosed + closed);
-    for (const m of s.matchAll(/\b(?:x|y|x1|x2|y1|y2|cx|cy)="([^"]*)"/g)) expect(Number.isFinite(Number(m[1])), m[0]).toBe(true);
+    for (const m of s.matchAll(/\b(?:x|y|x1|x2|y1|y2|cx|cy|width|height)="([^"]*)"/g)) expect(Number.isFinite(Number(m[1])), m[0]).toBe(true);
     for (const m of s.matchAll(/points="([^"]*)"/g)) for (const p of m[1]!.split(' ')) expect(p).toMatch(/^-?\d+(\.\d+)?,-?\d+(\.\d+)?$/);
   }
   return out;
 }
+
+/**
+ * A strict XML well-formedness check of one fragment: every tag is `<name attr="v" ...>`, `</name>` or
+ * `<name .../>`, tags nest, attribute values and text hold no raw `<` and only known entities after `&`.
+ */
+function wellFormed(xml: string): void {
+  const stack: string[] = [];
+  const tag = /<(\/?)([A-Za-z][\w:-]*)((?:\s+[\w:-]+="[^"<]*")*)\s*(\/?)>/y;
+  const text = /[^<]*/y;
+  let i = 0;
+  const entities = (t: string) => expect(t.replace(/&(amp|lt|gt|quot|#\d+);/g, ''), t).not.toMatch(/&/);
+  while (i < xml.length) {
+    text.lastIndex = i;
+    const t = text.exec(xml)![0];
+    entities(t);
+    i += t.length;
+    if (i >= xml.length) break;
+    tag.lastIndex = i;
+    const m = tag.exec(xml);
+    expect(m, `bad tag at ${i}: ${xml.slice(i, i + 60)}`).not.toBeNull();
+    entities(m![3]!);
+    if (m![1]) expect(stack.pop(), `</${m![2]}> at ${i}`).toBe(m![2]);
+    else if (!m![4]) stack.push(m![2]!);
+    i += m![0].length;
+  }
+  expect(stack).toEqual([]);
+}
+
+/** The bars of a histogram SVG: group, bin, count. */
+function bars(svg: string): { group: number; bin: number; count: number; x: number; width: number }[] {
+  return [...svg.matchAll(/<rect x="([^"]+)" y="[^"]+" width="([^"]+)"[^>]*data-group="(\d+)" data-bin="(\d+)" data-count="(\d+)"/g)].map((m) => ({
+    x: Number(m[1]),
+    width: Number(m[2]),
+    group: Number(m[3]),
+    bin: Number(m[4]),
+    count: Number(m[5]),
+  }));
+}
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+/** The x of the threshold line of a histogram SVG (null when none). */
+const thresholdX = (svg: string): number | null => {
+  const m = svg.match(/<line class="threshold" x1="([^"]+)" y1="[^"]+" x2="([^"]+)"/);
+  if (!m) return null;
+  expect(m[1]).toBe(m[2]);
+  return Number(m[1]);
+};
 
 describe('CLI eval: bad arguments and data', () => {
   it('usage errors exit 2 with one ERR_USAGE line', async () => {
@@ -88,6 +137,7 @@ describe('CLI eval: bad arguments and data', () => {
       ['eval', '--data', data, '--n-iter', '0'],
       ['eval', '--data', data, '--save-freq', '3', '--merge-freq', '4'],
       ['eval', '--data', data, '--restore', 'rollback'],
+      ['eval', '--data', data, '--routing', 'maybe'],
       ['eval', '--data', data, '--n', '3'],
     ];
     const runs = await Promise.all(cases.map((a) => cli(a)));
@@ -122,7 +172,7 @@ describe('CLI eval: bad arguments and data', () => {
   it('--help documents the options and where named datasets are read from', async () => {
     const h = await cli(['eval', '--help']);
     expect(h.code).toBe(0);
-    for (const o of ['--data', '--n', '--method', '--ablate', '--protocol', '--metrics', '--backend', '--seed', '--save-freq', '--merge-freq', '--n-iter', '--json', '--report', '--skip-invalid']) expect(h.stdout).toContain(o);
+    for (const o of ['--data', '--n', '--method', '--ablate', '--protocol', '--metrics', '--backend', '--seed', '--save-freq', '--merge-freq', '--n-iter', '--json', '--report', '--skip-invalid', '--routing']) expect(h.stdout).toContain(o);
     expect(h.stdout).toMatch(/\.\.\/shared\/data\/ relative to the package root/);
     const top = await cli(['--help']);
     expect(top.stdout).toMatch(/\beval\b/);
@@ -195,6 +245,98 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
     expect(h).toContain('full configuration');
   });
 
+  it('routing scores: in the JSON (per case, summary), one line per method on stdout', () => {
+    const j = JSON.parse(readFileSync(json(), 'utf8'));
+    expect(j.config.routing).toBe('teacher-forced');
+    const lines = run.stdout.split('\n').filter((l) => l.startsWith('routed to a side memory'));
+    expect(lines).toHaveLength(3); // one per variant, at its largest N
+    for (const [ri, r] of j.results.entries()) {
+      expect(r.config.routing).toBe('teacher-forced');
+      for (const x of r.runs) {
+        const rt = x.routing;
+        expect(Object.keys(rt).sort()).toEqual(['basis', 'cases', 'seconds', 'summary']);
+        expect(rt.basis).toBe('teacher-forced');
+        expect(rt.seconds).toBeGreaterThan(0);
+        expect(rt.cases.map((c: RoutingCase) => c.id)).toEqual(x.cases.map((c: { id: string }) => c.id));
+        for (const c of rt.cases as RoutingCase[]) {
+          expect(Object.keys(c).sort()).toEqual(['edit', 'id', 'rephrase', 'unrelated']);
+          expect(c.unrelated).toHaveLength(1); // one locality pair per record
+          for (const p of [c.edit!, c.rephrase!, ...c.unrelated]) {
+            expect(Object.keys(p).sort()).toEqual(['route', 'routed', 'score', 'threshold', 'tokens']);
+            expect(typeof p.score).toBe('number');
+            expect(p.threshold).toBeGreaterThan(0);
+            expect(p.tokens).toBeGreaterThan(1);
+            expect(p.route === 'main' || (Number.isInteger(p.route) && p.route >= -1)).toBe(true);
+            expect(p.routed).toBe(p.route !== 'main');
+            if (p.routed) expect(p.score!).toBeGreaterThanOrEqual(p.threshold!);
+            else expect(p.score!).toBeLessThanOrEqual(p.threshold!);
+          }
+        }
+        const s = rt.summary;
+        const cs = rt.cases as RoutingCase[];
+        const routed = (ps: ({ routed: boolean } | null)[]) => ps.filter((p) => p?.routed).length;
+        expect(s.edit).toEqual({ prompts: x.n, routed: routed(cs.map((c) => c.edit)), fraction: routed(cs.map((c) => c.edit)) / x.n });
+        expect(s.rephrase).toEqual({ prompts: x.n, routed: routed(cs.map((c) => c.rephrase)), fraction: routed(cs.map((c) => c.rephrase)) / x.n });
+        expect(s.unrelated).toEqual({ prompts: x.n, routed: routed(cs.flatMap((c) => c.unrelated)), fraction: routed(cs.flatMap((c) => c.unrelated)) / x.n });
+        expect(typeof s.thresholdsDiffer).toBe('boolean');
+      }
+      const last = r.runs.at(-1);
+      const s = last.routing.summary;
+      expect(lines[ri]).toBe(`routed to a side memory (teacher-forced), ${r.label} N=2: edit ${s.edit.routed}/2, rephrase ${s.rephrase.routed}/2, unrelated ${s.unrelated.routed}/2`);
+    }
+    // the edits reach their memory on the rows they were trained on
+    expect(j.results[0].runs[1].routing.summary.edit.routed).toBeGreaterThanOrEqual(1);
+  });
+
+  it('the HTML report has one routing histogram per method (largest N up front), bars adding up to the prompts', () => {
+    const h = readFileSync(html(), 'utf8');
+    const j = JSON.parse(readFileSync(json(), 'utf8'));
+    wellFormed(h.slice(h.indexOf('<body>'), h.indexOf('</body>') + 7));
+    expect(h).toContain('<h2>Routing scores</h2>');
+    const all = svgs(h);
+    for (const r of j.results) {
+      for (const x of r.runs) {
+        const sv = all.filter((q) => q.includes(`aria-label="Routing scores: ${r.label}, N = ${x.n}"`));
+        expect(sv, `${r.label} N=${x.n}`).toHaveLength(1);
+        wellFormed(sv[0]!);
+        const b = bars(sv[0]!);
+        expect(sum(b.map((q) => q.count))).toBe(3 * x.n); // n edit + n rephrase + n unrelated prompts
+        for (const g of [0, 1, 2]) expect(sum(b.filter((q) => q.group === g).map((q) => q.count))).toBe(x.n);
+        expect(thresholdX(sv[0]!)).not.toBeNull();
+        expect(sv[0]).toContain(`${x.routing.summary.edit.routed} routed`);
+        expect(sv[0]).toContain(x.routing.summary.thresholdsDiffer ? 'score / threshold' : 'routing score (teacher-forced');
+      }
+    }
+    // the largest N up front, the other Ns folded in a <details>
+    const details = h.slice(h.indexOf('<details><summary>routing scores at the other N'));
+    expect(details).toContain('aria-label="Routing scores: wise, N = 1"');
+    expect(h.slice(h.indexOf('<h2>Routing scores</h2>'), h.indexOf('<details><summary>routing scores at the other N'))).not.toContain(', N = 1"');
+    expect(h).toContain('<th>routed: edit</th>');
+  });
+
+  it('--routing prompt with ft (no router: no routing) and --routing off', async () => {
+    const [p, off] = await Promise.all([
+      cli(['eval', '--data', data, '--n', '1', '--method', 'wise,ft', '--metrics', 'tf', '--n-iter', '20', '--routing', 'prompt', '--json', join(tmp, 'rp.json'), '--report', join(tmp, 'rp.html')]),
+      cli(['eval', '--data', data, '--n', '1', '--metrics', 'tf', '--n-iter', '20', '--routing', 'off', '--json', join(tmp, 'ro.json'), '--report', join(tmp, 'ro.html')]),
+    ]);
+    expect(p.code, p.stderr).toBe(0);
+    expect(off.code, off.stderr).toBe(0);
+    const jp = JSON.parse(readFileSync(join(tmp, 'rp.json'), 'utf8'));
+    expect(jp.config.routing).toBe('prompt-only');
+    expect(jp.results[0].runs[0].routing.basis).toBe('prompt-only');
+    expect(jp.results[0].runs[0].routing.summary.edit.prompts).toBe(1);
+    expect(jp.results[1].runs[0].routing).toBeNull(); // ft
+    expect(p.stdout.split('\n').filter((l) => l.startsWith('routed to a side memory'))).toEqual([expect.stringMatching(/^routed to a side memory \(prompt-only\), wise N=1: edit \d\/1, rephrase \d\/1, unrelated \d\/1$/)]);
+    const hp = readFileSync(join(tmp, 'rp.html'), 'utf8');
+    expect(svgs(hp).filter((q) => q.includes('aria-label="Routing scores:'))).toHaveLength(1);
+    expect(hp).not.toContain('Routing scores: ft');
+    const jo = JSON.parse(readFileSync(join(tmp, 'ro.json'), 'utf8'));
+    expect(jo.config.routing).toBeNull();
+    expect(jo.results[0].runs[0].routing).toBeNull();
+    expect(off.stdout).not.toContain('routed to a side memory');
+    expect(readFileSync(join(tmp, 'ro.html'), 'utf8')).not.toContain('Routing scores');
+  });
+
   it('--protocol single with --metrics tf', async () => {
     const r = await cli(['eval', '--data', data, '--n', '2', '--protocol', 'single', '--metrics', 'tf', '--n-iter', '20', '--json', join(tmp, 's.json')]);
     expect(r.code, r.stderr).toBe(0);
@@ -220,6 +362,39 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
   });
 });
 
+/** A hand-made sequential run (for the renderers). */
+function fakeRun(routing: EvalRun['routing'] = null): EvalRun {
+  return {
+    label: 'x<y',
+    method: 'wise' as const,
+    n: 1,
+    protocol: 'sequential' as const,
+    summary: {
+      rel: 1,
+      gen: 0.5,
+      loc: 1,
+      op: Math.cbrt(0.5),
+      avg: 2.5 / 3,
+      ppl: null,
+      ood: null,
+      oodIndicator: null,
+      emRel: 1,
+      emGen: 0,
+      metricOf: { rel: 'tf-token-accuracy' as const, gen: 'tf-token-accuracy' as const },
+      counts: { cases: 1, rel: 1, gen: 1, loc: 1, ppl: 0, ood: 0, em: 1 },
+      pre: { rel: 0, gen: 0, ppl: null, ood: null },
+    },
+    cases: [{ id: '<b>', index: 0, rel: 1, gen: 0.5, loc: 1, locPairs: [1], ppl: null, ood: null, oodIndicator: null, emRel: true, emGen: false, genRel: '<i>castle</i>', genGen: 'x', pre: { rel: 0, gen: 0, ppl: null, ood: null } }],
+    timings: { editSeconds: 1, evalSeconds: 0.1, generateSeconds: 0.05, setupSeconds: 0, editsPerSecond: 1, secondsPerEdit: 1 },
+    events: { 'edit-trained': 1 },
+    gaveUp: [],
+    retriggers: 0,
+    memories: { working: 1, memories: 0 },
+    truncatedRows: 0,
+    routing,
+  };
+}
+
 describe('report rendering', () => {
   it('svgPlot: one polyline per series, gaps for missing values, y axis past 1 when needed', () => {
     const s = svgPlot('PPL', [1, 30, 120], [
@@ -236,34 +411,7 @@ describe('report rendering', () => {
   });
 
   it('renderHtmlReport escapes labels and writes no external reference', () => {
-    const run = {
-      label: 'x<y',
-      method: 'wise' as const,
-      n: 1,
-      protocol: 'sequential' as const,
-      summary: {
-        rel: 1,
-        gen: 0.5,
-        loc: 1,
-        op: Math.cbrt(0.5),
-        avg: 2.5 / 3,
-        ppl: null,
-        ood: null,
-        oodIndicator: null,
-        emRel: 1,
-        emGen: 0,
-        metricOf: { rel: 'tf-token-accuracy' as const, gen: 'tf-token-accuracy' as const },
-        counts: { cases: 1, rel: 1, gen: 1, loc: 1, ppl: 0, ood: 0, em: 1 },
-        pre: { rel: 0, gen: 0, ppl: null, ood: null },
-      },
-      cases: [{ id: '<b>', index: 0, rel: 1, gen: 0.5, loc: 1, locPairs: [1], ppl: null, ood: null, oodIndicator: null, emRel: true, emGen: false, genRel: '<i>castle</i>', genGen: 'x', pre: { rel: 0, gen: 0, ppl: null, ood: null } }],
-      timings: { editSeconds: 1, evalSeconds: 0.1, generateSeconds: 0.05, setupSeconds: 0, editsPerSecond: 1, secondsPerEdit: 1 },
-      events: { 'edit-trained': 1 },
-      gaveUp: [],
-      retriggers: 0,
-      memories: { working: 1, memories: 0 },
-      truncatedRows: 0,
-    };
+    const run = fakeRun();
     const h = renderHtmlReport({ format: 'repair-edit.eval-run', version: 1, config: { data: 'd&d' }, results: [{ label: 'x<y', runs: [run], config: { protocol: 'sequential', restore: 'fresh' } } as never] });
     expect(h).toContain('<td>&lt;b&gt;</td>');
     expect(h).not.toContain('<i>castle');
@@ -271,5 +419,97 @@ describe('report rendering', () => {
     expect(h).toContain('d&amp;d');
     expect(h).toContain('x&lt;y');
     svgs(h);
+    wellFormed(h.slice(h.indexOf('<body>'), h.indexOf('</body>') + 7));
+    expect(h).not.toContain('Routing scores'); // no routing, no section
+  });
+
+  it('binValues: one shared range, half-open bins (the last closed), out-of-range values in the edge bins, missing values skipped', () => {
+    const b = binValues([[0, 0.5, 0.999, 1], [0.25, 2, -1], [null, Number.NaN]], 4, { lo: 0, hi: 1 });
+    expect(b).toMatchObject({ lo: 0, hi: 1, width: 0.25 });
+    expect(b.counts).toEqual([
+      [1, 0, 1, 2],
+      [1, 1, 0, 1],
+      [0, 0, 0, 0],
+    ]);
+    const auto = binValues([[1, 3]], 10, { include: [5] }); // the range takes in the threshold, 3% padding
+    expect(auto.lo).toBeCloseTo(1 - 0.12, 12);
+    expect(auto.hi).toBeCloseTo(5 + 0.12, 12);
+    expect(sum(auto.counts[0]!)).toBe(2);
+    expect(binValues([[2, 2]], 3)).toMatchObject({ lo: 1.5, hi: 2.5, counts: [[0, 2, 0]] });
+    expect(() => binValues([[1]], 0)).toThrow();
+  });
+
+  it('svgHistogram: a bar per group and non-empty bin with its count, the threshold line where it belongs, escaped text', () => {
+    const { W, L, R } = HIST;
+    const plotW = W - L - R;
+    const groups = [
+      { label: 'edit <e>', color: '#111111', values: [0.9, 0.95, 0.1] },
+      { label: 'rephrase', color: '#222222', values: [0.55, 0.7] },
+      { label: 'unrelated', color: '#333333', values: [0.05, 0.1, 0.12, null] },
+    ];
+    const s = svgHistogram('T & t', 'score', groups, 0.6, { bins: 5, lo: 0, hi: 1 });
+    svgs(s);
+    wellFormed(s);
+    const counts = [
+      [1, 0, 0, 0, 2],
+      [0, 0, 1, 1, 0],
+      [3, 0, 0, 0, 0],
+    ];
+    const b = bars(s);
+    expect(b).toHaveLength(5); // empty bins draw nothing
+    for (const q of b) expect(q.count).toBe(counts[q.group]![q.bin]);
+    for (const [g, c] of counts.entries()) for (const [i, n] of c.entries()) if (n) expect(b.some((q) => q.group === g && q.bin === i)).toBe(true);
+    expect(sum(b.map((q) => q.count))).toBe(8); // the finite values
+    // bars side by side inside their bin: group 1, bin 2 starts a third of the way into [0.4, 0.6)
+    expect(b.find((q) => q.group === 1 && q.bin === 2)!.x).toBeCloseTo(L + (0.4 + 0.2 / 3) * plotW, 1);
+    expect(b.find((q) => q.group === 1 && q.bin === 2)!.width).toBeCloseTo((0.2 / 3) * plotW - 0.4, 1);
+    expect(thresholdX(s)).toBeCloseTo(L + 0.6 * plotW, 1);
+    expect(s).toContain('T &amp; t');
+    expect(s).toContain('>edit &lt;e&gt;<');
+    expect(s).toContain('n = 3'); // unrelated: the null is not a prompt scored
+    expect(s).toContain('<title>unrelated: 3 in [0, 0.2)</title>');
+    expect(s).toContain('<title>edit &lt;e&gt;: 2 in [0.8, 1]</title>'); // the last bin is closed
+    expect(thresholdX(svgHistogram('t', 'x', groups, 1.5, { bins: 5, lo: 0, hi: 1 }))).toBeNull(); // off the axis: no line
+    // an automatic range takes the threshold in
+    const auto = svgHistogram('t', 'x', groups, 2);
+    const r = binValues(groups.map((g) => g.values), 24, { include: [2] });
+    expect(thresholdX(auto)).toBeCloseTo(L + ((2 - r.lo) / (r.hi - r.lo)) * plotW, 1);
+    expect(sum(bars(auto).map((q) => q.count))).toBe(8);
+  });
+
+  it('routingPlot: raw scores against one shared threshold; score / threshold with the line at 1 when thresholds differ; in the report', () => {
+    const { W, L, R } = HIST;
+    const plotW = W - L - R;
+    const pt = (score: number, threshold: number, routed: boolean): RoutePoint => ({ score, threshold, routed, route: routed ? -1 : 'main', tokens: 5 });
+    const rt = (cs: RoutingCase[]) => ({ basis: 'teacher-forced' as const, cases: cs, summary: summarizeRouting(cs), seconds: 0.01 });
+    const same: RoutingCase[] = [
+      { id: 'a', edit: pt(3, 2, true), rephrase: pt(1, 2, false), unrelated: [pt(0.5, 2, false), pt(0.2, 2, false)] },
+      { id: 'b', edit: pt(2.5, 2, true), rephrase: null, unrelated: [pt(0.1, 2, false)] },
+    ];
+    expect(routingPlot(fakeRun())).toBeNull();
+    const a = routingPlot(fakeRun(rt(same)))!;
+    wellFormed(a);
+    const ba = bars(a);
+    expect([0, 1, 2].map((g) => sum(ba.filter((q) => q.group === g).map((q) => q.count)))).toEqual([2, 1, 3]);
+    expect(a).toContain('routing score (teacher-forced');
+    expect(a).toContain('2 routed');
+    const ra = binValues([[3, 2.5], [1], [0.5, 0.2, 0.1]], 24, { include: [2] });
+    expect(thresholdX(a)).toBeCloseTo(L + ((2 - ra.lo) / (ra.hi - ra.lo)) * plotW, 1);
+    // b's memory has threshold 4: plotted as score / threshold, line at 1
+    const differ: RoutingCase[] = [same[0]!, { id: 'b', edit: pt(2.5, 4, false), rephrase: null, unrelated: [pt(0.1, 4, false)] }];
+    expect(summarizeRouting(differ).thresholdsDiffer).toBe(true);
+    expect(summarizeRouting(same).thresholdsDiffer).toBe(false);
+    const d = routingPlot(fakeRun(rt(differ)))!;
+    expect(d).toContain('score / threshold of its memory');
+    const rd = binValues([[1.5, 0.625], [0.5], [0.25, 0.1, 0.025]], 24, { include: [1] });
+    expect(thresholdX(d)).toBeCloseTo(L + ((1 - rd.lo) / (rd.hi - rd.lo)) * plotW, 1);
+    expect(d).toContain('1 routed');
+    // in the report: the section, the per-method line, one histogram
+    const h = renderHtmlReport({ format: 'repair-edit.eval-run', version: 1, config: { data: 'd' }, results: [{ label: 'x<y', runs: [fakeRun(rt(same))], config: { protocol: 'sequential', restore: 'fresh' } } as never] });
+    wellFormed(h.slice(h.indexOf('<body>'), h.indexOf('</body>') + 7));
+    expect(h).toContain('<h2>Routing scores</h2>');
+    expect(h).toContain('routed to a side memory (teacher-forced), x&lt;y N=1: edit 2/2, rephrase 0/1, unrelated 0/3');
+    expect(svgs(h).filter((q) => q.includes('aria-label="Routing scores: x&lt;y, N = 1"'))).toHaveLength(1);
+    expect(h).not.toContain('routing scores at the other N');
   });
 });

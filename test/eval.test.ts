@@ -1,8 +1,9 @@
 // Evaluation (lib/eval.ts): the metric arithmetic on fixed numbers (token accuracy, agreement, PPL, the
 // temporal OOD score, OP, Avg, exact match), the rows of §3, every batched metric against predictions
 // computed here one row at a time with model.logits / editor.logits on stories260K, the §3 token
-// accuracy against the independently computed numbers of the facts-llama model card, and the
-// sequential / single protocols end to end.
+// accuracy against the independently computed numbers of the facts-llama model card, the
+// sequential / single protocols end to end, and the routing scores (option routing): their inputs, their
+// summary, each point against Editor.explain by hand and against what the routed logits did.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,12 +33,16 @@ import {
   planBatches,
   promptText,
   rowLabels,
+  routingInputs,
+  routingScores,
   scoreRows,
   summarize,
+  summarizeRouting,
   textRow,
   tokenAccuracy,
   type CaseResult,
   type LogitsSource,
+  type RoutePoint,
   type ScoredRow,
 } from '../lib/eval.js';
 
@@ -137,6 +142,22 @@ describe('metric arithmetic on fixed numbers', () => {
     expect(t.gen).toBe(0.3);
     expect(t.metricOf.gen).toBe('ood');
     expect(t.avg).toBeCloseTo((0.9 + 0.3 + 1) / 3, 12);
+  });
+
+  it('summarizeRouting: prompts and routed counts per kind (missing rephrases not counted), fractions, whether thresholds differ', () => {
+    const pt = (routed: boolean, threshold: number | null = 2): RoutePoint => ({ score: routed ? 3 : 1, threshold, routed, route: routed ? -1 : 'main', tokens: 4 });
+    const s = summarizeRouting([
+      { id: 'a', edit: pt(true), rephrase: pt(false), unrelated: [pt(false), pt(true), pt(false)] },
+      { id: 'b', edit: pt(true), rephrase: null, unrelated: [] },
+    ]);
+    expect(s).toEqual({
+      edit: { prompts: 2, routed: 2, fraction: 1 },
+      rephrase: { prompts: 1, routed: 0, fraction: 0 },
+      unrelated: { prompts: 3, routed: 1, fraction: 1 / 3 },
+      thresholdsDiffer: false,
+    });
+    expect(summarizeRouting([{ id: 'a', edit: pt(true, 2), rephrase: pt(false, 2 + 1e-6), unrelated: [pt(false, null)] }]).thresholdsDiffer).toBe(true);
+    expect(summarizeRouting([]).rephrase).toEqual({ prompts: 0, routed: 0, fraction: null });
   });
 
   it('planBatches: longest rows first, at most batchSize rows and maxLogitFloats per call, empty rows skipped', () => {
@@ -347,6 +368,105 @@ describe.skipIf(!haveStories)('rows and batched metrics on stories260K', () => {
     expect(reps[1]!.runs[0]!.events['error-detected']).toBeUndefined();
     expect(reps[0]!.runs[0]!.cases.map((c) => c.pre)).toEqual(reps[1]!.runs[0]!.cases.map((c) => c.pre));
     expect(reps[0]!.runs[0]!.cases[0]!.emRel).toBeNull(); // 'exact' not asked for
+  });
+
+  it('routingInputs: the metric rows (teacher-forced) or the bare prompts (prompt-only), chat template on edit / rephrase only', () => {
+    const [zog, blix] = RECORDS;
+    const tf = routingInputs(tok, zog!, false, 'teacher-forced');
+    expect(tf.edit).toEqual(answerRow(tok, zog!.prompt, zog!.target).ids);
+    expect(tf.rephrase).toEqual(answerRow(tok, zog!.rephrase!, zog!.target).ids);
+    expect(tf.unrelated).toEqual(zog!.locality!.map((l) => answerRow(tok, l.prompt, l.answer).ids));
+    const po = routingInputs(tok, zog!, false, 'prompt-only');
+    expect(po.edit).toEqual(tok.encode(zog!.prompt));
+    expect(po.unrelated[1]).toEqual(tok.encode('Tom liked to'));
+    expect(routingInputs(tok, blix!, false, 'teacher-forced').rephrase).toBeNull();
+    expect(routingInputs(tok, zog!, false, 'teacher-forced', 5).edit).toEqual(tf.edit.slice(0, 5)); // cut as the rows are
+    const tj = JSON.parse(readFileSync(join(STORIES, 'tokenizer.json'), 'utf8'));
+    const chat = new ModelTokenizer(tj, { bos_token: '<s>', eos_token: '</s>' }, "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}");
+    const c = routingInputs(chat, zog!, true, 'prompt-only');
+    expect(c.edit).toEqual(chat.encode(promptText(chat, zog!.prompt, true)));
+    expect(c.unrelated[0]).toEqual(chat.encode('Once upon a time')); // locality rows never get the template
+  });
+
+  it('routing scores: each point = Editor.explain of the metric row, and routed ⇔ the routed logits leave the main weight', async () => {
+    const ed = await Editor.create(model, { method: 'wise', nIter: 20 });
+    try {
+      await ed.editMany(RECORDS);
+      const rt = await routingScores(ed, model, RECORDS, { useChatTemplate: false, basis: 'teacher-forced' });
+      expect(rt.basis).toBe('teacher-forced');
+      expect(rt.cases.map((c) => [c.id, c.rephrase === null, c.unrelated.length])).toEqual([
+        ['zog', false, 2],
+        ['blix', true, 1],
+        ['pim', true, 0],
+      ]);
+      expect(rt.summary.edit.prompts).toBe(3);
+      expect(rt.summary.unrelated.prompts).toBe(3);
+      let routedSeen = 0;
+      let mainSeen = 0;
+      for (const [i, r] of RECORDS.entries()) {
+        const rows = [answerRow(tok, r.prompt, r.target), ...(r.rephrase ? [answerRow(tok, r.rephrase, r.target)] : []), ...(r.locality ?? []).map((l) => answerRow(tok, l.prompt, l.answer))];
+        const c = rt.cases[i]!;
+        const pts = [c.edit!, ...(c.rephrase ? [c.rephrase] : []), ...c.unrelated];
+        for (const [k, row] of rows.entries()) {
+          const e = await ed.explain({ tokens: row.ids }, { teacherForced: true });
+          expect(pts[k]).toEqual({ score: e.score, threshold: e.threshold, routed: e.route !== 'main', route: e.route, tokens: row.ids.length });
+          // what the metric saw: the editor's logits on this row equal the base model's iff it stayed on the main weight
+          const a = (await ed.logits([row.ids], { positions: 'all' })).row(row.ids.length - 1);
+          const b = (await model.logits([row.ids], { positions: 'all' })).row(row.ids.length - 1);
+          let diff = 0;
+          for (let v = 0; v < a.length; v++) diff = Math.max(diff, Math.abs(a[v]! - b[v]!));
+          if (pts[k]!.routed) {
+            expect(diff, `${r.id} row ${k}`).toBeGreaterThan(1e-4);
+            routedSeen++;
+          } else {
+            expect(diff, `${r.id} row ${k}`).toBeLessThan(1e-5);
+            mainSeen++;
+          }
+        }
+      }
+      expect(routedSeen).toBeGreaterThan(0);
+      expect(mainSeen).toBeGreaterThan(0);
+      expect(rt.cases.every((c) => c.edit!.routed)).toBe(true); // the edits reach their memory
+      // prompt-only: the bare prompts, routed as generate() routes them
+      const po = await routingScores(ed, model, RECORDS.slice(0, 1), { useChatTemplate: false, basis: 'prompt-only' });
+      const e = await ed.explain(RECORDS[0]!.prompt);
+      expect(po.cases[0]!.edit).toEqual({ score: e.score, threshold: e.threshold, routed: e.route !== 'main', route: e.route, tokens: e.tokens });
+    } finally {
+      await ed.dispose();
+    }
+  });
+
+  it('evaluate with routing: per run on the final model, aligned with the cases; off by default, null for ft and single', async () => {
+    const rep = await evaluate(model, TWO, { method: 'wise', editorOptions: { nIter: 20 }, ns: [1, 2], metrics: ['tf'], routing: true });
+    expect(JSON.parse(JSON.stringify(rep))).toEqual(rep);
+    expect(rep.config.routing).toBe('teacher-forced');
+    for (const run of rep.runs) {
+      const rt = run.routing!;
+      expect(rt.basis).toBe('teacher-forced');
+      expect(rt.cases.map((c) => c.id)).toEqual(run.cases.map((c) => c.id));
+      expect(rt.summary).toEqual(summarizeRouting(rt.cases));
+      expect(rt.summary.edit.prompts).toBe(run.n);
+      expect(rt.summary.unrelated.prompts).toBe(TWO.slice(0, run.n).reduce((a, r) => a + (r.locality?.length ?? 0), 0));
+      expect(rt.seconds).toBeGreaterThan(0);
+    }
+    // the same edits in an editor of our own give the same points at N = 2
+    const ed = await Editor.create(model, { method: 'wise', nIter: 20 });
+    try {
+      await ed.editMany(TWO);
+      const mine = await routingScores(ed, model, TWO, { useChatTemplate: false, basis: 'teacher-forced' });
+      expect(mine.cases).toEqual(rep.runs[1]!.routing!.cases);
+    } finally {
+      await ed.dispose();
+    }
+    const off = await evaluate(model, TWO, { method: 'wise', editorOptions: { nIter: 20 }, ns: [1], metrics: ['tf'] });
+    expect(off.config.routing).toBeNull();
+    expect(off.runs[0]!.routing).toBeNull();
+    const ft = await evaluate(model, TWO, { method: 'ft', editorOptions: { nIter: 5 }, ns: [1], metrics: ['tf'], routing: 'prompt-only' });
+    const single = await evaluate(model, TWO, { method: 'wise', editorOptions: { nIter: 20 }, ns: [1], metrics: ['tf'], protocol: 'single', routing: true });
+    expect(ft.config.routing).toBe('prompt-only');
+    expect(ft.runs[0]!.routing).toBeNull();
+    expect(single.runs[0]!.routing).toBeNull();
+    await expectCode(evaluate(model, TWO, { ns: [1], routing: 'sometimes' as never }), 'ERR_INVALID_ARG');
   });
 
   it('bad options and abort', async () => {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { loadModel, modelInternals, type Model } from '../lib/model.js';
 import { native, type NativeEditBatch, type NativeEditHyper, type NativeEditResult } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
-import { EditLoss64, loadRef64, type LossParts, type MarginHyper, type Ref64Weights } from './helpers/ref64.js';
+import { EditLoss64, loadRef64, type KdHyper, type LossParts, type MarginHyper, type Ref64Weights } from './helpers/ref64.js';
 
 const addonError = (() => {
   try {
@@ -183,7 +183,7 @@ interface FdReport {
 }
 
 /** Central differences on ~30 entries (the 20 largest |g| + 10 random) against the native gradient. */
-function fdCheck(p: Prepared, g: Float64Array, h: MarginHyper, seed: number): FdReport {
+function fdCheck(p: Prepared, g: Float64Array, h: MarginHyper, seed: number, kd?: KdHyper): FdReport {
   let maxG = 0;
   for (const v of g) maxG = Math.max(maxG, Math.abs(v));
   const order = Array.from(g.keys()).sort((a, b) => Math.abs(g[b]!) - Math.abs(g[a]!));
@@ -191,15 +191,15 @@ function fdCheck(p: Prepared, g: Float64Array, h: MarginHyper, seed: number): Fd
   const u = rng(seed + 99);
   while (pick.size < 30) pick.add(Math.floor(u() * g.length));
   const W = Float64Array.from(p.Wp);
-  const pos0 = p.lossFn.loss(W, h).pos.join(',');
+  const pos0 = p.lossFn.loss(W, h, kd).pos.join(',');
   const rep: FdReport = { maxG, checked: 0, maxRelLarge: 0, maxAbsSmall: 0, worst: '', fails: [] };
   for (const idx of pick) {
     const w = W[idx]!;
     const eps = 1e-4 * Math.max(1, Math.abs(w));
     W[idx] = w + eps;
-    const lp: LossParts = p.lossFn.loss(W, h);
+    const lp: LossParts = p.lossFn.loss(W, h, kd);
     W[idx] = w - eps;
-    const lm: LossParts = p.lossFn.loss(W, h);
+    const lm: LossParts = p.lossFn.loss(W, h, kd);
     W[idx] = w;
     // the hinges' active sets must not change across the stencil (no kink inside it)
     expect(lp.pos.join(',')).toBe(pos0);
@@ -292,6 +292,65 @@ describe.skipIf(!haveAddon)('edit gradient vs float64 finite differences (CPU ba
       expect(relCe).toBeLessThan(1e-4);
       expect(errAct).toBeLessThan(1e-4 * Math.max(1, act));
       if (c.margin) expect(Math.abs(res.thresholdStat - thr)).toBeLessThan(1e-4 * Math.max(thr, 1e-6));
+      expect(rep.maxG).toBeGreaterThan(0);
+      expect(rep.fails).toEqual([]);
+    });
+  }
+
+  // REPAIR batches (Eq. 4): two samples of two edit rows each + an irrelevant row, label spans of different
+  // lengths (the logit KL aligns them from the first answer token). The teacher (sample 0) is a stop-gradient:
+  // the reference freezes its features and logits at W'. (p) cosine + variance, (q) + logit KL at T = 2,
+  // (r) logit KL alone (λ = ϑ = 0), (s) ϑ < 0 (the diversity reading) with the KL at T = 0.7.
+  const KD_CASES: { name: string; lambda: number; theta: number; T: number; seed: number }[] = [
+    { name: '(p) KD cosine + variance, no logit KL', lambda: 0.7, theta: 0.3, T: 0, seed: 41 },
+    { name: '(q) KD cosine + variance + logit KL (T = 2)', lambda: 0.7, theta: 0.3, T: 2, seed: 42 },
+    { name: '(r) logit KL alone (T = 2)', lambda: 0, theta: 0, T: 2, seed: 43 },
+    { name: '(s) ϑ < 0 and logit KL (T = 0.7)', lambda: 0.4, theta: -0.2, T: 0.7, seed: 44 },
+  ];
+  for (const c of KD_CASES) {
+    it(`${c.name}: tiny-llama3 L=1, two samples, CE + L_KD`, async () => {
+      const L = 1;
+      const p = await prepare(LLAMA3, L, 0.5, c.seed);
+      // 5 rows: sample 0 = rows 0, 1 (3 labels each), sample 1 = rows 2 (2 labels), 3 (4 labels), row 4 irrelevant
+      const u = rng(c.seed);
+      const R = 5;
+      const T = 9;
+      const V = p.ref.V;
+      const pad = Int32Array.from([1, 0, 2, 0, 3]);
+      const kind = Int32Array.from([0, 0, 0, 0, 1]);
+      const sample = Int32Array.from([0, 0, 1, 1, -1]);
+      const nLab = [3, 3, 2, 4, 0];
+      const tokens = new Int32Array(R * T);
+      const labels = new Int32Array(R * T).fill(-1);
+      const labelWeights = new Float32Array(R * T);
+      for (let r = 0; r < R; r++)
+        for (let t = 0; t < T; t++) {
+          tokens[r * T + t] = t < pad[r]! ? 2 : 3 + Math.floor(u() * (V - 3));
+          if (t >= T - nLab[r]!) {
+            labels[r * T + t] = 3 + Math.floor(u() * (V - 3));
+            labelWeights[r * T + t] = 0.2 + 0.1 * r;
+          }
+        }
+      const batch = { tokens, R, T, pad, labels, labelWeights, kind, sample };
+      const lossFn = new EditLoss64(p.ref, L, batch);
+      const q: Prepared = { ...p, batch, lossFn };
+      const h: MarginHyper = { margin: false, alpha: 0, beta: 0, gamma: 0, act: 1 };
+      const kd = { sample, weight: 1.3, lambda: c.lambda, theta: c.theta, temperature: c.T, teacherAt: p.Wp };
+      const ref = lossFn.loss(p.Wp, h, kd);
+      const { res, g } = await nativeGrad(q, L, hyperOf(h, { kd: true, kdWeight: kd.weight, kdLambda: c.lambda, kdTheta: c.theta, ...(c.T > 0 ? { kdTemperature: c.T } : {}) }));
+      // finite differences of the reference with the teacher frozen at W' (stop-gradient)
+      const rep = fdCheck(q, g, h, c.seed, kd);
+      console.log(
+        `[grad] ${c.name}: loss ref=${ref.loss.toFixed(6)} native=${res.loss[0]!.toFixed(6)}, ce ${ref.ce.toFixed(6)}, ` +
+          `kd ref=${ref.kd.toExponential(4)} native=${res.kd[0]!.toExponential(4)} (logit KL ${ref.kl.toExponential(4)})\n` +
+          `        FD: ${rep.checked} entries, max|g|=${rep.maxG.toExponential(3)}, max rel err (large) ${rep.maxRelLarge.toExponential(2)} ` +
+          `at ${rep.worst}, max abs err (small) ${rep.maxAbsSmall.toExponential(2)}·max|g|` +
+          (rep.fails.length ? `\n        FAILS:\n          ${rep.fails.join('\n          ')}` : ''),
+      );
+      if (c.T > 0) expect(ref.kl).toBeGreaterThan(1e-4); // the term is really there
+      else expect(ref.kl).toBe(0);
+      expect(Math.abs(res.kd[0]! - ref.kd)).toBeLessThan(1e-4 * Math.max(1, Math.abs(ref.kd)));
+      expect(Math.abs(res.loss[0]! - ref.loss) / Math.abs(ref.loss)).toBeLessThan(1e-4);
       expect(rep.maxG).toBeGreaterThan(0);
       expect(rep.fails).toEqual([]);
     });

@@ -219,6 +219,19 @@ describe.skipIf(!haveStories || !haveAddon).each(backends)('stories260K on %s', 
     expect(model.memoryBytes()).toBeGreaterThan(0);
   });
 
+  it('memoryPeakBytes: the allocation high-water mark, reset to the bytes in use', async () => {
+    const now = model.memoryBytes();
+    expect(model.memoryPeakBytes({ reset: true })).toBeGreaterThanOrEqual(now);
+    expect(model.memoryPeakBytes()).toBe(now); // just reset: the mark is what is in use
+    // a longer batch than any before grows the scratch buffers: the mark rises with them and stays
+    const ids = Array.from({ length: 4 }, (_, b) => Array.from({ length: 200 }, (_, t) => 1 + ((b * 7 + t * 13) % 500)));
+    await model.logits(ids, { positions: 'all' });
+    const peak = model.memoryPeakBytes();
+    expect(peak).toBeGreaterThan(now);
+    expect(peak).toBeGreaterThanOrEqual(model.memoryBytes());
+    expect(model.memoryPeakBytes()).toBe(peak);
+  });
+
   it('last-position logits match reference_outputs.json within 1e-4', async () => {
     for (const c of ref.cases) {
       const r = await model.logits([c.input_ids]);

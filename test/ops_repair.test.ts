@@ -1,4 +1,4 @@
-// REPAIR-kernel tests (backend.h "REPAIR kernels": kd_loss, loss_aware_merge), through native().runOp.
+// REPAIR-kernel tests (backend.h "REPAIR kernels": kd_loss, kl_distill, loss_aware_merge), through native().runOp.
 //
 //   (a) always (no GPU), CPU backend:
 //       kd_loss           vs a float64 reference of Eq. 4 as written in backend.h / ALGORITHM.md §2.5
@@ -7,13 +7,22 @@
 //                         gradient vs central finite differences (float64) of that reference w.r.t. the rows
 //                         i >= 1; dfeat[0] is exactly 0 (teacher = stop-gradient); zero rows (student and
 //                         teacher) count as direction 0 with zero gradient; b = 2, 3, 7, 64; D odd and D = 1.
+//       kl_distill        vs a float64 reference of Eq. 4's logit term as written in backend.h (p = softmax(z_t/T),
+//                         q = softmax(z_s/T), loss = w·T²·KL(p‖q), dlogits[s] += w·T·(q − p)), and the gradient
+//                         vs central finite differences (float64) of that reference w.r.t. the student row (the
+//                         teacher held fixed: stop-gradient); accumulate semantics (dlogits pre-filled: student
+//                         rows get += , every other row, teachers included, stays bit-identical); shared
+//                         teachers, a row that is one pair's student and another's teacher, student == teacher,
+//                         identical rows and w = 0 (exactly zero loss and gradient), logits ±80, T of 0.5..4,
+//                         V = 1, P = 0, V = 512 and 50257; bad arguments refused with ERR_INVALID_ARG.
 //       loss_aware_merge  vs a float64 reference of ALGORITHM.md §2.6 / backend.h (agreeing signs → Σ w_i·τ_i;
 //                         mixed → τ of argmax w_i·|τ_i|, ties → lower i; zeros neutral). The reference performs
 //                         the same double operations in the same order as the rule, so the comparison is exact.
 //                         k = 0..4, softmax weights, conflicting/agreeing signs, masked entries, exact ties in
 //                         w·|τ|, base F32/F16/BF16, out aliasing a shard.
 //   (b) with a CUDA device: CUDA vs CPU on every case (+ larger GPU-only shapes): guard regions intact, no
-//       NaN/Inf; loss_aware_merge bit-identical, kd_loss within TOL_CUDA_KD.
+//       NaN/Inf; loss_aware_merge bit-identical, kd_loss within TOL_CUDA_KD, kl_distill within TOL_CUDA_KL
+//       (V up to 151936, the Qwen2.5 vocabulary) with untouched rows bit-identical.
 //
 // Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i| (denominator 1 when the reference is all zero).
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
@@ -35,6 +44,12 @@ const TOL_KD_CPU = 2e-6;
 const TOL_FD = 1e-5;
 // CUDA vs CPU for kd_loss: both double, only the summation order differs; one f32 rounding each.
 const TOL_CUDA_KD = 1e-5;
+// kl_distill on the CPU: double log-softmax, one f32 rounding per output (the gradient's is the rounding of
+// the accumulated sum, so the reference runs start from zeros). Against float64: 1e-6.
+const TOL_KL_CPU = 1e-6;
+// CUDA vs CPU for kl_distill: both double with the same exponents x = z·(1/T); only the summation order and
+// exp's last bit differ, then one f32 rounding each (expected ~1e-7; the bound leaves room).
+const TOL_CUDA_KL = 1e-5;
 
 // ---- seeded PRNG -----------------------------------------------------------------------------------
 
@@ -282,6 +297,151 @@ const KD_GPU_CASES: KdCase[] = [
   { name: 'gpu b33 D4096', b: 33, D: 4096, lambda: 0.2, theta: 2, spread: 3, fd: false, gpuOnly: true },
 ];
 
+// ---- kl_distill: float64 reference of Eq. 4's logit term ----------------------------------------------------
+
+/** log-softmax of z/T in float64 (max-shifted). */
+function logSoftmax(z: ArrayLike<number>, T: number): Float64Array {
+  const n = z.length, out = new Float64Array(n);
+  let m = -Infinity;
+  for (let v = 0; v < n; v++) m = Math.max(m, z[v] / T);
+  let s = 0;
+  for (let v = 0; v < n; v++) s += Math.exp(z[v] / T - m);
+  const lse = m + Math.log(s);
+  for (let v = 0; v < n; v++) out[v] = z[v] / T - lse;
+  return out;
+}
+/** One pair: loss = w·T²·Σ p·(log p − log q) and grad = w·T·(q − p) (w.r.t. the student logits). */
+function klPair(zt: ArrayLike<number>, zs: ArrayLike<number>, w: number, T: number): { loss: number; grad: Float64Array } {
+  const lp = logSoftmax(zt, T), lq = logSoftmax(zs, T);
+  const grad = new Float64Array(zs.length);
+  let kl = 0;
+  for (let v = 0; v < zs.length; v++) {
+    const p = Math.exp(lp[v]), q = Math.exp(lq[v]);
+    if (p > 0) kl += p * (lp[v] - lq[v]);
+    grad[v] = w * T * (q - p);
+  }
+  return { loss: w * T * T * kl, grad };
+}
+
+interface KlCase {
+  name: string;
+  rows: number;
+  V: number;
+  T: number;
+  pairs: [number, number][]; // (student, teacher)
+  w?: number[]; // default: random in [0.5, 1.5]
+  scale?: number; // logit magnitude (default 3)
+  noise?: number; // per-row deviation from a shared logit vector, relative to scale (default 0.5)
+  copies?: [number, number][]; // (dst, src): row dst is set to an exact copy of row src
+  fd: boolean;
+  gpuOnly?: boolean;
+}
+interface KlBuilt {
+  args: Args; // without an initial dlogits (zeros)
+  logits: Float32Array;
+  student: Int32Array;
+  teacher: Int32Array;
+  w: Float32Array;
+  g0: Float32Array; // a random initial dlogits for the accumulate runs
+}
+function klBuild(c: KlCase): KlBuilt {
+  const r = new Rand(`kl ${c.name}`);
+  const scale = c.scale ?? 3, noise = c.noise ?? 0.5;
+  const common = Array.from({ length: c.V }, () => r.u(scale));
+  const logits = new Float32Array(c.rows * c.V);
+  for (let i = 0; i < c.rows; i++)
+    for (let v = 0; v < c.V; v++) logits[i * c.V + v] = Math.max(-scale, Math.min(scale, common[v] + r.u(noise * scale)));
+  for (const [d, src] of c.copies ?? []) logits.copyWithin(d * c.V, src * c.V, (src + 1) * c.V);
+  const P = c.pairs.length;
+  const student = Int32Array.from(c.pairs.map((p) => p[0]));
+  const teacher = Int32Array.from(c.pairs.map((p) => p[1]));
+  const w = Float32Array.from(c.w ?? Array.from({ length: P }, () => 0.5 + r.r()));
+  const g0 = Float32Array.from({ length: c.rows * c.V }, () => r.u(0.1));
+  return { args: { logits, student, teacher, w, rows: c.rows, V: c.V, P, T: c.T }, logits, student, teacher, w, g0 };
+}
+/** The float64 reference: per-pair losses and the full gradient [rows·V] (zeros outside student rows). */
+function klRef(b: KlBuilt, V: number, T: number): { loss: Float64Array; grad: Float64Array } {
+  const P = b.student.length, loss = new Float64Array(P), grad = new Float64Array(b.logits.length);
+  for (let i = 0; i < P; i++) {
+    const s = b.student[i], t = b.teacher[i];
+    const r = klPair(b.logits.subarray(t * V, (t + 1) * V), b.logits.subarray(s * V, (s + 1) * V), b.w[i], T);
+    loss[i] = r.loss;
+    grad.set(r.grad, s * V);
+  }
+  return { loss, grad };
+}
+/** Central finite differences of each pair's loss w.r.t. its student row, the teacher row held fixed. */
+function klFd(b: KlBuilt, V: number, T: number): Float64Array {
+  const g = new Float64Array(b.logits.length);
+  for (let i = 0; i < b.student.length; i++) {
+    const s = b.student[i], t = b.teacher[i];
+    const zt = Float64Array.from(b.logits.subarray(t * V, (t + 1) * V));
+    const zs = Float64Array.from(b.logits.subarray(s * V, (s + 1) * V));
+    for (let v = 0; v < V; v++) {
+      const x0 = zs[v], h = 1e-5 * Math.max(1, Math.abs(x0));
+      zs[v] = x0 + h;
+      const lp = klPair(zt, zs, b.w[i], T).loss;
+      zs[v] = x0 - h;
+      const lm = klPair(zt, zs, b.w[i], T).loss;
+      zs[v] = x0;
+      g[s * V + v] = (lp - lm) / (2 * h);
+    }
+  }
+  return g;
+}
+const range = (a: number, b: number): number[] => Array.from({ length: b - a }, (_, i) => a + i);
+const KL_CASES: KlCase[] = [
+  { name: 'P3 V33 T2', rows: 6, V: 33, T: 2, pairs: [[1, 0], [3, 2], [5, 4]], fd: true },
+  { name: 'P1 V7 T1', rows: 2, V: 7, T: 1, pairs: [[0, 1]], fd: true },
+  { name: 'shared teacher P5 V65 T2', rows: 6, V: 65, T: 2, pairs: range(1, 6).map((s) => [s, 0] as [number, number]), fd: true },
+  { name: 'shared teacher T0.5 wide', rows: 4, V: 40, T: 0.5, pairs: [[1, 0], [2, 0], [3, 0]], noise: 1, fd: true },
+  { name: 'T0.7 negative w', rows: 4, V: 19, T: 0.7, pairs: [[2, 1], [0, 3]], w: [-0.4, 1.3], fd: true },
+  { name: 'T4 V5', rows: 3, V: 5, T: 4, pairs: [[2, 0], [1, 0]], fd: true },
+  { name: 'chain (row 1 is a student and a teacher)', rows: 4, V: 23, T: 2, pairs: [[1, 0], [2, 1], [3, 1]], fd: true },
+  { name: 'student == teacher', rows: 3, V: 17, T: 2, pairs: [[1, 1], [2, 0]], fd: true },
+  { name: 'identical rows', rows: 4, V: 29, T: 2, pairs: [[1, 0], [3, 2]], copies: [[1, 0]], fd: true },
+  { name: 'w = 0', rows: 3, V: 31, T: 2, pairs: [[1, 0], [2, 0]], w: [0, 0.8], fd: true },
+  { name: 'V1', rows: 3, V: 1, T: 2, pairs: [[0, 2], [1, 2]], fd: true },
+  { name: 'large logits ±80 T1', rows: 4, V: 64, T: 1, pairs: [[1, 0], [2, 0], [3, 0]], scale: 80, noise: 1, fd: true },
+  { name: 'large logits ±80 T0.5', rows: 3, V: 300, T: 0.5, pairs: [[1, 0], [2, 0]], scale: 80, noise: 1, fd: false },
+  { name: 'unpaired rows', rows: 8, V: 21, T: 2, pairs: [[5, 2], [1, 6]], fd: true },
+  { name: 'V512', rows: 12, V: 512, T: 2, pairs: range(1, 12).map((s) => [s, 0] as [number, number]), fd: false },
+  { name: 'V50257', rows: 4, V: 50257, T: 2, pairs: [[1, 0], [2, 0], [3, 1]], noise: 0.3, fd: false },
+];
+/** GPU-only shapes: long rows (block-reduction tails, many unrolled steps), many pairs; CUDA vs CPU only. */
+const KL_GPU_CASES: KlCase[] = [
+  { name: 'gpu V151936 P11', rows: 12, V: 151936, T: 2, pairs: range(1, 12).map((s) => [s, 0] as [number, number]), noise: 0.3, fd: false, gpuOnly: true },
+  { name: 'gpu V50257 P40', rows: 48, V: 50257, T: 2, pairs: range(0, 40).map((i) => [i + 8, i % 8] as [number, number]), fd: false, gpuOnly: true },
+  { name: 'gpu V4097 T0.5', rows: 5, V: 4097, T: 0.5, pairs: [[1, 0], [2, 0], [4, 3]], fd: false, gpuOnly: true },
+  { name: 'gpu V1023 ±80 T1', rows: 4, V: 1023, T: 1, pairs: [[1, 0], [2, 0], [3, 0]], scale: 80, noise: 1, fd: false, gpuOnly: true },
+  { name: 'gpu V16385 T4', rows: 3, V: 16385, T: 4, pairs: [[0, 2], [1, 2]], noise: 1, fd: false, gpuOnly: true },
+];
+/** Rows no pair writes to (teachers that are no one's student included). */
+function untouchedRows(b: KlBuilt, rows: number): number[] {
+  const st = new Set(Array.from(b.student));
+  return range(0, rows).filter((r) => !st.has(r));
+}
+function expectRowsBitEqual(label: string, got: Float32Array, want: Float32Array, rowsList: number[], V: number): void {
+  for (const r of rowsList)
+    for (let v = 0; v < V; v++) {
+      const q = r * V + v;
+      if (!Object.is(got[q], want[q])) expect.fail(`${label}: row ${r} [${v}] is ${got[q]}, expected ${want[q]} (untouched)`);
+    }
+}
+
+/** Student rows after an accumulating run: |got − (g0 + grad)| <= ½ulp(g0 + grad) (the one f32 rounding of the
+ *  sum) + tol·max|grad| (the op's own gradient error), element by element. */
+function expectAccumulated(label: string, got: Float32Array, g0: Float32Array, grad: Float64Array, rowsList: number[], V: number, tol: number): void {
+  let maxRef = 0;
+  for (const r of rowsList) for (let v = 0; v < V; v++) maxRef = Math.max(maxRef, Math.abs(grad[r * V + v]));
+  for (const r of rowsList)
+    for (let v = 0; v < V; v++) {
+      const q = r * V + v, want = g0[q] + grad[q];
+      const err = Math.abs(got[q] - want), bound = Math.abs(want) * 2 ** -24 * 1.001 + tol * maxRef;
+      if (!(err <= bound)) expect.fail(`${label}: row ${r} [${v}] is ${got[q]}, expected ${g0[q]} + ${grad[q]} (err ${err} > ${bound})`);
+    }
+}
+
 // ---- loss_aware_merge: float64 reference -----------------------------------------------------------------
 
 /** ALGORITHM.md §2.6 with zeros neutral (in the sign test and in the weights); the same double operations in the same order as the rule. */
@@ -494,6 +654,139 @@ describe('kd_loss: cpu gradient vs finite differences (float64)', () => {
   });
 });
 
+describe('kl_distill: cpu backend vs float64 reference (Eq. 4, logit term)', () => {
+  it('runOp knows kl_distill', () => {
+    let err: { code?: string; message?: string } = {};
+    try {
+      native().runOp('cpu', 'kl_distill', {});
+    } catch (e) {
+      err = e as typeof err;
+    }
+    expect(err.code).toBe('ERR_INVALID_ARG');
+    expect(err.message).not.toMatch(/unknown op/);
+  });
+
+  for (const c of KL_CASES) {
+    it(`${c.name} (P=${c.pairs.length} V=${c.V} T=${c.T})`, () => {
+      const b = klBuild(c);
+      const T = Math.fround(c.T);
+      const ref = klRef(b, c.V, T);
+      // from zeros: the gradient itself
+      const res = run('cpu', 'kl_distill', b.args);
+      expect(res.loss.length).toBe(c.pairs.length);
+      expect(res.dlogits.length).toBe(c.rows * c.V);
+      expectFinite('loss', res.loss);
+      expectFinite('dlogits', res.dlogits);
+      expectClose(`kl ${c.name} loss`, res.loss, ref.loss, TOL_KL_CPU);
+      expectClose(`kl ${c.name} dlogits`, res.dlogits, ref.grad, TOL_KL_CPU);
+      const zeros = new Float32Array(c.rows * c.V);
+      expectRowsBitEqual(`kl ${c.name} (zeros)`, res.dlogits, zeros, untouchedRows(b, c.rows), c.V);
+      // accumulate: student rows += gradient, every other row bit-identical
+      const acc = run('cpu', 'kl_distill', { ...b.args, dlogits: b.g0 });
+      expectRowsBitEqual(`kl ${c.name} (accumulate)`, acc.dlogits, b.g0, untouchedRows(b, c.rows), c.V);
+      expectClose(`kl ${c.name} loss (accumulate run)`, acc.loss, ref.loss, TOL_KL_CPU);
+      expectAccumulated(`kl ${c.name} dlogits += grad`, acc.dlogits, b.g0, ref.grad, Array.from(b.student), c.V, TOL_KL_CPU);
+      // zero-loss pairs: exactly zero
+      for (let i = 0; i < c.pairs.length; i++) {
+        const [s, t] = c.pairs[i];
+        let same = true;
+        for (let v = 0; v < c.V; v++) if (b.logits[s * c.V + v] !== b.logits[t * c.V + v]) same = false;
+        if (same || b.w[i] === 0 || c.V === 1) {
+          expect(res.loss[i], `pair ${i}: loss`).toBe(0);
+          for (let v = 0; v < c.V; v++) {
+            if (res.dlogits[s * c.V + v] !== 0) expect.fail(`pair ${i}: gradient [${v}] = ${res.dlogits[s * c.V + v]}`);
+            if (!Object.is(acc.dlogits[s * c.V + v], b.g0[s * c.V + v])) expect.fail(`pair ${i}: accumulated [${v}] changed`);
+          }
+        } else if (b.w[i] > 0) expect(res.loss[i], `pair ${i}: KL > 0`).toBeGreaterThan(0);
+      }
+    });
+  }
+
+  it('P = 0: nothing written, dlogits unchanged', () => {
+    const logits = Float32Array.of(1, 2, 3, 4, 5, 6);
+    const g0 = Float32Array.of(0.1, -0.2, 0.3, -0.4, 0.5, -0.6);
+    const args = { logits, student: new Int32Array(0), teacher: new Int32Array(0), w: new Float32Array(0), rows: 2, V: 3, P: 0, T: 2 };
+    const res = run('cpu', 'kl_distill', { ...args, dlogits: g0 });
+    expect(res.loss.length).toBe(0);
+    expect(Array.from(res.dlogits)).toEqual(Array.from(g0));
+    expect(Array.from(run('cpu', 'kl_distill', args).dlogits)).toEqual([0, 0, 0, 0, 0, 0]);
+  });
+
+  it('a NaN logit reaches the loss and the gradient (never dropped as a 0·log 0 term)', () => {
+    const logits = Float32Array.of(0, 1, 2, 0, NaN, 2);
+    const res = native().runOp('cpu', 'kl_distill', { logits, student: Int32Array.of(1), teacher: Int32Array.of(0), w: Float32Array.of(1), rows: 2, V: 3, P: 1, T: 2 });
+    expect(res.guardOk).toBe(true);
+    expect(Number.isNaN(res.loss[0])).toBe(true);
+    expect(Number.isNaN(res.dlogits[3])).toBe(true);
+    expect(Array.from(res.dlogits.subarray(0, 3))).toEqual([0, 0, 0]); // the teacher row stays untouched
+  });
+
+  it('hand-worked pair: V = 2, T = 1', () => {
+    // p = softmax(0, 0) = (½, ½); q = softmax(0, ln 3) = (¼, ¾)
+    // KL = ½·ln(½/¼) + ½·ln(½/¾) = ½·ln(4/3);  grad = q − p = (−¼, ¼)
+    const logits = Float32Array.of(0, 0, 0, Math.log(3));
+    const res = run('cpu', 'kl_distill', { logits, student: Int32Array.of(1), teacher: Int32Array.of(0), w: Float32Array.of(1), rows: 2, V: 2, P: 1, T: 1 });
+    expect(res.loss[0]).toBeCloseTo(0.5 * Math.log(4 / 3), 6);
+    expect(res.dlogits[2]).toBeCloseTo(-0.25, 6);
+    expect(res.dlogits[3]).toBeCloseTo(0.25, 6);
+    expect(res.dlogits[0]).toBe(0);
+    expect(res.dlogits[1]).toBe(0);
+  });
+
+  it('a descent step on the students lowers every pair\'s KL', () => {
+    const c = KL_CASES[2];
+    const b = klBuild(c);
+    const res = run('cpu', 'kl_distill', b.args);
+    const stepped = Float32Array.from(b.logits, (v, q) => v - 0.5 * res.dlogits[q]);
+    const before = klRef(b, c.V, c.T).loss, after = klRef({ ...b, logits: stepped }, c.V, c.T).loss;
+    for (let i = 0; i < c.pairs.length; i++) expect(after[i]).toBeLessThan(before[i]);
+  });
+
+  it('rejects bad arguments with ERR_INVALID_ARG', () => {
+    const ok = { logits: new Float32Array(12), student: Int32Array.of(1, 2), teacher: Int32Array.of(0, 0), w: Float32Array.of(1, 1), rows: 3, V: 4, P: 2, T: 2 };
+    expect(run('cpu', 'kl_distill', ok).loss.length).toBe(2); // the baseline is accepted
+    const bad: [string, Args][] = [
+      ['P < 0', { ...ok, P: -1 }],
+      ['P not an integer', { ...ok, P: 1.5 }],
+      ['V = 0', { ...ok, V: 0, logits: new Float32Array(0) }],
+      ['rows = 0', { ...ok, rows: 0, logits: new Float32Array(0) }],
+      ['T = 0', { ...ok, T: 0 }],
+      ['T < 0', { ...ok, T: -1 }],
+      ['T NaN', { ...ok, T: NaN }],
+      ['T Infinity', { ...ok, T: Infinity }],
+      ['T underflows f32', { ...ok, T: 1e-50 }],
+      ['T overflows f32', { ...ok, T: 1e39 }],
+      ['T missing', { logits: ok.logits, student: ok.student, teacher: ok.teacher, w: ok.w, rows: 3, V: 4, P: 2 }],
+      ['student out of range', { ...ok, student: Int32Array.of(1, 3) }],
+      ['student negative', { ...ok, student: Int32Array.of(-1, 2) }],
+      ['teacher out of range', { ...ok, teacher: Int32Array.of(0, 3) }],
+      ['teacher negative', { ...ok, teacher: Int32Array.of(-5, 0) }],
+      ['duplicate student', { ...ok, student: Int32Array.of(2, 2) }],
+      ['logits length', { ...ok, logits: new Float32Array(11) }],
+      ['student length', { ...ok, student: Int32Array.of(1) }],
+      ['teacher length', { ...ok, teacher: Int32Array.of(0, 0, 0) }],
+      ['w length', { ...ok, w: Float32Array.of(1) }],
+      ['dlogits length', { ...ok, dlogits: new Float32Array(13) }],
+      ['student as Float32Array', { ...ok, student: Float32Array.of(1, 2) }],
+      ['P = 0 with non-empty arrays', { ...ok, P: 0 }],
+    ];
+    for (const [label, args] of bad) expect(errCode(() => native().runOp('cpu', 'kl_distill', args)), label).toBe('ERR_INVALID_ARG');
+  });
+});
+
+describe('kl_distill: cpu gradient vs finite differences (float64)', () => {
+  for (const c of KL_CASES) {
+    if (!c.fd) continue;
+    it(`${c.name} (FD)`, () => {
+      const b = klBuild(c);
+      const res = run('cpu', 'kl_distill', b.args);
+      const g = klFd(b, c.V, Math.fround(c.T));
+      // FD (h = 1e-5·max(1, |x|)): truncation ~h²·|f'''|, cancellation ~1e-16·|loss|/h
+      expectClose(`fd kl ${c.name} dlogits`, res.dlogits, g, TOL_FD);
+    });
+  }
+});
+
 describe('loss_aware_merge: cpu backend vs float64 reference', () => {
   for (const c of mergeCases()) {
     it(`${c.name}${c.alias !== undefined ? ` alias=${c.alias}` : ''}`, () => {
@@ -594,6 +887,47 @@ describe.skipIf(!cudaAvailable)('repair ops: cuda backend vs cpu backend', () =>
       if (c.gpuOnly) expectExact(`cpu merge ${c.name} vs ref`, cpu, refMerge(b.base, b.shards, b.w));
     });
   }
+
+  for (const c of [...KL_CASES, ...KL_GPU_CASES]) {
+    it(`kl_distill ${c.name} (P=${c.pairs.length} V=${c.V} T=${c.T})`, () => {
+      const b = klBuild(c);
+      for (const init of [false, true]) {
+        const args = init ? { ...b.args, dlogits: b.g0 } : b.args;
+        const cpu = run('cpu', 'kl_distill', args);
+        const gpu = run('cuda', 'kl_distill', args);
+        expect(Object.keys(gpu).sort()).toEqual(Object.keys(cpu).sort());
+        for (const k of ['loss', 'dlogits']) {
+          expectFinite(`cpu ${c.name} ${k}`, cpu[k]);
+          expectFinite(`cuda ${c.name} ${k}`, gpu[k]);
+          expectClose(`cuda kl ${c.name} ${k}${init ? ' (accumulate)' : ''}`, gpu[k], cpu[k], TOL_CUDA_KL);
+        }
+        const base = init ? b.g0 : new Float32Array(c.rows * c.V);
+        expectRowsBitEqual(`cuda kl ${c.name}`, gpu.dlogits, base, untouchedRows(b, c.rows), c.V);
+        for (let i = 0; i < c.pairs.length; i++) if (cpu.loss[i] === 0) expect(gpu.loss[i], `pair ${i}: exact zero`).toBe(0);
+      }
+      if (c.gpuOnly) {
+        // the CPU against float64 on the big shapes too
+        const ref = klRef(b, c.V, Math.fround(c.T));
+        const cpu = run('cpu', 'kl_distill', b.args);
+        expectClose(`cpu kl ${c.name} loss vs ref`, cpu.loss, ref.loss, TOL_KL_CPU);
+        expectClose(`cpu kl ${c.name} dlogits vs ref`, cpu.dlogits, ref.grad, TOL_KL_CPU);
+      }
+    });
+  }
+
+  it('kl_distill: P = 0 and bad arguments on cuda', () => {
+    const g0 = Float32Array.of(0.1, -0.2, 0.3, -0.4, 0.5, -0.6);
+    const empty = { logits: new Float32Array(6), student: new Int32Array(0), teacher: new Int32Array(0), w: new Float32Array(0), rows: 2, V: 3, P: 0, T: 2 };
+    const res = run('cuda', 'kl_distill', { ...empty, dlogits: g0 });
+    expect(res.loss.length).toBe(0);
+    expect(Array.from(res.dlogits)).toEqual(Array.from(g0));
+    const ok = { logits: new Float32Array(12), student: Int32Array.of(1, 2), teacher: Int32Array.of(0, 0), w: Float32Array.of(1, 1), rows: 3, V: 4, P: 2, T: 2 };
+    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, T: 0 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, student: Int32Array.of(2, 2) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, teacher: Int32Array.of(0, 9) }))).toBe('ERR_INVALID_ARG');
+    const r = run('cuda', 'kl_distill', ok);
+    expect(Array.from(r.loss)).toEqual([0, 0]); // all-zero logits: identical rows
+  });
 
   it('rejects bad arguments with ERR_INVALID_ARG and stays usable', () => {
     expect(errCode(() => native().runOp('cuda', 'kd_loss', { feat: new Float32Array(5), b: 1, D: 5, lambda: 1, theta: 1 }))).toBe('ERR_INVALID_ARG');

@@ -109,8 +109,12 @@ describe('loss-aware weights, error rates, options', () => {
     bad({ budget: -1 }, 'budget');
     bad({ monitor: 'yes' }, 'monitor');
     bad({ nonsense: 1 }, 'nonsense');
+    bad({ fitStop: -0.1 }, 'fitStop');
+    bad({ kdLogits: 1 }, 'kdLogits');
+    bad({ kdTemperature: 0 }, 'kdTemperature');
+    bad({ kdTemperature: Number.NaN }, 'kdTemperature');
     const d = resolveRepairOptions(undefined, 10);
-    expect(d).toMatchObject({ batchSize: 4, window: 8, kdLambda: 0.2, kdTheta: 0.1, kdWeight: 1, tauCorrect: 0.85, tauPrune: 0.5, tauE: 20, mergeAlpha: 1, epsCons: 0.5 });
+    expect(d).toMatchObject({ batchSize: 4, window: 8, kdLambda: 0.2, kdTheta: 0.1, kdWeight: 1, tauCorrect: 0.85, tauPrune: 0.5, tauE: 20, mergeAlpha: 1, epsCons: 0.5, kdLogits: false, kdTemperature: 2, fitStop: 0.02 });
     expect(resolveRepairOptions({ batchSize: 3 }, 10).window).toBe(6);
   });
 });
@@ -208,6 +212,63 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
     await ed.dispose();
   });
 
+  it('fit stop: a batch stops once its CE is learnt and the margin no longer improves; the edit is still recalled', async () => {
+    const off = { monitor: false, batching: false, kd: false };
+    const routedAcc = async (ed: Editor, r: EditRequest) => {
+      const ids = model.tokenizer.encode(`${r.prompt} ${r.target}`);
+      const pl = model.tokenizer.encode(r.prompt).length;
+      const lg = await ed.logits([ids], { positions: 'all' });
+      let ok = 0;
+      for (let j = pl; j < ids.length; j++) {
+        const row = lg.at(0, j - 1);
+        let b = 0;
+        for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
+        if (b === ids[j]) ok++;
+      }
+      return ok / (ids.length - pl);
+    };
+    const fit = await Editor.create(model, { method: 'repair', nIter: 70, earlyStop: false, repair: { ...off, fitStop: 0.02 } });
+    const full = await Editor.create(model, { method: 'repair', nIter: 70, earlyStop: false, repair: { ...off, fitStop: 0 } });
+    let fitSteps = 0;
+    for (const i of [0, 1, 2]) {
+      const a = await fit.edit(rec(i));
+      const b = await full.edit(rec(i));
+      expect(b.steps).toBe(70);
+      expect(a.steps).toBeLessThan(70);
+      fitSteps += a.steps;
+      // the CE was learnt when it stopped: the edit is recalled as well as with every step
+      expect(await routedAcc(fit, rec(i))).toBeGreaterThanOrEqual(Math.min(1, await routedAcc(full, rec(i))) - 0.2);
+      expect(await routedAcc(fit, rec(i))).toBeGreaterThanOrEqual(0.85);
+    }
+    expect(fitSteps).toBeLessThan(0.85 * 3 * 70);
+    await fit.dispose();
+    await full.dispose();
+  });
+
+  it('the optional logit KL (kdLogits, T): it adds to L_KD of batched samples and changes the training', async () => {
+    const common = { saveFreq: 8, mergeFreq: 8, nIter: 12 };
+    const kdOf = async (kdLogits: boolean) => {
+      const ed = await Editor.create(model, { method: 'repair', ...common, repair: { monitor: false, kdLogits, kdTemperature: 2, fitStop: 0 } });
+      const events: RepairEvent[] = [];
+      await ed.editMany([0, 1, 2, 3].map(rec), { onEvent: (e) => events.push(e) });
+      const mem = await ed.logits([model.tokenizer.encode(`${rec(1).prompt} ${rec(1).target}`)], { positions: 'all' });
+      await ed.dispose();
+      const t = events.filter((e) => e.type === 'edit-trained') as Extract<RepairEvent, { type: 'edit-trained' }>[];
+      return { t, mem };
+    };
+    const a = await kdOf(false);
+    const b = await kdOf(true);
+    // the same batches (features come from the unedited model) ...
+    expect(b.t.map((e) => e.ids)).toEqual(a.t.map((e) => e.ids));
+    const batched = a.t.findIndex((e) => e.ids.length > 1);
+    expect(batched).toBeGreaterThanOrEqual(0);
+    // ... but the KL term is in L_KD and the trained memory differs
+    expect(b.t[batched]!.kd).toBeGreaterThan(a.t[batched]!.kd);
+    let diff = 0;
+    for (let i = 0; i < a.mem.data.length; i++) diff = Math.max(diff, Math.abs(a.mem.data[i]! - b.mem.data[i]!));
+    expect(diff).toBeGreaterThan(1e-4);
+  });
+
   it('an aborted editMany leaves a consistent state and resumes where it stopped, also after save/load', async () => {
     const ed = await Editor.create(model, { method: 'repair', saveFreq: 2, mergeFreq: 4, repair: { batching: false, kd: false } });
     const ac = new AbortController();
@@ -239,7 +300,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   it("with every mechanism off, 'repair' gives the same outputs as 'wise' for the same seed", async () => {
     const common = { saveFreq: 2, mergeFreq: 4, seed: 7 };
     const wise = await Editor.create(model, { method: 'wise', ...common });
-    const rep = await Editor.create(model, { method: 'repair', ...common, repair: { monitor: false, batching: false, kd: false, lossAwareMerge: false } });
+    const rep = await Editor.create(model, { method: 'repair', ...common, repair: { monitor: false, batching: false, kd: false, lossAwareMerge: false, fitStop: 0 } });
     const recs = Array.from({ length: 5 }, (_, i) => rec(i));
     await wise.editMany(recs);
     await rep.editMany(recs);

@@ -1,7 +1,12 @@
 // cli/eval.ts — `repair-edit eval --data zsre|counterfact|hallucination|temporal|FILE --n 1,30,120
-// --method wise,repair,ft [--ablate monitor,batching,kd,merge] [--json out.json] [--report out.html]`:
-// the metrics of ALGORITHM.md §3 (lib/eval.ts) for every method × N on one loaded model, a results table on
-// stdout, every per-case value in JSON, and a self-contained HTML report with hand-written SVG plots.
+// --method wise,repair,ft [--ablate monitor,batching,kd,merge] [--routing tf|prompt|off] [--json out.json]
+// [--report out.html]`: the metrics of ALGORITHM.md §3 (lib/eval.ts) for every method × N on one loaded
+// model, a results table on stdout, every per-case value in JSON, and a self-contained HTML report with
+// hand-written SVG plots (no script, no network): Rel/Gen/Loc/OP against N per method, and per method a
+// histogram of the routing scores of the edit, rephrase and unrelated (locality) prompts on the final model
+// against the routing threshold (score / threshold with the line at 1 when the memories' thresholds differ;
+// the largest N shown, the other Ns folded). Routing scores are on by default (--routing tf: the teacher-
+// forced Rel/Gen/Loc rows); stdout gets one line per method with the fractions routed to a side memory.
 
 import { statSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -10,7 +15,21 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { RepairError } from '../errors.js';
 import type { EditMethod, EditorOptions } from '../editor.js';
 import { DATASET_FORMATS, editSlice, loadDataset, namedDatasetPath, NAMED_DATASETS, type Dataset, type DatasetFormat } from '../datasets.js';
-import { defaultMetrics, evaluateVariants, METRIC_NAMES, type EvalProgress, type EvalReport, type EvalVariant, type MetricName, type Protocol, type RestoreMode } from '../eval.js';
+import {
+  defaultMetrics,
+  evaluateVariants,
+  METRIC_NAMES,
+  type EvalProgress,
+  type EvalReport,
+  type EvalRun,
+  type EvalVariant,
+  type MetricName,
+  type Protocol,
+  type RestoreMode,
+  type RoutedCount,
+  type RoutePoint,
+  type RoutingBasis,
+} from '../eval.js';
 import { loadModel, type BackendChoice } from '../model.js';
 import { packageVersion } from '../info.js';
 import { choiceOption, floatOption, formatTable, intOption, interruptSignal, resolveModelDir, usageError, writeOut, type CliCommand } from './common.js';
@@ -20,6 +39,7 @@ export type Ablation = (typeof ABLATIONS)[number];
 /** The REPAIR option each ablation turns off. */
 const ABLATION_OPTION: Record<Ablation, 'monitor' | 'batching' | 'kd' | 'lossAwareMerge'> = { monitor: 'monitor', batching: 'batching', kd: 'kd', merge: 'lossAwareMerge' };
 const METHODS = ['wise', 'repair', 'ft'] as const;
+const ROUTING_OF: Record<'tf' | 'prompt' | 'off', RoutingBasis | false> = { tf: 'teacher-forced', prompt: 'prompt-only', off: false };
 
 interface EvalCliOptions {
   model?: string;
@@ -44,6 +64,7 @@ interface EvalCliOptions {
   threads?: number;
   json?: string;
   report?: string;
+  routing: 'tf' | 'prompt' | 'off';
 }
 
 /** A comma-separated list option, each item parsed by `item`; duplicates are refused. */
@@ -202,6 +223,183 @@ function fmtTick(y: number): string {
   return Math.abs(y) >= 100 ? y.toFixed(0) : Number(y.toFixed(2)).toString();
 }
 
+// ---- routing-score histograms ----------------------------------------------------------------------------
+
+/** Bin counts of several groups of values over [lo, hi] in `bins` equal bins ([a, b), the last one closed). */
+export interface Binned {
+  lo: number;
+  hi: number;
+  width: number;
+  /** counts[group][bin]; values outside [lo, hi] go to the first / last bin, non-finite values nowhere. */
+  counts: number[][];
+}
+
+/**
+ * Bin the groups over one shared range: [lo, hi] when given, else the range of the values and of `include`
+ * (e.g. the threshold), widened by 3% each side (by 0.5 when it is a single point).
+ */
+export function binValues(groups: readonly (readonly (number | null)[])[], bins: number, range: { lo?: number; hi?: number; include?: readonly number[] } = {}): Binned {
+  if (!Number.isSafeInteger(bins) || bins < 1) throw new RepairError('ERR_INVALID_ARG', `bins must be a positive integer, got ${bins}`);
+  const all = [...groups.flat(), ...(range.include ?? [])].filter((v): v is number => v !== null && Number.isFinite(v));
+  let lo = range.lo ?? (all.length ? Math.min(...all) : 0);
+  let hi = range.hi ?? (all.length ? Math.max(...all) : 1);
+  if (range.lo === undefined && range.hi === undefined) {
+    if (hi > lo) {
+      const pad = 0.03 * (hi - lo);
+      lo -= pad;
+      hi += pad;
+    } else {
+      lo -= 0.5;
+      hi += 0.5;
+    }
+  }
+  if (!(hi > lo)) throw new RepairError('ERR_INVALID_ARG', `empty histogram range [${lo}, ${hi}]`);
+  const width = (hi - lo) / bins;
+  const counts = groups.map((g) => {
+    const c = new Array<number>(bins).fill(0);
+    for (const v of g) {
+      if (v === null || !Number.isFinite(v)) continue;
+      c[Math.min(bins - 1, Math.max(0, Math.floor((v - lo) / width)))]!++;
+    }
+    return c;
+  });
+  return { lo, hi, width, counts };
+}
+
+export interface HistogramGroup {
+  label: string;
+  color: string;
+  values: readonly (number | null)[];
+  /** Shown after the label in the legend (e.g. how many were routed). */
+  note?: string;
+}
+
+/** Geometry of svgHistogram (exported so tests can place the threshold line); the legend sits in the right margin R. */
+export const HIST = { W: 560, H: 260, L: 44, R: 150, T: 40, B: 36 } as const;
+
+const fmtNum = (x: number): string => (x === 0 ? '0' : Math.abs(x) >= 1e5 || Math.abs(x) < 1e-3 ? x.toExponential(2) : Number(x.toPrecision(3)).toString());
+
+/**
+ * A histogram as inline SVG: the groups side by side in each bin (one colour each, legend on the right, a
+ * `<title>` tooltip and data-group / data-bin / data-count on every bar), y = counts, and a dashed
+ * vertical line at `threshold` (class "threshold"). Bins with a zero count draw no bar.
+ */
+export function svgHistogram(title: string, xLabel: string, groups: readonly HistogramGroup[], threshold: number | null, opts: { bins?: number; lo?: number; hi?: number } = {}): string {
+  const { W, H, L, R, T, B } = HIST;
+  const bins = opts.bins ?? 24;
+  const h = binValues(
+    groups.map((g) => g.values),
+    bins,
+    { lo: opts.lo, hi: opts.hi, include: threshold !== null && Number.isFinite(threshold) ? [threshold] : [] },
+  );
+  const yMax = Math.max(1, ...h.counts.flat());
+  // integer count ticks: a step of 1, 2 or 5 × 10^k giving at most 5 intervals
+  let step = 1;
+  for (let e = 1; step * 5 < yMax; e *= 10) step = [1, 2, 5, 10].map((m) => m * e).find((x) => x * 5 >= yMax) ?? 10 * e;
+  const yTop = step * Math.ceil(yMax / step);
+  const xs = (v: number) => L + ((v - h.lo) / (h.hi - h.lo)) * (W - L - R);
+  const ys = (c: number) => T + (H - T - B) * (1 - c / yTop);
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">`);
+  parts.push(`<text x="${W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">${esc(title)}</text>`);
+  // legend (right margin): the label, then n and the note
+  groups.forEach((g, gi) => {
+    const n = g.values.filter((v) => v !== null && Number.isFinite(v)).length;
+    const lx = W - R + 14;
+    const ly = T + gi * 34;
+    parts.push(`<rect x="${lx}" y="${ly}" width="10" height="10" fill="${esc(g.color)}"/>`);
+    parts.push(`<text x="${lx + 14}" y="${ly + 9}" font-size="11">${esc(g.label)}</text>`);
+    parts.push(`<text x="${lx + 14}" y="${ly + 22}" font-size="10" fill="#555">${esc(`n = ${n}${g.note ? `, ${g.note}` : ''}`)}</text>`);
+  });
+  // y grid and ticks (integer counts)
+  for (let c = 0; c <= yTop; c += step) {
+    const py = ys(c).toFixed(1);
+    parts.push(`<line x1="${L}" y1="${py}" x2="${W - R}" y2="${py}" stroke="#eee" stroke-width="1"/>`);
+    parts.push(`<text x="${L - 6}" y="${py}" text-anchor="end" dominant-baseline="middle" font-size="10">${esc(fmtTick(c))}</text>`);
+  }
+  // bars
+  const gw = h.width / Math.max(1, groups.length);
+  groups.forEach((g, gi) => {
+    h.counts[gi]!.forEach((c, bi) => {
+      if (c === 0) return;
+      const a = h.lo + bi * h.width;
+      const x0 = xs(a + gi * gw);
+      const x1 = xs(a + (gi + 1) * gw);
+      const y = ys(c);
+      const tip = `${g.label}: ${c} in [${fmtNum(a)}, ${fmtNum(a + h.width)}${bi === bins - 1 ? ']' : ')'}`;
+      parts.push(
+        `<rect x="${x0.toFixed(2)}" y="${y.toFixed(1)}" width="${Math.max(0.5, x1 - x0 - 0.4).toFixed(2)}" height="${(H - B - y).toFixed(1)}" fill="${esc(g.color)}" fill-opacity="0.85" data-group="${gi}" data-bin="${bi}" data-count="${c}"><title>${esc(tip)}</title></rect>`,
+      );
+    });
+  });
+  // axes and x ticks
+  parts.push(`<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#333"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#333"/>`);
+  for (let k = 0; k <= 4; k++) {
+    const v = h.lo + ((h.hi - h.lo) * k) / 4;
+    const px = xs(v).toFixed(1);
+    parts.push(`<line x1="${px}" y1="${H - B}" x2="${px}" y2="${H - B + 4}" stroke="#333"/>`);
+    parts.push(`<text x="${px}" y="${H - B + 15}" text-anchor="middle" font-size="10">${esc(fmtNum(v))}</text>`);
+  }
+  parts.push(`<text x="${(L + W - R) / 2}" y="${H - 4}" text-anchor="middle" font-size="10">${esc(xLabel)}</text>`);
+  parts.push(`<text x="12" y="${(T + H - B) / 2}" text-anchor="middle" font-size="10" transform="rotate(-90 12 ${(T + H - B) / 2})">prompts</text>`);
+  if (threshold !== null && Number.isFinite(threshold) && threshold >= h.lo && threshold <= h.hi) {
+    const px = xs(threshold).toFixed(2);
+    parts.push(`<line class="threshold" x1="${px}" y1="${T - 4}" x2="${px}" y2="${H - B}" stroke="#000" stroke-width="1.5" stroke-dasharray="5 3"><title>${esc(`threshold ${fmtNum(threshold)}`)}</title></line>`);
+    const x = xs(threshold);
+    const [tx, anchor] = x < L + 50 ? [x + 4, 'start'] : x > W - R - 50 ? [x - 4, 'end'] : [x, 'middle'];
+    parts.push(`<text x="${tx.toFixed(2)}" y="${T - 6}" text-anchor="${anchor}" font-size="10">${esc(`threshold ${fmtNum(threshold)}`)}</text>`);
+  }
+  parts.push('</svg>');
+  return parts.join('');
+}
+
+/** Colours of the routing histograms: edit, rephrase, unrelated (locality) prompts. */
+export const ROUTING_COLORS = { edit: '#1f77b4', rephrase: '#ff7f0e', unrelated: '#2ca02c' } as const;
+
+const BASIS_TEXT: Record<RoutingBasis, string> = {
+  'teacher-forced': 'teacher-forced rows (prompt + answer, as Rel/Gen/Loc are measured)',
+  'prompt-only': 'bare prompts (as generation routes them)',
+};
+
+/**
+ * The routing histogram of one run: the top routing score of each edit, rephrase and unrelated (locality)
+ * prompt against the threshold; when the points' thresholds differ (several memories), score / threshold
+ * with the line at 1. Null when the run has no routing scores.
+ */
+export function routingPlot(run: EvalRun): string | null {
+  const r = run.routing;
+  if (!r) return null;
+  const ratio = r.summary.thresholdsDiffer;
+  const val = (p: RoutePoint | null): number | null => {
+    if (!p || p.score === null) return null;
+    if (!ratio) return p.score;
+    return p.threshold !== null && p.threshold > 0 ? p.score / p.threshold : null;
+  };
+  const thr = ratio ? 1 : (r.cases.flatMap((c) => [c.edit, c.rephrase, ...c.unrelated]).find((p) => p && p.threshold !== null)?.threshold ?? null);
+  const s = r.summary;
+  const note = (x: RoutedCount) => `${x.routed} routed`;
+  const groups: HistogramGroup[] = [
+    { label: 'edit', color: ROUTING_COLORS.edit, values: r.cases.map((c) => val(c.edit)), note: note(s.edit) },
+    { label: 'rephrase', color: ROUTING_COLORS.rephrase, values: r.cases.flatMap((c) => (c.rephrase ? [val(c.rephrase)] : [])), note: note(s.rephrase) },
+    { label: 'unrelated', color: ROUTING_COLORS.unrelated, values: r.cases.flatMap((c) => c.unrelated.map(val)), note: note(s.unrelated) },
+  ];
+  const xLabel = ratio ? `score / threshold of its memory (${r.basis}; right of 1 = routed)` : `routing score (${r.basis}; right of the line = routed)`;
+  return svgHistogram(`Routing scores: ${run.label}, N = ${run.n}`, xLabel, groups, thr);
+}
+
+/** One line per variant (its largest N with routing scores): the fractions routed to a side memory. */
+export function routingLines(reports: readonly EvalReport[]): string[] {
+  const out: string[] = [];
+  for (const rep of reports) {
+    const run = [...rep.runs].reverse().find((x) => x.routing);
+    if (!run) continue;
+    const s = run.routing!.summary;
+    const c = (x: RoutedCount) => `${x.routed}/${x.prompts}`;
+    out.push(`routed to a side memory (${run.routing!.basis}), ${run.label} N=${run.n}: edit ${c(s.edit)}, rephrase ${c(s.rephrase)}, unrelated ${c(s.unrelated)}`);
+  }
+  return out;
+}
+
 export interface EvalRunFile {
   format: 'repair-edit.eval-run';
   version: 1;
@@ -232,9 +430,18 @@ export function renderHtmlReport(out: EvalRunFile): string {
   const table = `<table><thead><tr>${t.header.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${t.rows.map((row) => `<tr>${row.map((c, i) => `<td class="${t.align[i] === 'r' ? 'r' : ''}">${esc(c)}</td>`).join('')}</tr>`).join('')}</tbody></table>`;
   const caseTables = runs
     .map((r) => {
-      const head = ['id', 'Rel', 'Gen', 'Loc', 'PPL', 'OOD', 'EM-Rel', 'EM-Gen', 'generated (Rel prompt)'];
+      const routed = r.routing ? new Map(r.routing.cases.map((x) => [x.id, x])) : null;
+      const yn = (p: RoutePoint | null | undefined) => (p ? (p.routed ? 'yes' : 'no') : '-');
+      const routeCells = (id: string) => {
+        const x = routed!.get(id);
+        return `<td>${yn(x?.edit)}</td><td>${yn(x?.rephrase)}</td><td>${x && x.unrelated.length ? `${x.unrelated.filter((p) => p.routed).length}/${x.unrelated.length}` : '-'}</td>`;
+      };
+      const head = ['id', 'Rel', 'Gen', 'Loc', 'PPL', 'OOD', 'EM-Rel', 'EM-Gen', ...(routed ? ['routed: edit', 'rephrase', 'unrelated'] : []), 'generated (Rel prompt)'];
       const body = r.cases
-        .map((c) => `<tr><td>${esc(c.id)}</td><td class="r">${f2(c.rel)}</td><td class="r">${f2(c.gen)}</td><td class="r">${f2(c.loc)}</td><td class="r">${f2(c.ppl)}</td><td class="r">${f2(c.ood)}</td><td>${c.emRel === null ? '-' : c.emRel ? 'yes' : 'no'}</td><td>${c.emGen === null ? '-' : c.emGen ? 'yes' : 'no'}</td><td>${esc(c.genRel ?? '')}</td></tr>`)
+        .map(
+          (c) =>
+            `<tr><td>${esc(c.id)}</td><td class="r">${f2(c.rel)}</td><td class="r">${f2(c.gen)}</td><td class="r">${f2(c.loc)}</td><td class="r">${f2(c.ppl)}</td><td class="r">${f2(c.ood)}</td><td>${c.emRel === null ? '-' : c.emRel ? 'yes' : 'no'}</td><td>${c.emGen === null ? '-' : c.emGen ? 'yes' : 'no'}</td>${routed ? routeCells(c.id) : ''}<td>${esc(c.genRel ?? '')}</td></tr>`,
+        )
         .join('');
       const ev = Object.entries(r.events)
         .map(([k, v]) => `${esc(k)} ${v}`)
@@ -242,6 +449,23 @@ export function renderHtmlReport(out: EvalRunFile): string {
       return `<details><summary>${esc(r.label)}, N = ${r.n}: ${r.cases.length} cases; edit ${r.timings.editSeconds.toFixed(2)} s, eval ${r.timings.evalSeconds.toFixed(2)} s${ev ? `; events: ${ev}` : ''}</summary><table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${body}</tbody></table></details>`;
     })
     .join('\n');
+  // Routing histograms: each variant at its largest N up front, the other Ns folded away.
+  const routingHtml = (() => {
+    const withRouting = reports.map((r) => r.runs.filter((x) => x.routing));
+    if (!withRouting.some((x) => x.length)) return '';
+    const fig = (x: EvalRun) => `<figure>${routingPlot(x)}</figure>`;
+    const main = withRouting.filter((x) => x.length).map((x) => fig(x[x.length - 1]!));
+    const rest = withRouting.flatMap((x) => x.slice(0, -1)).map(fig);
+    const bases = [...new Set(runs.flatMap((x) => (x.routing ? [x.routing.basis] : [])))];
+    const lines = routingLines(reports);
+    return `<h2>Routing scores</h2>
+<p class="note">Per prompt, the top side-memory routing score on the final edited model (ALGORITHM.md §1.9), taken on ${esc(bases.map((b) => BASIS_TEXT[b]).join('; '))}: for edit prompts (should clear the threshold), their rephrases (should too) and the locality prompts (unrelated: should not). The dashed line is the threshold; where the memories' thresholds differ the x axis is score / threshold of the memory compared, with the line at 1. Methods without a router (ft) have no plot.</p>
+${lines.map((l) => `<p class="note">${esc(l)}</p>`).join('\n')}
+<div class="plots">
+${main.join('\n')}
+</div>
+${rest.length ? `<details><summary>routing scores at the other N</summary><div class="plots">\n${rest.join('\n')}\n</div></details>` : ''}`;
+  })();
   const c = out.config as { data?: string; file?: string; model?: string; backend?: string };
   return `<!DOCTYPE html>
 <html lang="en">
@@ -275,6 +499,7 @@ ${table}
 <div class="plots">
 ${plots.map((p) => `<figure>${svgPlot(p.name, ns, p.series)}</figure>`).join('\n')}
 </div>
+${routingHtml}
 <h2>Per case</h2>
 ${caseTables}
 <h2>Configuration</h2>
@@ -297,7 +522,7 @@ function progress() {
     return {
       update(p: EvalProgress) {
         const k = `${p.label}/${p.n}/${p.phase}`;
-        const what = `${p.label} N=${p.n} ${p.phase === 'pre' ? 'pre-edit' : p.phase === 'edit' ? 'editing' : 'evaluating'}`;
+        const what = `${p.label} N=${p.n} ${p.phase === 'pre' ? 'pre-edit' : p.phase === 'edit' ? 'editing' : p.phase === 'routing' ? 'routing scores' : 'evaluating'}`;
         if (!started) {
           bar.start(Math.max(1, p.total), p.done, { what });
           started = true;
@@ -359,8 +584,14 @@ export const evalCommand: CliCommand = {
       .option('--backend <name>', 'auto | cpu | cuda (auto honours REPAIR_BACKEND)', choiceOption(['auto', 'cpu', 'cuda'] as const), 'auto')
       .option('--device <n>', 'CUDA device index', intOption(0, 1024))
       .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096))
+      .option(
+        '--routing <basis>',
+        'routing scores of the edit, rephrase and locality prompts on the final model (sequential; wise/repair): tf (the teacher-forced Rel/Gen/Loc rows) | prompt (bare prompts, as generation routes them) | off',
+        choiceOption(['tf', 'prompt', 'off'] as const),
+        'tf',
+      )
       .option('--json <file>', 'write every per-case value, timing, event count and the full configuration as JSON')
-      .option('--report <file>', 'write an HTML report (results table, Rel/Gen/Loc/OP against N per method as inline SVG, per-case tables)')
+      .option('--report <file>', 'write an HTML report (results table, Rel/Gen/Loc/OP against N per method and routing-score histograms as inline SVG, per-case tables)')
       .action(async (o: EvalCliOptions, cmd: Command) => {
         if (o.saveFreq !== undefined && o.mergeFreq !== undefined && o.mergeFreq % o.saveFreq !== 0) {
           usageError(cmd, `--merge-freq (${o.mergeFreq}) must be a multiple of --save-freq (${o.saveFreq})`);
@@ -405,6 +636,7 @@ export const evalCommand: CliCommand = {
               restore: o.restore,
               metrics,
               batchSize: o.batchSize,
+              routing: ROUTING_OF[o.routing],
               dataset: ds.name,
               signal: intr.signal,
               onProgress: (p) => bar.update(p),
@@ -435,6 +667,7 @@ export const evalCommand: CliCommand = {
               restore: o.restore,
               metrics,
               batchSize: o.batchSize,
+              routing: ROUTING_OF[o.routing] || null,
               model: model.dir,
               backend: model.backend,
               packageVersion: packageVersion(),
@@ -452,6 +685,7 @@ export const evalCommand: CliCommand = {
             formatTable(t.header, t.rows, t.align),
             '',
             ...legend(reports),
+            ...routingLines(reports),
           ];
           if (o.json !== undefined) lines.push(`JSON: ${resolve(o.json)}`);
           if (o.report !== undefined) lines.push(`report: ${resolve(o.report)}`);

@@ -69,7 +69,10 @@ void* CpuBackend::alloc(size_t bytes) {
   void* p = std::aligned_alloc(64, n + 64);  // one cache line of header for the size
   if (!p) fail(RE_ERR_OOM, "CPU backend: out of host memory allocating " + std::to_string(bytes) + " bytes");
   *static_cast<size_t*>(p) = n;
-  in_use_ += n;
+  const size_t now = in_use_ += n;
+  size_t pk = peak_.load();
+  while (now > pk && !peak_.compare_exchange_weak(pk, now)) {
+  }
   return static_cast<char*>(p) + 64;
 }
 

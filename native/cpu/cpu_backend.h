@@ -45,6 +45,8 @@ class CpuBackend final : public Backend {
   void memset0(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
   void sync() override {}
   size_t bytes_in_use() const override { return in_use_.load(); }
+  size_t peak_bytes() const override { return peak_.load(); }
+  void reset_peak() override { peak_ = in_use_.load(); }
 
   void linear(float* y, const float* x, WeightRef W, WeightRef bias, int M, int N, int K, bool accumulate) override;
   void rmsnorm(float* y, const float* x, WeightRef w, int M, int D, float eps) override;
@@ -84,6 +86,8 @@ class CpuBackend final : public Backend {
                   float density) override;
 
   void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) override;
+  void kl_distill(float* loss, float* dlogits, const float* logits, const int32_t* student, const int32_t* teacher,
+                  const float* w, int P, int V, float T) override;
   void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
                         size_t n) override;
 
@@ -97,6 +101,7 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   std::atomic<size_t> in_use_{0};
+  std::atomic<size_t> peak_{0};
 };
 
 }  // namespace re

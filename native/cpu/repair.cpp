@@ -1,5 +1,8 @@
 // repair.cpp — CPU reference for the REPAIR kernels: the intra-batch distillation loss (Eq. 4) with its
-// gradient to the pooled features, and the loss-aware merge rule of Alg. 4.
+// gradient to the pooled features, the optional logit-KL term of Eq. 4 (kl_distill: KL(softmax(teacher/T) ‖
+// softmax(student/T)) over row pairs of a logits matrix, with its gradient to the student rows), and the
+// loss-aware merge rule of Alg. 4.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -45,6 +48,43 @@ void CpuBackend::kd_loss(float* out, float* dfeat, const float* feat, int b, int
     for (int e = 0; e < D; ++e)
       dfeat[(size_t)i * D + e] = nrm[i] > 0 ? (float)((g[e] - go * o[(size_t)i * D + e]) / nrm[i]) : 0.0f;
   }
+}
+
+void CpuBackend::kl_distill(float* loss, float* dlogits, const float* logits, const int32_t* student,
+                            const int32_t* teacher, const float* w, int P, int V, float T) {
+  // One pair per task (student rows are distinct, so no two tasks write the same dlogits row). Per pair, in
+  // double: x = z·(1/T) (the CUDA kernel forms the same x);  log p = x_t − lse(x_t), log q = x_s − lse(x_s)
+  // (max-shifted log-sum-exp);  KL = Σ_v p_v·(log p_v − log q_v)  (p_v = 0 terms are 0: 0·log 0 = 0);
+  //   loss[i] = w·T²·KL;  dlogits[s, v] += w·T·(q_v − p_v)  (one f32 rounding of the sum).
+  if (P < 0 || V < 1 || !(T > 0) || !std::isfinite(T))
+    fail(RE_ERR_ARG, "kl_distill: need P >= 0, V >= 1 and a finite T > 0");
+  if (P == 0) return;
+  const double Td = T, invT = 1.0 / Td;
+  pool_.parallel_for(P, [&](int i) {
+    const float* zs = logits + (size_t)student[i] * V;  // [V] student row
+    const float* zt = logits + (size_t)teacher[i] * V;  // [V] teacher row (read only)
+    float* g = dlogits + (size_t)student[i] * V;        // [V] accumulated into
+    double ms = -INFINITY, mt = -INFINITY;
+    for (int v = 0; v < V; ++v) {
+      ms = std::max(ms, (double)zs[v] * invT);
+      mt = std::max(mt, (double)zt[v] * invT);
+    }
+    double ss = 0, st = 0;
+    for (int v = 0; v < V; ++v) {
+      ss += std::exp((double)zs[v] * invT - ms);
+      st += std::exp((double)zt[v] * invT - mt);
+    }
+    const double ls = ms + std::log(ss), lt = mt + std::log(st);
+    const double wi = w[i], cg = wi * Td;
+    double kl = 0;
+    for (int v = 0; v < V; ++v) {
+      const double lp = (double)zt[v] * invT - lt, lq = (double)zs[v] * invT - ls;
+      const double p = std::exp(lp), q = std::exp(lq);
+      if (p != 0) kl += p * (lp - lq);  // 0·log 0 = 0 (a NaN still propagates)
+      g[v] = (float)((double)g[v] + cg * (q - p));
+    }
+    loss[i] = (float)(wi * Td * Td * kl);
+  }, (double)P * V * 60);
 }
 
 void CpuBackend::loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,

@@ -338,6 +338,23 @@ interface RowCache {
   labels: { t: number; id: number; w: number }[]; // t within the unpadded row
 }
 
+/** REPAIR intra-batch distillation (Eq. 4) as native/edit.cpp runs it over the batch's samples. */
+export interface KdHyper {
+  /** Sample id of each row (edit rows: 0..S−1; irrelevant rows: −1). */
+  sample: Int32Array;
+  weight: number; // λ_KD
+  lambda: number; // λ (cosine term)
+  theta: number; // ϑ (variance term)
+  /** T of the logit KL (0 = off). */
+  temperature: number;
+  /**
+   * The teacher (sample 0) is a stop-gradient: its features and logits are taken at this W' (the point
+   * the gradient is checked at), so finite differences see only the students' dependence, as the native
+   * backward does. Absent: the teacher moves with W' too.
+   */
+  teacherAt?: Float64Array;
+}
+
 export interface LossParts {
   loss: number;
   ce: number;
@@ -347,6 +364,10 @@ export interface LossParts {
   /** Number of strictly positive entries of each hinge. */
   pos: [number, number, number];
   drow: number[]; // per-row mean distance over valid tokens
+  /** L_KD (cosine + variance + logit KL), 0 without kd. */
+  kd: number;
+  /** Its logit-KL part. */
+  kl: number;
 }
 
 export class EditLoss64 {
@@ -398,21 +419,25 @@ export class EditLoss64 {
   }
 
   /** The edit loss at W' ([D, F] row-major, float64). */
-  loss(Wp: Float64Array, h: MarginHyper): LossParts {
+  loss(Wp: Float64Array, h: MarginHyper, kd?: KdHyper): LossParts {
     const { m, L } = this;
     const { D, F, V } = m;
     let ce = 0;
     const drow: number[] = [];
+    const rowOs: Float64Array[] = [];
+    const rowLogits: Float64Array[] = [];
     for (const row of this.rows) {
       const { n } = row;
       const wL = m.layers[L]!;
       const key = this.target === 'key';
       // GPT-2: the matrix's bias on the side output too
       const os = key ? linear(row.A, n, D, Wp, F, wL.upb) : linear(row.A, n, F, Wp, D, wL.downb);
+      rowOs.push(os);
       if (h.margin) {
         const d = this.dist(os, row.om, n, h.act);
         drow.push(d.reduce((a, b) => a + b, 0) / n);
       }
+      rowLogits.push(new Float64Array(0));
       if (row.labels.length === 0) continue;
       const x = new Float64Array(n * D);
       const out = key ? linear(Float64Array.from(os, gelu), n, F, wL.down, D, wL.downb) : os;
@@ -427,6 +452,7 @@ export class EditLoss64 {
       row.labels.forEach((lb, i) => rowsX.set(x.subarray(lb.t * D, (lb.t + 1) * D), i * D));
       const hn = norm(m, rowsX, row.labels.length, m.norm, m.normB);
       const logits = linear(hn, row.labels.length, D, m.lmHead, V);
+      rowLogits[rowLogits.length - 1] = logits;
       row.labels.forEach((lb, i) => {
         const z = logits.subarray(i * V, (i + 1) * V);
         let mx = -Infinity;
@@ -463,6 +489,92 @@ export class EditLoss64 {
       h2 = pos[1] ? s2 / pos[1] : 0;
       h3 = pos[2] ? s3 / pos[2] : 0;
     }
-    return { loss: ce + h1 + h2 + h3, ce, h1, h2, h3, pos, drow };
+    let kdLoss = 0;
+    let kl = 0;
+    if (kd) {
+      let teacher: { os: Float64Array[]; logits: Float64Array[] } | undefined;
+      if (kd.teacherAt) {
+        const t = this.loss(kd.teacherAt, h, { ...kd, teacherAt: undefined, capture: true } as KdHyper);
+        teacher = (t as LossParts & { captured: { os: Float64Array[]; logits: Float64Array[] } }).captured;
+      }
+      if ((kd as KdHyper & { capture?: boolean }).capture) {
+        return { loss: 0, ce, h1: 0, h2: 0, h3: 0, pos: [0, 0, 0], drow, kd: 0, kl: 0, captured: { os: rowOs, logits: rowLogits } } as LossParts;
+      }
+      ({ kd: kdLoss, kl } = this.kdLoss(rowOs, rowLogits, kd, teacher));
+    }
+    return { loss: ce + h1 + h2 + h3 + kdLoss, ce, h1, h2, h3, pos, drow, kd: kdLoss, kl };
+  }
+
+  /**
+   * L_KD of Eq. 4 over the samples: features f_s = mean of o_side over every valid token of sample s's edit
+   * rows; o = f/‖f‖; λ_KD·(λ·mean_{s>=1}(1 − o_s·o_0) + ϑ·(1/S)·Σ‖o_s − ō‖²); plus, when T > 0, the logit KL:
+   * the k-th edit row of sample s >= 1 against the k-th of sample 0, answer positions aligned from the
+   * first, λ_KD·T²·KL(softmax(z_0/T) ‖ softmax(z_s/T)) averaged over positions, rows and the S − 1 students.
+   */
+  private kdLoss(rowOsIn: Float64Array[], rowLogitsIn: Float64Array[], kd: KdHyper, teacher?: { os: Float64Array[]; logits: Float64Array[] }): { kd: number; kl: number } {
+    const N = this.target === 'key' ? this.m.F : this.m.D;
+    const V = this.m.V;
+    const S = Math.max(0, ...Array.from(kd.sample)) + 1;
+    if (S < 2) return { kd: 0, kl: 0 };
+    const rowsOf: number[][] = Array.from({ length: S }, () => []);
+    kd.sample.forEach((s, r) => {
+      if (s >= 0 && this.batch.kind[r] === 0) rowsOf[s]!.push(r);
+    });
+    // the teacher's rows from the frozen pass (stop-gradient)
+    const rowOs = rowOsIn.map((x, r) => (teacher && kd.sample[r] === 0 ? teacher.os[r]! : x));
+    const rowLogits = rowLogitsIn.map((x, r) => (teacher && kd.sample[r] === 0 ? teacher.logits[r]! : x));
+    const o: Float64Array[] = rowsOf.map((rows) => {
+      const f = new Float64Array(N);
+      let cnt = 0;
+      for (const r of rows) {
+        const n = this.rows[r]!.n;
+        cnt += n;
+        for (let t = 0; t < n; t++) for (let i = 0; i < N; i++) f[i]! += rowOs[r]![t * N + i]!;
+      }
+      let ss = 0;
+      for (let i = 0; i < N; i++) ss += (f[i]! / cnt) ** 2;
+      const nrm = Math.sqrt(ss);
+      return Float64Array.from(f, (v) => (nrm > 0 ? v / cnt / nrm : 0));
+    });
+    let lcos = 0;
+    for (let s = 1; s < S; s++) {
+      let c = 0;
+      for (let i = 0; i < N; i++) c += o[s]![i]! * o[0]![i]!;
+      lcos += (1 - c) / (S - 1);
+    }
+    let lvar = 0;
+    for (let i = 0; i < N; i++) {
+      let mean = 0;
+      for (let s = 0; s < S; s++) mean += o[s]![i]! / S;
+      for (let s = 0; s < S; s++) lvar += (o[s]![i]! - mean) ** 2 / S;
+    }
+    let kl = 0;
+    if (kd.temperature > 0) {
+      const T = kd.temperature;
+      const logSoftmax = (z: Float64Array): Float64Array => {
+        let mx = -Infinity;
+        for (const v of z) mx = Math.max(mx, v / T);
+        let den = 0;
+        for (const v of z) den += Math.exp(v / T - mx);
+        const lse = mx + Math.log(den);
+        return Float64Array.from(z, (v) => v / T - lse);
+      };
+      for (let s = 1; s < S; s++) {
+        const rows = Math.min(rowsOf[s]!.length, rowsOf[0]!.length);
+        for (let k = 0; k < rows; k++) {
+          const rs = rowsOf[s]![k]!;
+          const rt = rowsOf[0]![k]!;
+          const m = Math.min(this.rows[rs]!.labels.length, this.rows[rt]!.labels.length);
+          for (let j = 0; j < m; j++) {
+            const lq = logSoftmax(rowLogits[rs]!.subarray(j * V, (j + 1) * V));
+            const lp = logSoftmax(rowLogits[rt]!.subarray(j * V, (j + 1) * V));
+            let d = 0;
+            for (let v = 0; v < V; v++) d += Math.exp(lp[v]!) * (lp[v]! - lq[v]!);
+            kl += (kd.weight * T * T * d) / ((S - 1) * rows * m);
+          }
+        }
+      }
+    }
+    return { kd: kd.weight * (kd.lambda * lcos + kd.theta * lvar) + kl, kl };
   }
 }
