@@ -869,14 +869,17 @@ export class Editor {
       const ro = this.config.repair!;
       const loop = this.#loop;
       let total = loop.queue.length + loop.residual.length;
+      // the retraining allowance of this call (retrainShare): reintegrated, re-queued and residual edits
+      let allowance = Math.ceil(ro.retrainShare * total);
       let done = 0;
       for (;;) {
         if (!loop.queue.length && !loop.residual.length) {
           // [ours] The stream is done but E still holds failures: retrain them (into a fresh shard) while
           // their budget lasts, rather than end on known errors. Bounded by the budget like RETRIGGER.
           if (!ro.monitor || !loop.feedback.length) break;
-          const again = loop.feedback.filter((id) => (loop.attempts[id] ?? 0) < ro.budget && this.#edits.has(id));
+          const again = loop.feedback.filter((id) => (loop.attempts[id] ?? 0) < ro.budget && this.#edits.has(id)).slice(0, allowance);
           if (!again.length) break;
+          allowance -= again.length;
           if (this.#working.edits.length > 0) await this.#saveWorking();
           for (const id of again) {
             loop.attempts[id] = (loop.attempts[id] ?? 0) + 1;
@@ -915,7 +918,8 @@ export class Editor {
           opts.onEvent?.({ type: 'edit-trained', ids: batch.map((p) => p.id), memory: trained.memory, steps: res.steps, loss: res.loss.at(-1) ?? 0, kd: res.kd.at(-1) ?? 0, kdScores });
           // FILTERANDRECLUSTER: samples inconsistent with the batch teacher are re-batched later
           if (ro.kd && batch.length > 1) {
-            const out = batch.filter((p, i) => i > 0 && kdScores[i]! >= ro.epsCons && p.attempts < ro.budget);
+            const out = batch.filter((p, i) => i > 0 && kdScores[i]! >= ro.epsCons && p.attempts < ro.budget).slice(0, allowance);
+            allowance -= out.length;
             for (const p of out) {
               p.attempts++;
               loop.residual.push(p);
@@ -929,10 +933,11 @@ export class Editor {
             // [ours] at most one retrigger per mergeFreq edits of this call (and at least one): each retrains
             // up to a memory's worth of edits, so this bounds the loop's extra cost to about one more pass.
             const cap = Math.max(1, Math.ceil(total / this.config.mergeFreq));
-            const r = retriggers < cap ? await this.#maybeRetrigger(opts.onEvent, gaveUp) : 0;
+            const r = retriggers < cap ? await this.#maybeRetrigger(opts.onEvent, gaveUp, allowance) : 0;
             if (r) {
               retriggers++;
               total += r;
+              allowance -= r;
               break; // the queue changed: form batches again
             }
           }
@@ -1042,7 +1047,7 @@ export class Editor {
    * front of the queue; they are retrained into a fresh shard. An edit re-queued more than `budget` times
    * is given up (and no longer in effect). Returns the number of edits re-queued (0: nothing happened).
    */
-  async #maybeRetrigger(onEvent: ((e: RepairEvent) => void) | undefined, gaveUp: string[]): Promise<number> {
+  async #maybeRetrigger(onEvent: ((e: RepairEvent) => void) | undefined, gaveUp: string[], allowance = Infinity): Promise<number> {
     const ro = this.config.repair!;
     const loop = this.#loop;
     const charged = Object.values(loop.status).flatMap((s) => [
@@ -1064,6 +1069,10 @@ export class Editor {
       }
       target = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0];
     }
+    // retrainShare: a retrigger whose reintegration (the memory's edits + the failures) exceeds what is
+    // left of this call's allowance does not run
+    const held = target === undefined ? [] : target === this.#working.uid ? this.#working.edits : (this.#memories.find((m) => m.uid === target)?.edits ?? []);
+    if (new Set([...held, ...loop.feedback]).size > allowance) return 0;
     let pruned: string[] = [];
     if (target !== undefined) {
       if (target === this.#working.uid) {

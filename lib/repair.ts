@@ -70,6 +70,14 @@ export interface RepairOptions {
    * catches an edit that stopped too soon.
    */
   fitStop: number;
+  /**
+   * Retraining allowance [ours]: in one editMany call, the edits trained again — reintegrated after a
+   * retrigger, re-queued at the end of the stream, or moved to the residual pool — number at most
+   * ceil(retrainShare × the edits queued when the call starts). A retrigger whose reintegration would
+   * exceed what is left does not run. This bounds the loop's cost at about (1 + retrainShare) trainings
+   * per edit, whatever the model. A large value (e.g. 1e9) = no bound (only `budget` limits it). Default 0.5.
+   */
+  retrainShare: number;
   /** Times one edit may be re-queued (reintegration or residual re-batching): the termination budget. Default 3 [ours]. */
   budget: number;
 }
@@ -97,6 +105,7 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   mergeAlpha: 1.0,
   budget: 3,
   fitStop: 0.02,
+  retrainShare: 0.5,
 };
 
 /** Fill the defaults and validate every field (typed errors naming the field). */
@@ -132,6 +141,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   num('mergeAlpha', (x) => x >= 0, 'a number >= 0');
   int('budget', 0, 1000);
   num('fitStop', (x) => x >= 0, 'a number >= 0');
+  num('retrainShare', (x) => x >= 0, 'a finite number >= 0');
   return r;
 }
 

@@ -141,7 +141,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   });
 
   it('a shard made to fail is pruned, its edits are reintegrated and then pass; the loop ends within its budget', async () => {
-    const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { batching: false, kd: false, budget: 2 } });
+    const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { batching: false, kd: false, budget: 2, retrainShare: 1e9 } });
     // z4..z7 are trained with an impossible (vanishing) learning rate on their first attempt only.
     const poisoned = new Set(['z4', 'z5', 'z6', 'z7']);
     const seen = new Set<string>();
@@ -175,8 +175,38 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
     await ed.dispose();
   });
 
+  it('retrainShare bounds the retraining of one call: 0 retrains nothing, 0.25 at most ceil(N/4) edits', async () => {
+    const run = async (retrainShare: number) => {
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { batching: false, kd: false, budget: 2, retrainShare } });
+      const poisoned = new Set(['z4', 'z5', 'z6', 'z7']);
+      const seen = new Set<string>();
+      (ed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = (ids: string[], h: NativeEditHyper): NativeEditHyper => {
+        const first = ids.some((id) => poisoned.has(id) && !seen.has(id));
+        ids.forEach((id) => seen.add(id));
+        return first ? { ...h, lr: 1e-9 } : h;
+      };
+      const events: RepairEvent[] = [];
+      await ed.editMany(Array.from({ length: 8 }, (_, i) => rec(i)), { onEvent: (e) => events.push(e) });
+      const trained = events.filter((e) => e.type === 'edit-trained').reduce((a, e) => a + (e as Extract<RepairEvent, { type: 'edit-trained' }>).ids.length, 0);
+      const types = events.map((e) => e.type);
+      const failing = ed.pending().feedback;
+      await ed.dispose();
+      return { trained, types, failing };
+    };
+    const none = await run(0);
+    expect(none.trained).toBe(8);
+    expect(none.types).toContain('error-detected'); // the monitor still sees the failures ...
+    expect(none.types).not.toContain('shard-pruned'); // ... but nothing is retrained
+    expect(none.types).not.toContain('edits-reintegrated');
+    expect(none.failing.length).toBeGreaterThanOrEqual(3);
+    const quarter = await run(0.25);
+    expect(quarter.trained).toBeGreaterThan(8);
+    expect(quarter.trained).toBeLessThanOrEqual(8 + 2);
+    expect(quarter.failing.length).toBeLessThan(none.failing.length); // what was retrained now passes
+  });
+
   it('an edit that can never be learned is given up after its budget and the loop still terminates', async () => {
-    const ed = await Editor.create(model, { method: 'repair', saveFreq: 2, mergeFreq: 4, repair: { batching: false, kd: false, budget: 1, minMonitored: 1, tauPrune: 0.4 } });
+    const ed = await Editor.create(model, { method: 'repair', saveFreq: 2, mergeFreq: 4, repair: { batching: false, kd: false, budget: 1, minMonitored: 1, tauPrune: 0.4, retrainShare: 1e9 } });
     (ed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = (ids: string[], h: NativeEditHyper) => (ids.includes('z1') ? { ...h, lr: 1e-9 } : h);
     const r = await ed.editMany([rec(0), rec(1), rec(2), rec(3)]);
     expect(r.gaveUp).toEqual(['z1']);
