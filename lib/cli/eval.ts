@@ -1,5 +1,5 @@
 // cli/eval.ts — `repair-edit eval --data zsre|counterfact|hallucination|temporal|FILE --n 1,30,120
-// --method wise,repair,ft [--ablate monitor,batching,kd,merge] [--routing tf|prompt|off] [--json out.json]
+// --method wise,repair,ft [--ablate monitor,batching,kd,merge,bound] [--routing tf|prompt|off] [--json out.json]
 // [--report out.html]`: the metrics of ALGORITHM.md §3 (lib/eval.ts) for every method × N on one loaded
 // model, a results table on stdout, every per-case value in JSON, and a self-contained HTML report with
 // hand-written SVG plots (no script, no network): Rel/Gen/Loc/OP against N per method, and per method a
@@ -14,6 +14,7 @@ import cliProgress from 'cli-progress';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { RepairError } from '../errors.js';
 import type { EditMethod, EditorOptions } from '../editor.js';
+import type { RepairOptions } from '../repair.js';
 import { DATASET_FORMATS, editSlice, loadDataset, namedDatasetPath, NAMED_DATASETS, type Dataset, type DatasetFormat } from '../datasets.js';
 import {
   defaultMetrics,
@@ -34,10 +35,16 @@ import { loadModel, type BackendChoice } from '../model.js';
 import { packageVersion } from '../info.js';
 import { choiceOption, floatOption, formatTable, intOption, interruptSignal, resolveModelDir, usageError, writeOut, type CliCommand } from './common.js';
 
-export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge'] as const;
+export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound'] as const;
 export type Ablation = (typeof ABLATIONS)[number];
-/** The REPAIR option each ablation turns off. */
-const ABLATION_OPTION: Record<Ablation, 'monitor' | 'batching' | 'kd' | 'lossAwareMerge'> = { monitor: 'monitor', batching: 'batching', kd: 'kd', merge: 'lossAwareMerge' };
+/** The REPAIR options of each ablation: a mechanism off, or ('bound') no bound on retraining (retrainShare). */
+const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
+  monitor: { monitor: false },
+  batching: { batching: false },
+  kd: { kd: false },
+  merge: { lossAwareMerge: false },
+  bound: { retrainShare: 1e9 },
+};
 const METHODS = ['wise', 'repair', 'ft'] as const;
 const ROUTING_OF: Record<'tf' | 'prompt' | 'off', RoutingBasis | false> = { tf: 'teacher-forced', prompt: 'prompt-only', off: false };
 
@@ -94,7 +101,7 @@ const positiveInt = (s: string): number => {
 /** The rows of the results table: the methods, then one 'repair -X' per ablation. */
 export function variantsOf(methods: readonly EditMethod[], ablate: readonly Ablation[], base: EditorOptions): EvalVariant[] {
   const v: EvalVariant[] = methods.map((m) => ({ label: m, method: m, editorOptions: { ...base } }));
-  for (const a of ablate) v.push({ label: `repair -${a}`, method: 'repair', editorOptions: { ...base, repair: { [ABLATION_OPTION[a]]: false } } });
+  for (const a of ablate) v.push({ label: `repair -${a}`, method: 'repair', editorOptions: { ...base, repair: { ...ABLATION_OPTIONS[a] } } });
   return v;
 }
 
@@ -567,7 +574,7 @@ export const evalCommand: CliCommand = {
       )
       .addOption(new Option('--method <list>', 'methods, comma-separated: wise, repair, ft').argParser(listOption(choiceItem(METHODS), 'methods')).default(['wise'], 'wise'))
       .addOption(
-        new Option('--ablate <list>', `REPAIR ablations, comma-separated (${ABLATIONS.join(', ')}): each adds a 'repair -X' row with that mechanism off (merge = the loss-aware merge)`)
+        new Option('--ablate <list>', `REPAIR ablations, comma-separated (${ABLATIONS.join(', ')}): each adds a 'repair -X' row with that mechanism off (merge = the loss-aware merge; bound = no bound on retraining, retrainShare unlimited)`)
           .argParser(listOption(choiceItem(ABLATIONS), 'ablations'))
           .default([], 'none'),
       )
