@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
 import { namedDatasetPath } from '../lib/datasets.js';
-import { binValues, HIST, renderHtmlReport, routingPlot, svgHistogram, svgPlot } from '../lib/cli/eval.js';
+import { binValues, HIST, renderHtmlReport, routingPlot, svgHistogram, svgPlot, variantsOf } from '../lib/cli/eval.js';
 import { summarizeRouting, type EvalRun, type RoutePoint, type RoutingCase } from '../lib/eval.js';
 
 const ROOT = packageRoot();
@@ -511,5 +511,16 @@ describe('report rendering', () => {
     expect(h).toContain('routed to a side memory (teacher-forced), x&lt;y N=1: edit 2/2, rephrase 0/1, unrelated 0/3');
     expect(svgs(h).filter((q) => q.includes('aria-label="Routing scores: x&lt;y, N = 1"'))).toHaveLength(1);
     expect(h).not.toContain('routing scores at the other N');
+  });
+});
+
+describe('variantsOf: the rows of the results table', () => {
+  it('methods first, then one repair row per ablation with exactly that change', () => {
+    const v = variantsOf(['wise', 'repair'], ['monitor', 'merge', 'bound'], { saveFreq: 5 });
+    expect(v.map((x) => x.label)).toEqual(['wise', 'repair', 'repair -monitor', 'repair -merge', 'repair -bound']);
+    expect(v[2]!.editorOptions).toEqual({ saveFreq: 5, repair: { monitor: false } });
+    expect(v[3]!.editorOptions).toEqual({ saveFreq: 5, repair: { lossAwareMerge: false } });
+    expect(v[4]!.editorOptions).toEqual({ saveFreq: 5, repair: { retrainShare: 1e9 } });
+    expect(v.every((x, i) => (i === 0 ? x.method === 'wise' : x.method === 'repair'))).toBe(true);
   });
 });
