@@ -415,7 +415,8 @@ export function loadDataset(nameOrFile: string, opts: LoadOptions & { format?: D
 // ---- the training-time irrelevant row (§1.3) -------------------------------------------------------
 
 /** `loc + " " + loc_ans` of a train record (its first locality pair), or its own `irrelevant`. */
-function irrelevantText(r: EditRecord | EditRequest): string | undefined {
+/** A record's text in the train role (§1.3): its first locality pair as "prompt answer", else its `irrelevant`. */
+export function irrelevantText(r: EditRecord | EditRequest): string | undefined {
   const l = r.locality?.[0];
   if (l) return `${l.prompt} ${l.answer}`;
   return r.irrelevant;

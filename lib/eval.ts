@@ -36,7 +36,7 @@ import { RepairError } from './errors.js';
 import { packageVersion } from './info.js';
 import type { GenerateOptions, GenerateResult, LogitsOptions, LogitsResult, Model, Prompt } from './model.js';
 import type { ModelTokenizer } from './tokenizer.js';
-import type { EditRecord } from './datasets.js';
+import { irrelevantText, type EditRecord } from './datasets.js';
 
 export type MetricName = 'tf' | 'exact' | 'ppl' | 'ood';
 export const METRIC_NAMES: readonly MetricName[] = ['tf', 'exact', 'ppl', 'ood'];
@@ -1020,4 +1020,36 @@ async function runSingle(
     truncatedRows: truncated,
     routing: null,
   };
+}
+
+/** A record that cannot be edited on a model: one of its training rows is longer than the context. */
+export interface TooLongRecord {
+  index: number;
+  /** Tokens of its longest training row. */
+  length: number;
+  contextLength: number;
+}
+
+/**
+ * The records whose training rows fit the model's context: every edit row (each context template of an
+ * editor with these options, §1.3, with the chat template when it applies) and the record's own locality
+ * pair as the irrelevant row it becomes for another edit. Returns the indices that do not fit; evaluation
+ * rows (rephrase, locality, OOD) need no check: scoring truncates them to the context (ScoredRow.truncated).
+ */
+export async function recordsTooLong(model: Model, records: readonly EditRecord[], editorOptions: EditorOptions = {}): Promise<TooLongRecord[]> {
+  const ed = await Editor.create(model, { ...editorOptions, method: 'wise' });
+  try {
+    const out: TooLongRecord[] = [];
+    records.forEach((r, index) => {
+      try {
+        ed.buildBatch(r, irrelevantText(r) ?? r.prompt);
+      } catch (e) {
+        if (!(e instanceof RepairError) || e.code !== 'ERR_CONTEXT_LENGTH') throw e;
+        out.push({ index, length: Number(e.details?.length), contextLength: model.config.maxPositions });
+      }
+    });
+    return out;
+  } finally {
+    await ed.dispose();
+  }
 }

@@ -169,6 +169,25 @@ describe('CLI eval: bad arguments and data', () => {
     expect(json.stderr).toMatch(/^repair-edit: ERR_IO: cannot write .*x\.json \(--json\)/);
   });
 
+  it("records too long for the model's context: ERR_USAGE naming the record, or dropped and reported with --skip-invalid", async () => {
+    const long = join(tmp, 'long.jsonl');
+    const ok = (i: number) => JSON.stringify({ prompt: `Lily had a red ball number ${i}. The ball was`, target: 'red', locality: [{ prompt: 'Tom went to the', answer: 'park' }] });
+    writeFileSync(long, [ok(0), JSON.stringify({ prompt: 'Once upon a time', target: Array(700).fill('sun').join(' ') }), ok(2)].join('\n') + '\n');
+    const out = join(tmp, 'long.json');
+    const [stop, skip] = await Promise.all([
+      cli(['eval', '--data', long, '--n', '2', '--n-iter', '2']),
+      cli(['eval', '--data', long, '--n', '2', '--n-iter', '2', '--skip-invalid', '--metrics', 'tf', '--routing', 'off', '--json', out]),
+    ]);
+    expect(stop.code, stop.stderr).toBe(2);
+    expect(stop.stderr).toMatch(/^repair-edit: ERR_USAGE: .*long\.jsonl record 1 has a training row of \d+ tokens, longer than the model's context \(512\); 1 of 3 records do not fit \(pass --skip-invalid/);
+    expect(stop.stdout).toBe('');
+    expect(skip.code, skip.stderr).toBe(0);
+    expect(skip.stderr).toMatch(/skipped .*long\.jsonl record 1: a training row of \d+ tokens exceeds the context length 512/);
+    const j = JSON.parse(readFileSync(out, 'utf8'));
+    expect(j.config.skipped).toEqual([{ index: 1, message: expect.stringMatching(/exceeds the context length 512/) }]);
+    expect(j.results[0].runs[0].cases.map((c: { id: string }) => c.id)).toHaveLength(2);
+  });
+
   it('--help documents the options and where named datasets are read from', async () => {
     const h = await cli(['eval', '--help']);
     expect(h.code).toBe(0);

@@ -20,6 +20,7 @@ import {
   defaultMetrics,
   evaluateVariants,
   METRIC_NAMES,
+  recordsTooLong,
   type EvalProgress,
   type EvalReport,
   type EvalRun,
@@ -618,9 +619,8 @@ export const evalCommand: CliCommand = {
         for (const s of ds.skipped) process.stderr.write(`repair-edit: skipped ${ds.file} record ${s.index}: ${s.message}\n`);
         const ns = [...o.n].sort((a, b) => a - b);
         const maxN = ns[ns.length - 1]!;
-        if (maxN > ds.records.length) usageError(cmd, `--n ${maxN} is more than the ${ds.records.length} record${ds.records.length === 1 ? '' : 's'} of ${ds.file}`);
-        const records = editSlice(ds, maxN);
-        const metrics: MetricName[] = o.metrics ?? (ds.format === 'hallucination' ? ['tf', 'ppl'] : ds.format === 'temporal' ? ['tf', 'ood'] : defaultMetrics(records));
+        const tooMany = (have: number, why = '') => usageError(cmd, `--n ${maxN} is more than the ${have} record${have === 1 ? '' : 's'} of ${ds.file}${why}`);
+        if (maxN > ds.records.length) tooMany(ds.records.length);
         const base: EditorOptions = {};
         if (o.layer !== undefined) base.layer = o.layer;
         if (o.saveFreq !== undefined) base.saveFreq = o.saveFreq;
@@ -635,6 +635,26 @@ export const evalCommand: CliCommand = {
         const t0 = performance.now();
         try {
           await using model = await loadModel(dir, { backend: o.backend, device: o.device, threads: o.threads, signal: intr.signal });
+          // records whose training rows exceed the model's context cannot be edited: drop them with
+          // --skip-invalid (reported like invalid records), else stop before any work
+          // (indices of ds.records mapped to the record's index in its file)
+          const long = (await recordsTooLong(model, ds.records, base)).map((x) => ({ ...x, at: x.index, index: ds.records[x.index]!.index }));
+          if (long.length) {
+            const first = long[0]!;
+            if (!o.skipInvalid) {
+              usageError(cmd, `${ds.file} record ${first.index} has a training row of ${first.length} tokens, longer than the model's context (${first.contextLength}); ${long.length} of ${ds.records.length} records do not fit (pass --skip-invalid to drop them)`);
+            }
+            const drop = new Set(long.map((x) => x.at));
+            for (const x of long) process.stderr.write(`repair-edit: skipped ${ds.file} record ${x.index}: a training row of ${x.length} tokens exceeds the context length ${x.contextLength}\n`);
+            ds = {
+              ...ds,
+              records: ds.records.filter((_, i) => !drop.has(i)),
+              skipped: [...ds.skipped, ...long.map((x) => ({ index: x.index, message: `a training row of ${x.length} tokens exceeds the context length ${x.contextLength}` }))],
+            };
+            if (maxN > ds.records.length) tooMany(ds.records.length, ` that fit the model's context`);
+          }
+          const records = editSlice(ds, maxN);
+          const metrics: MetricName[] = o.metrics ?? (ds.format === 'hallucination' ? ['tf', 'ppl'] : ds.format === 'temporal' ? ['tf', 'ood'] : defaultMetrics(records));
           let reports: EvalReport[];
           try {
             reports = await evaluateVariants(model, records, variants, {
