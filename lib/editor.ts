@@ -590,7 +590,7 @@ export class Editor {
       act: actCode(this.model, c.scoreMode),
       earlyStop: c.earlyStop,
       fullForward: false,
-      ...(r ? { actWeight: r.actWeight, fitStop: r.fitStop } : {}),
+      ...(r ? { actWeight: r.actWeight, fitStop: r.monitor ? r.fitStop : 0 } : {}),
       ...(r && kd ? { kd: true, kdWeight: r.kdWeight, kdLambda: r.kdLambda, kdTheta: r.kdVarianceSign * r.kdTheta, ...(r.kdLogits ? { kdTemperature: r.kdTemperature } : {}) } : {}),
     };
   }

@@ -66,8 +66,9 @@ export interface RepairOptions {
    * Fit stop [ours]: a batch stops training once it is learnt — every routing-margin hinge satisfied and
    * each sample's CE <= fitStop — instead of running all n_iter steps (the reference's EarlyStopMeter
    * almost never fires with margin losses, §1.5). 0 = off. Default 0.02 (the EarlyStopMeter's loss bound).
-   * A cost mechanism: past that point the hinges give no gradient and the CE almost none, and the monitor
-   * catches an edit that stopped too soon.
+   * Part of the monitor (active only with `monitor` on): past that point the hinges give little gradient
+   * and the CE almost none, and the monitor catches an edit that stopped too soon. So with the four
+   * mechanisms off, 'repair' runs every step exactly as 'wise' does.
    */
   fitStop: number;
   /**
