@@ -373,7 +373,10 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
     expect(r.stderr).toMatch(/skipped .*hallucination-edit\.json record 86: field "locality_ground_truth"/);
     const j = JSON.parse(readFileSync(join(tmp, 'h.json'), 'utf8'));
     expect(j.config.metrics).toEqual(['tf', 'ppl']);
-    expect(j.config.skipped).toHaveLength(7);
+    // 7 invalid records, and 1 whose training rows exceed stories260K's 512-token context
+    expect(j.config.skipped).toHaveLength(8);
+    expect(j.config.skipped.filter((x: { message: string }) => /exceeds the context length 512/.test(x.message))).toHaveLength(1);
+    expect(r.stderr).toMatch(/skipped .*hallucination-edit\.json record \d+: a training row of \d+ tokens exceeds the context length 512/);
     const s = j.results[0].runs[0].summary;
     expect(s.ppl).toBeGreaterThan(0);
     expect(s.gen).toBeNull();

@@ -131,6 +131,30 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   const rec = (i: number): EditRequest => ({ prompt: zsre[i]!.src, target: zsre[i]!.alt, irrelevant: `${zsre[500 + i]!.loc} ${zsre[500 + i]!.loc_ans}`, id: `z${i}` });
   let model: Model;
   let tmp: string;
+  /** Teacher-forced token accuracy of prompt + target through the editor's router. */
+  const routedAcc = async (ed: Editor, r: EditRequest): Promise<number> => {
+    const ids = model.tokenizer.encode(`${r.prompt} ${r.target}`);
+    const pl = model.tokenizer.encode(r.prompt).length;
+    const lg = await ed.logits([ids], { positions: 'all' });
+    let ok = 0;
+    for (let j = pl; j < ids.length; j++) {
+      const row = lg.at(0, j - 1);
+      let b = 0;
+      for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
+      if (b === ids[j]) ok++;
+    }
+    return ok / (ids.length - pl);
+  };
+  /** Train `ids` with a vanishing learning rate the first time they are trained (a shard made to fail). */
+  const poisonFirst = (ed: Editor, ids: readonly string[]): void => {
+    const poisoned = new Set(ids);
+    const seen = new Set<string>();
+    (ed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = (batch: string[], h: NativeEditHyper): NativeEditHyper => {
+      const first = batch.some((id) => poisoned.has(id) && !seen.has(id));
+      batch.forEach((id) => seen.add(id));
+      return first ? { ...h, lr: 1e-9 } : h;
+    };
+  };
   beforeAll(async () => {
     model = await loadModel(FACTS, { backend: 'cpu' });
     tmp = mkdtempSync(join(tmpdir(), 'repair-loop-'));
@@ -144,12 +168,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
     const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { batching: false, kd: false, budget: 2, retrainShare: 1e9 } });
     // z4..z7 are trained with an impossible (vanishing) learning rate on their first attempt only.
     const poisoned = new Set(['z4', 'z5', 'z6', 'z7']);
-    const seen = new Set<string>();
-    (ed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = (ids: string[], h: NativeEditHyper): NativeEditHyper => {
-      const first = ids.some((id) => poisoned.has(id) && !seen.has(id));
-      ids.forEach((id) => seen.add(id));
-      return first ? { ...h, lr: 1e-9 } : h;
-    };
+    poisonFirst(ed, [...poisoned]);
     const events: RepairEvent[] = [];
     const r = await ed.editMany(
       Array.from({ length: 8 }, (_, i) => rec(i)),
@@ -178,13 +197,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   it('retrainShare bounds the retraining of one call: 0 retrains nothing, 0.25 at most ceil(N/4) edits', async () => {
     const run = async (retrainShare: number) => {
       const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { batching: false, kd: false, budget: 2, retrainShare } });
-      const poisoned = new Set(['z4', 'z5', 'z6', 'z7']);
-      const seen = new Set<string>();
-      (ed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = (ids: string[], h: NativeEditHyper): NativeEditHyper => {
-        const first = ids.some((id) => poisoned.has(id) && !seen.has(id));
-        ids.forEach((id) => seen.add(id));
-        return first ? { ...h, lr: 1e-9 } : h;
-      };
+      poisonFirst(ed, ['z4', 'z5', 'z6', 'z7']);
       const events: RepairEvent[] = [];
       await ed.editMany(Array.from({ length: 8 }, (_, i) => rec(i)), { onEvent: (e) => events.push(e) });
       const trained = events.filter((e) => e.type === 'edit-trained').reduce((a, e) => a + (e as Extract<RepairEvent, { type: 'edit-trained' }>).ids.length, 0);
@@ -225,19 +238,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
     expect(trained.some((e) => e.kd > 0)).toBe(true);
     expect(events.some((e) => e.type === 'shards-merged' && e.rule === 'loss-aware')).toBe(true);
     let pass = 0;
-    for (const r of recs) {
-      const ids = model.tokenizer.encode(`${r.prompt} ${r.target}`);
-      const pl = model.tokenizer.encode(r.prompt).length;
-      const lg = await ed.logits([ids], { positions: 'all' });
-      let ok = 0;
-      for (let j = pl; j < ids.length; j++) {
-        const row = lg.at(0, j - 1);
-        let b = 0;
-        for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
-        if (b === ids[j]) ok++;
-      }
-      if (ok / (ids.length - pl) >= 0.85) pass++;
-    }
+    for (const r of recs) if ((await routedAcc(ed, r)) >= 0.85) pass++;
     expect(pass).toBeGreaterThanOrEqual(6);
     await ed.dispose();
   });
@@ -245,19 +246,6 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   it('fit stop: a batch stops once its CE is learnt and the margin no longer improves; the edit is still recalled', async () => {
     // the monitor on (fit stop is part of it) but never retraining: each edit() is one training
     const off = { batching: false, kd: false, retrainShare: 0 };
-    const routedAcc = async (ed: Editor, r: EditRequest) => {
-      const ids = model.tokenizer.encode(`${r.prompt} ${r.target}`);
-      const pl = model.tokenizer.encode(r.prompt).length;
-      const lg = await ed.logits([ids], { positions: 'all' });
-      let ok = 0;
-      for (let j = pl; j < ids.length; j++) {
-        const row = lg.at(0, j - 1);
-        let b = 0;
-        for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
-        if (b === ids[j]) ok++;
-      }
-      return ok / (ids.length - pl);
-    };
     const fit = await Editor.create(model, { method: 'repair', nIter: 70, earlyStop: false, repair: { ...off, fitStop: 0.02 } });
     const full = await Editor.create(model, { method: 'repair', nIter: 70, earlyStop: false, repair: { ...off, fitStop: 0 } });
     let fitSteps = 0;
