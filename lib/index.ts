@@ -28,5 +28,5 @@ export { REPAIR_DEFAULTS } from './repair.js';
 export type { RepairOptions, Correctness } from './repair.js';
 export { loadDataset, loadZsre, loadCounterFact, loadHallucination, loadTemporal, loadJsonl } from './datasets.js';
 export type { Dataset, EditRecord, DatasetFormat } from './datasets.js';
-export { evaluate, evaluateVariants } from './eval.js';
-export type { EvalOptions, EvalReport, EvalRun, EvalSummary, EvalVariant, RoutingBasis, RoutingReport, RoutingCase, RoutePoint, RoutingSummary } from './eval.js';
+export { evaluate, evaluateVariants, recordsTooLong } from './eval.js';
+export type { EvalOptions, EvalReport, EvalRun, EvalSummary, EvalVariant, RoutingBasis, RoutingReport, RoutingCase, RoutePoint, RoutingSummary, TooLongRecord } from './eval.js';
