@@ -11,7 +11,8 @@
 # unpacked. npx/npm are not needed (cmake-js, vitest and tsx are started through node).
 #
 # Usage: scripts/gpu-check.sh [test files...]    (default: whichever of test/{ops,parity,runtime,model}.test.ts exist)
-# Env:   SKIP_BUILD=1 keeps the existing build; SKIP_BENCH=1 skips the bench.
+# Env:   SKIP_BUILD=1 keeps the existing build; SKIP_BENCH=1 skips the bench; FULL_METHODS=1 runs the
+#        bench's methods section at N = 1, 30, 120 (default: --quick, N = 1, 10).
 # Exit status: 0 when the build and every test file passed, 1 otherwise.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -94,7 +95,11 @@ fi
 if [ "${SKIP_BENCH:-0}" != "1" ] && [ -f bench/run.ts ]; then
   say "bench (bench/run.ts --backend cuda)"
   t0=$(date +%s)
-  if node node_modules/tsx/dist/cli.mjs bench/run.ts --backend cuda 2>&1 | tee "$logdir/bench.log"; then
+  # runtime + edit hot path in full; the methods section (wise/repair/ft end to end) at --quick size
+  # unless FULL_METHODS=1 (N = 120 for three methods takes minutes even on a GPU)
+  mq="--quick"; [ "${FULL_METHODS:-0}" = "1" ] && mq=""
+  if { node node_modules/tsx/dist/cli.mjs bench/run.ts --backend cuda --only runtime,edit &&
+       node node_modules/tsx/dist/cli.mjs bench/run.ts --backend cuda --only methods $mq; } 2>&1 | tee "$logdir/bench.log"; then
     rows+=("| bench/run.ts --backend cuda | ok (see gpu-logs/bench.log) | $(( $(date +%s) - t0 )) s |")
   else
     rows+=("| bench/run.ts --backend cuda | FAILED (see gpu-logs/bench.log) | $(( $(date +%s) - t0 )) s |")
