@@ -1071,21 +1071,17 @@ export class Editor {
     }
     // retrainShare: a retrigger whose reintegration (the memory's edits + the failures) exceeds what is
     // left of this call's allowance does not run
-    const held = target === undefined ? [] : target === this.#working.uid ? this.#working.edits : (this.#memories.find((m) => m.uid === target)?.edits ?? []);
-    if (new Set([...held, ...loop.feedback]).size > allowance) return 0;
-    let pruned: string[] = [];
+    const isWorking = target !== undefined && target === this.#working.uid;
+    const mi = target === undefined || isWorking ? -1 : this.#memories.findIndex((m) => m.uid === target);
+    const pruned = isWorking ? [...this.#working.edits] : mi >= 0 ? [...this.#memories[mi]!.edits] : [];
+    if (new Set([...pruned, ...loop.feedback]).size > allowance) return 0;
     if (target !== undefined) {
-      if (target === this.#working.uid) {
-        pruned = [...this.#working.edits];
+      if (isWorking) {
         await modelInternals(this.model).enqueue((nm) => nm.sideReset(this.#side, 0));
         this.#working = { uid: this.#uid('w'), seed: this.#working.seed, minAct: NO_ACT, minPrompt: NO_ACT, edits: [] };
-      } else {
-        const i = this.#memories.findIndex((m) => m.uid === target);
-        if (i >= 0) {
-          pruned = [...this.#memories[i]!.edits];
-          await modelInternals(this.model).enqueue((nm) => nm.sideRemove(this.#side, Int32Array.of(i + 1)));
-          this.#memories.splice(i, 1);
-        }
+      } else if (mi >= 0) {
+        await modelInternals(this.model).enqueue((nm) => nm.sideRemove(this.#side, Int32Array.of(mi + 1)));
+        this.#memories.splice(mi, 1);
       }
       onEvent?.({ type: 'shard-pruned', memory: target, reason: byRate ? 'error-rate' : 'feedback-pool', errorRate: worst?.[0] === target ? worst[1].rate : 0, edits: pruned });
     }

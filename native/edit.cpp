@@ -507,7 +507,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
   };
 
   std::vector<float> dist_h(BT), loss_h(RL), gd_h(BT), kd_h((size_t)nsamp + 1, 0.0f);
-  std::vector<float> kl_h;
+  std::vector<float> kl_h(KP);  // per-pair logit-KL losses (host copy)
   std::vector<int> valid(R), prompt_end(R, T - 1);  // prompt tokens of an edit row: [pad, prompt_end]
   for (int r = 0; r < R; ++r) {
     valid[r] = T - eb.pad[r];
@@ -638,7 +638,6 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       }
       if (KP) {  // + λ_KD·T²·mean KL(p_teacher ‖ p_student) over the aligned answer positions; dlogits +=
         be_->kl_distill(klloss, dlogits, logits, kls_d, klt_d, klw_d, KP, a.V, h.kd_temp);
-        kl_h.resize(KP);
         be_->download(kl_h.data(), klloss, (size_t)KP * 4);
         be_->sync();
         for (float v : kl_h) kd_loss += v;

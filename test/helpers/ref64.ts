@@ -418,12 +418,14 @@ export class EditLoss64 {
     return d;
   }
 
-  /** The edit loss at W' ([D, F] row-major, float64). */
-  loss(Wp: Float64Array, h: MarginHyper, kd?: KdHyper): LossParts {
+  /**
+   * Every row at W': its side output o_side [n, N] and, for rows with labels, the logits at the label
+   * positions [labels, V] (empty otherwise), plus the weighted CE.
+   */
+  private forward(Wp: Float64Array): { ce: number; rowOs: Float64Array[]; rowLogits: Float64Array[] } {
     const { m, L } = this;
     const { D, F, V } = m;
     let ce = 0;
-    const drow: number[] = [];
     const rowOs: Float64Array[] = [];
     const rowLogits: Float64Array[] = [];
     for (const row of this.rows) {
@@ -433,10 +435,6 @@ export class EditLoss64 {
       // GPT-2: the matrix's bias on the side output too
       const os = key ? linear(row.A, n, D, Wp, F, wL.upb) : linear(row.A, n, F, Wp, D, wL.downb);
       rowOs.push(os);
-      if (h.margin) {
-        const d = this.dist(os, row.om, n, h.act);
-        drow.push(d.reduce((a, b) => a + b, 0) / n);
-      }
       rowLogits.push(new Float64Array(0));
       if (row.labels.length === 0) continue;
       const x = new Float64Array(n * D);
@@ -462,6 +460,13 @@ export class EditLoss64 {
         ce += lb.w * (mx + Math.log(den) - z[lb.id]!);
       });
     }
+    return { ce, rowOs, rowLogits };
+  }
+
+  /** The edit loss at W' ([D, F] row-major, float64), with L_KD when `kd` is given. */
+  loss(Wp: Float64Array, h: MarginHyper, kd?: KdHyper): LossParts {
+    const { ce, rowOs, rowLogits } = this.forward(Wp);
+    const drow = h.margin ? this.rows.map((row, r) => this.dist(rowOs[r]!, row.om, row.n, h.act).reduce((a, b) => a + b, 0) / row.n) : [];
     let h1 = 0;
     let h2 = 0;
     let h3 = 0;
@@ -492,15 +497,8 @@ export class EditLoss64 {
     let kdLoss = 0;
     let kl = 0;
     if (kd) {
-      let teacher: { os: Float64Array[]; logits: Float64Array[] } | undefined;
-      if (kd.teacherAt) {
-        const t = this.loss(kd.teacherAt, h, { ...kd, teacherAt: undefined, capture: true } as KdHyper);
-        teacher = (t as LossParts & { captured: { os: Float64Array[]; logits: Float64Array[] } }).captured;
-      }
-      if ((kd as KdHyper & { capture?: boolean }).capture) {
-        return { loss: 0, ce, h1: 0, h2: 0, h3: 0, pos: [0, 0, 0], drow, kd: 0, kl: 0, captured: { os: rowOs, logits: rowLogits } } as LossParts;
-      }
-      ({ kd: kdLoss, kl } = this.kdLoss(rowOs, rowLogits, kd, teacher));
+      const t = kd.teacherAt ? this.forward(kd.teacherAt) : undefined; // the frozen teacher (stop-gradient)
+      ({ kd: kdLoss, kl } = this.kdLoss(rowOs, rowLogits, kd, t && { os: t.rowOs, logits: t.rowLogits }));
     }
     return { loss: ce + h1 + h2 + h3 + kdLoss, ce, h1, h2, h3, pos, drow, kd: kdLoss, kl };
   }
