@@ -18,6 +18,7 @@ export const NATIVE_ERROR_CODES = [
   'ERR_NAN_LOSS',
   'ERR_MISSING_TENSOR',
   'ERR_SHAPE',
+  'ERR_UNSUPPORTED_CPU',
 ] as const;
 
 /** Codes raised only by the TypeScript layer. */

@@ -1,4 +1,5 @@
-// info.ts — what this installation can run on: package version, built backends, CPU threads, CUDA devices.
+// info.ts — what this installation can run on: package version, built backends, CPU threads and the ISA
+// level of the CPU kernels, CUDA devices.
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,7 +16,19 @@ export interface Info {
   backends: BackendName[];
   /** The backend `loadModel(dir, { backend: 'auto' })` picks now (REPAIR_BACKEND honoured). */
   defaultBackend: BackendName;
-  cpu: { threads: number };
+  cpu: {
+    threads: number;
+    /** ISA level of the CPU kernels a new CPU backend runs ('x86-64' | 'x86-64-v3' | 'x86-64-v4'; '' when REPAIR_CPU_ISA names one this CPU lacks). */
+    isa: string;
+    /** The best level this CPU supports, and all it supports. */
+    isaDetected: string;
+    isaSupported: string[];
+    /** REPAIR_CPU_ISA as set ('' when unset), and why it cannot be used ('' when it can). */
+    isaForced: string;
+    isaError: string;
+    /** Op family -> kernel variant it runs. */
+    kernels: Record<string, string>;
+  };
   cuda: {
     built: boolean;
     available: boolean;
@@ -87,7 +100,7 @@ export function info(): Info {
     version: packageVersion(),
     backends: [...n.backends],
     defaultBackend,
-    cpu: { threads: n.cpuThreads },
+    cpu: { threads: n.cpuThreads, ...n.cpu, isaSupported: [...n.cpu.isaSupported], kernels: { ...n.cpu.kernels } },
     cuda: {
       built: n.cuda.built,
       available: n.cuda.available,

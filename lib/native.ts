@@ -15,9 +15,20 @@ export interface NativeCudaDevice {
   multiprocessors: number;
 }
 
+/** The CPU kernels' ISA level (native/cpu/isa.h). */
+export interface NativeCpuInfo {
+  isaDetected: string; // best level this CPU supports: 'x86-64' | 'x86-64-v3' | 'x86-64-v4'
+  isaSupported: string[]; // every level this CPU supports
+  isaForced: string; // REPAIR_CPU_ISA as set ('' when unset)
+  isa: string; // the level a new CPU backend runs ('' when REPAIR_CPU_ISA names one this CPU lacks)
+  isaError: string; // why `isa` is empty
+  kernels: Record<string, string>; // op family -> variant it runs, e.g. matmul: 'x86-64-v3 256-bit packed GEMM 6x16 + GEMV dots'
+}
+
 export interface NativeInfo {
   backends: BackendName[]; // built backends ("cpu" always)
   cpuThreads: number;
+  cpu: NativeCpuInfo;
   cuda: {
     built: boolean;
     available: boolean;
@@ -205,9 +216,10 @@ export interface NativeOpResult {
 export interface NativeAddon {
   info(): NativeInfo;
   NativeModel: new (spec: NativeModelSpec) => NativeModel;
-  /** Seconds per backend linear() call of y[M,N] = x[M,K]·W[N,K]ᵀ (timed natively; for bench/). */
-  benchLinear(backend: BackendName, M: number, N: number, K: number, dtype: NativeDType, iters: number): number;
-  runOp(backend: BackendName, op: string, args: Record<string, Float32Array | Int32Array | Uint16Array | number | string>): NativeOpResult;
+  /** Seconds per backend linear() call of y[M,N] = x[M,K]·W[N,K]ᵀ (timed natively; for bench/). backend: 'cpu', 'cpu:<isa>' or 'cuda'. */
+  benchLinear(backend: BackendName | string, M: number, N: number, K: number, dtype: NativeDType, iters: number, threads?: number): number;
+  /** One backend op on host arrays (tests). backend: 'cpu', 'cpu:baseline' | 'cpu:v3' | 'cpu:v4' (forces an ISA level), or 'cuda'. */
+  runOp(backend: BackendName | string, op: string, args: Record<string, Float32Array | Int32Array | Uint16Array | number | string>): NativeOpResult;
 }
 
 let cached: NativeAddon | undefined;

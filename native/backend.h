@@ -194,8 +194,10 @@ class Backend {
                                 size_t n) = 0;
 };
 
-// The CPU backend always exists. nthreads <= 0 picks the machine's parallelism.
-std::unique_ptr<Backend> make_cpu_backend(int nthreads = 0);
+// The CPU backend always exists. nthreads <= 0 picks the machine's parallelism. isa: "" (REPAIR_CPU_ISA
+// or the best level this CPU supports), "baseline", "v3" or "v4" (cpu/isa.h); ERR_UNSUPPORTED_CPU when
+// the CPU lacks the level asked for.
+std::unique_ptr<Backend> make_cpu_backend(int nthreads = 0, const std::string& isa = "");
 
 // ---- CUDA (native/stub/cuda_stub.cpp when not built) ------------------------------------------
 struct CudaDeviceInfo {

@@ -9,7 +9,9 @@
 #include <cmath>
 #include <memory>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -720,6 +722,37 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   if (ci.built) backends.Set(1u, Napi::String::New(env, "cuda"));
   o.Set("backends", backends);
   o.Set("cpuThreads", Napi::Number::New(env, std::max(1u, std::thread::hardware_concurrency())));
+  // CPU kernels: the detected ISA level, the one a new CPU backend runs (REPAIR_CPU_ISA or detected),
+  // the levels this CPU supports, and each op family's kernel variant.
+  Napi::Object cpu = Napi::Object::New(env);
+  const re::CpuIsa best = re::cpu_isa_detected();
+  cpu.Set("isaDetected", Napi::String::New(env, re::cpu_isa_name(best)));
+  Napi::Array sup = Napi::Array::New(env);
+  uint32_t ns = 0;
+  for (re::CpuIsa l : {re::CpuIsa::baseline, re::CpuIsa::v3, re::CpuIsa::v4})
+    if (re::cpu_isa_supported(l)) sup.Set(ns++, Napi::String::New(env, re::cpu_isa_name(l)));
+  cpu.Set("isaSupported", sup);
+  const char* env_isa = std::getenv("REPAIR_CPU_ISA");
+  cpu.Set("isaForced", Napi::String::New(env, env_isa ? env_isa : ""));
+  try {
+    const re::CpuKernels& k = re::cpu_kernels(re::cpu_isa_choose(""));
+    cpu.Set("isa", Napi::String::New(env, k.name));
+    cpu.Set("isaError", Napi::String::New(env, ""));
+    const std::string v = std::string(k.name) + " " + std::to_string(k.vec_bits) + "-bit";
+    Napi::Object fam = Napi::Object::New(env);
+    fam.Set("matmul", Napi::String::New(env, v + " packed GEMM " + std::to_string(k.gemm_mr) + "x" + std::to_string(k.gemm_nr) +
+                                                 " + GEMV dots"));
+    for (const char* f : {"linear_dx", "masked_sgd"}) fam.Set(f, Napi::String::New(env, v + " packed GEMM"));
+    for (const char* f : {"attention", "attention_bwd", "rmsnorm", "rmsnorm_bwd", "swiglu", "swiglu_bwd",
+                          "cross_entropy", "act_dist", "act_dist_bwd"})
+      fam.Set(f, Napi::String::New(env, v));
+    cpu.Set("kernels", fam);
+  } catch (const Error& e) {
+    cpu.Set("isa", Napi::String::New(env, ""));
+    cpu.Set("isaError", Napi::String::New(env, std::string(e.code()) + ": " + e.what()));
+    cpu.Set("kernels", Napi::Object::New(env));
+  }
+  o.Set("cpu", cpu);
   Napi::Object c = Napi::Object::New(env);
   c.Set("built", Napi::Boolean::New(env, ci.built));
   c.Set("available", Napi::Boolean::New(env, ci.available));
@@ -783,13 +816,14 @@ Napi::Value RunOp(const Napi::CallbackInfo& info) {
     }
   }
   try {
-    static std::unique_ptr<re::Backend> cpu;
+    static std::map<std::string, std::unique_ptr<re::Backend>> cpus;  // "cpu", "cpu:v3", ... (one per ISA level)
     static std::unique_ptr<re::Backend> cuda;
     static std::mutex mu;
     std::lock_guard<std::mutex> lk(mu);
     re::Backend* be;
-    if (backend == "cpu") {
-      if (!cpu) cpu = re::make_cpu_backend(0);
+    if (backend == "cpu" || backend.rfind("cpu:", 0) == 0) {
+      auto& cpu = cpus[backend];
+      if (!cpu) cpu = re::make_cpu_backend(0, backend.size() > 4 ? backend.substr(4) : std::string());
       be = cpu.get();
     } else if (backend == "cuda") {
       if (!cuda) cuda = re::make_cuda_backend(0);
@@ -813,7 +847,7 @@ Napi::Value RunOp(const Napi::CallbackInfo& info) {
   }
 }
 
-// benchLinear(backend, M, N, K, dtype, iters) -> seconds per linear() call (weights random, timed natively
+// benchLinear(backend, M, N, K, dtype, iters[, threads]) -> seconds per linear() call; backend "cpu", "cpu:<isa>" or "cuda" (weights random, timed natively
 // after one warm-up call, with a sync after the last call). For the matmul GFLOP/s figures in bench/.
 Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -823,7 +857,12 @@ Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
   const int iters = std::max(1, int_arg(env, info[5], "iters"));
   if (M < 1 || N < 1 || K < 1) throw_js(env, RE_ERR_ARG, "benchLinear: sizes must be positive");
   try {
-    std::unique_ptr<re::Backend> be = backend == "cuda" ? re::make_cuda_backend(0) : re::make_cpu_backend(0);
+    const int threads = info.Length() > 6 && info[6].IsNumber() ? info[6].As<Napi::Number>().Int32Value() : 0;
+    std::unique_ptr<re::Backend> be =
+        backend == "cuda" ? re::make_cuda_backend(0)
+        : backend == "cpu" || backend.rfind("cpu:", 0) == 0
+            ? re::make_cpu_backend(threads, backend.size() > 4 ? backend.substr(4) : std::string())
+            : (throw Error(RE_ERR_ARG, "benchLinear: unknown backend " + backend), nullptr);
     re::DType t = dt == "F16" ? re::DType::F16 : dt == "BF16" ? re::DType::BF16 : re::DType::F32;
     std::vector<float> hx((size_t)M * K);
     std::vector<uint16_t> hw16((size_t)N * K);

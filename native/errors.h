@@ -27,6 +27,7 @@ class Error : public std::runtime_error {
 #define RE_ERR_ABORTED "ERR_ABORTED"
 #define RE_ERR_CONTEXT "ERR_CONTEXT_LENGTH"
 #define RE_ERR_INTERNAL "ERR_INTERNAL"
+#define RE_ERR_UNSUPPORTED_CPU "ERR_UNSUPPORTED_CPU"
 
 [[noreturn]] inline void fail(const char* code, const std::string& msg) { throw Error(code, msg); }
 

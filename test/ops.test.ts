@@ -16,6 +16,7 @@
 // generation, native calls) happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { cpuIsas, cpuBackend } from './helpers/isa.js';
 
 const VERBOSE = !!process.env.OPS_VERBOSE; // print every measured error (scripts/gpu-check.sh sets it)
 
@@ -603,7 +604,7 @@ function gpuOnlyCases(): Case[] {
 
 // ---- runners --------------------------------------------------------------------------------------------
 
-function run(backend: 'cpu' | 'cuda', b: Built) {
+function run(backend: string, b: Built) {
   const res = native().runOp(backend, b.op, b.args);
   expect(res.guardOk, `${backend} ${b.op}: guard region overwritten (out-of-bounds write)`).toBe(true);
   return res;
@@ -639,13 +640,13 @@ describe('native ops: op table', () => {
   });
 });
 
-describe('cpu backend vs float64 reference', () => {
+describe.each(cpuIsas())('cpu backend (%s kernels) vs float64 reference', (isa) => {
   for (const [op, make] of Object.entries(CASES)) {
     describe(op, () => {
       for (const c of make()) {
         it(c.name, () => {
           const b = c.build();
-          const res = run('cpu', b);
+          const res = run(cpuBackend(isa), b);
           const ref = b.ref!();
           for (const [k, r] of Object.entries(ref)) {
             const got = res[k];

@@ -16,6 +16,7 @@
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { cpuIsas, cpuBackend } from './helpers/isa.js';
 
 const VERBOSE = !!process.env.OPS_VERBOSE;
 
@@ -575,7 +576,7 @@ function expectFinite(label: string, got: Float32Array): void {
 
 // ---- runners -----------------------------------------------------------------------------------------
 
-function run(backend: Backend, op: string, args: Args): Record<string, Float32Array> {
+function run(backend: Backend | string, op: string, args: Args): Record<string, Float32Array> {
   const res = native().runOp(backend, op, args);
   expect(res.guardOk, `${backend} ${op}: guard region overwritten (out-of-bounds write)`).toBe(true);
   const out: Record<string, Float32Array> = {};
@@ -1161,13 +1162,13 @@ describe('editing ops: op table', () => {
   });
 });
 
-describe('editing ops: cpu backend vs float64 reference', () => {
+describe.each(cpuIsas())('editing ops: cpu backend (%s kernels) vs float64 reference', (isa) => {
   for (const [op, make] of Object.entries(CASES)) {
     describe(op, () => {
       for (const c of make()) {
         it(c.name, () => {
           const b = c.build();
-          const res = run('cpu', b.op, b.args);
+          const res = run(cpuBackend(isa), b.op, b.args);
           for (const [k, r] of Object.entries(b.ref!())) {
             expect(res[k], `output ${k}`).toBeInstanceOf(Float32Array);
             expectClose(`cpu ${c.name} ${k}`, res[k], r, TOL_CPU[op]);

@@ -13,7 +13,7 @@ export const infoCommand: CliCommand = {
   register(program: Command): void {
     program
       .command('info')
-      .description('show the version, the built backends, the CPU threads and the CUDA devices')
+      .description('show the version, the built backends, the CPU threads and kernel ISA level, and the CUDA devices')
       .option('--json', 'print JSON')
       .action(async (opts: { json?: boolean }) => {
         const i = info();
@@ -26,11 +26,13 @@ export const infoCommand: CliCommand = {
           `backends built:  ${i.backends.join(', ')}`,
           `default backend: ${i.defaultBackend}`,
           `cpu threads:     ${i.cpu.threads}`,
+          `cpu kernels:     ${i.cpu.isa || `none (${i.cpu.isaError})`}${i.cpu.isaForced ? ` (REPAIR_CPU_ISA=${i.cpu.isaForced})` : ''}; this CPU supports ${i.cpu.isaSupported.join(', ')}`,
           `cuda:            ${i.cuda.available ? 'available' : `unavailable (${i.cuda.reason})`}`,
         ];
         if (i.cuda.driverVersion || i.cuda.runtimeVersion) {
           lines.push(`cuda driver:     ${i.cuda.driver || 'none'}   runtime: ${i.cuda.runtime || 'none'}`);
         }
+        for (const [fam, v] of Object.entries(i.cpu.kernels)) lines.push(`  ${fam.padEnd(14)} ${v}`);
         for (const d of i.cuda.devices) {
           lines.push(`  [${d.index}] ${d.name}  sm_${d.computeCapability.replace('.', '')}  ${d.multiprocessors} SMs  ${gib(d.freeMemory)} free / ${gib(d.totalMemory)}`);
         }

@@ -58,8 +58,9 @@ void weight_row_to_f32(float* dst, WeightRef w, size_t off, size_t n) {
   }
 }
 
-CpuBackend::CpuBackend(int nthreads)
-    : pool_(nthreads > 0 ? nthreads : (int)std::max(1u, std::thread::hardware_concurrency())) {
+CpuBackend::CpuBackend(int nthreads, const std::string& isa)
+    : k_(&cpu_kernels(cpu_isa_choose(isa))),
+      pool_(nthreads > 0 ? nthreads : (int)std::max(1u, std::thread::hardware_concurrency())) {
   (void)f16_table();
 }
 
@@ -83,6 +84,8 @@ void CpuBackend::free(void* p) {
   std::free(base);
 }
 
-std::unique_ptr<Backend> make_cpu_backend(int nthreads) { return std::make_unique<CpuBackend>(nthreads); }
+std::unique_ptr<Backend> make_cpu_backend(int nthreads, const std::string& isa) {
+  return std::make_unique<CpuBackend>(nthreads, isa);
+}
 
 }  // namespace re

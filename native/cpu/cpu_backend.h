@@ -1,13 +1,17 @@
 // cpu_backend.h — the CPU backend: the reference implementation of every op in backend.h.
-// Plain host memory; ops are multithreaded through a ThreadPool; the matmul is cache-blocked and
-// uses SIMD through GCC vector extensions compiled for AVX2/FMA and baseline (target_clones).
+// Plain host memory; ops are multithreaded through a ThreadPool; their inner loops (the packed GEMM's
+// micro-kernel, attention rows, norms, activations, losses) come from the kernel table of the ISA
+// level chosen at construction (cpu/isa.h: baseline x86-64, x86-64-v3 AVX2/FMA, x86-64-v4 AVX-512).
 #pragma once
 #include <atomic>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <vector>
 
 #include "backend.h"
+#include "cpu/isa.h"
 #include "cpu/threadpool.h"
 
 namespace re {
@@ -33,9 +37,10 @@ void weight_row_to_f32(float* dst, WeightRef w, size_t off, size_t n);
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int nthreads);
+  CpuBackend(int nthreads, const std::string& isa);
   const char* name() const override { return "cpu"; }
   int threads() const { return pool_.size(); }
+  const CpuKernels& kernels() const { return *k_; }
 
   void* alloc(size_t bytes) override;
   void free(void* p) override;
@@ -99,7 +104,18 @@ class CpuBackend final : public Backend {
   void gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi);
 
  private:
+  const CpuKernels* k_;
   ThreadPool pool_;
+  std::mutex gemm_mu_;           // gemm_packed's packed operands below are per backend
+  // Packed X and B chunks (grow-only, 2 MiB-aligned and advised as huge pages: the packed panels are
+  // streamed through once per tile, and 4 KiB pages made that TLB-bound under virtualisation).
+  struct HugeBuf {
+    float* p = nullptr;
+    size_t n = 0;
+    float* get(size_t count);
+    ~HugeBuf();
+  };
+  HugeBuf pa_, pb_;
   std::atomic<size_t> in_use_{0};
   std::atomic<size_t> peak_{0};
 };

@@ -2,171 +2,176 @@
 //
 // Two paths, both split into output tiles across the thread pool:
 //  - GEMM (M >= 8): BLIS-style. A 64-row slab of W is packed (and widened from f16/bf16) into
-//    [64/16][kc][16] panels for each K chunk; a 6×16 register-blocked outer-product kernel broadcasts
+//    [64/nr][kc][nr] panels for each K chunk; a 6×nr register-blocked outer-product kernel broadcasts
 //    x and accumulates into a (96 × 64) tile that stays in L1/L2.
 //  - GEMV-like (M < 8, decode): W rows are streamed once; 2×4 dot products at a time with 8-wide
 //    vectors, so the weight bytes are read exactly once.
-// Kernels use GCC vector extensions and are compiled for AVX-512, AVX2+FMA and baseline x86-64
-// (target_clones picks one at load time; no -march=native).
+// The micro-kernels (cpu/kernels.inc) come from the backend's ISA table: 6×16 on AVX2 (two ymm per
+// row, 12 accumulators), 6×32 on AVX-512, 6×8 on SSE2; panels are packed nr columns wide.
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "cpu/cpu_backend.h"
+#include "cpu/isa.h"
 #include "philox.h"
 
 namespace re {
 
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v16f __attribute__((vector_size(64)));
 constexpr int MB = 64, NB = 64, KC = 512;          // dot path tiles
-constexpr int PMB = 96, PNB = 64, PKC = 256;       // packed GEMM tiles (PMB multiple of 6, PNB of 16)
+constexpr int PMB = 96, PNB = 128, PKC = 256;      // packed GEMM tiles (PMB multiple of 6, PNB of PG)
+constexpr int PG = 64;                             // columns of B packed per pack() call (a multiple of every nr)
 
-template <int MR, int NR>
-__attribute__((always_inline)) inline void micro(const float* x, size_t ldx, const float* w, size_t ldw, int L,
-                                                 float* t, int ldt) {
-  v8f acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = v8f{0, 0, 0, 0, 0, 0, 0, 0};
-  int k = 0;
-  for (; k + 8 <= L; k += 8) {
-    v8f xv[MR], wv[NR];
-    for (int i = 0; i < MR; ++i) std::memcpy(&xv[i], x + i * ldx + k, 32);
-    for (int j = 0; j < NR; ++j) std::memcpy(&wv[j], w + j * ldw + k, 32);
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] += xv[i] * wv[j];
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      v8f a = acc[i][j];
-      float s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-      for (int kk = k; kk < L; ++kk) s += x[i * ldx + kk] * w[j * ldw + kk];
-      t[i * ldt + j] += s;
-    }
-}
-
-// tile[i*ldt + j] += Σ_k x[i*ldx + k] · w[j*ldw + k]   for i < mb, j < nb, k < L
-__attribute__((target_clones("arch=haswell", "default"))) void block_dots(const float* x, size_t ldx, int mb,
-                                                                         const float* w, size_t ldw, int nb,
-                                                                         int L, float* tile, int ldt) {
-  int i = 0;
-  for (; i + 2 <= mb; i += 2) {
-    int j = 0;
-    for (; j + 4 <= nb; j += 4) micro<2, 4>(x + i * ldx, ldx, w + j * ldw, ldw, L, tile + i * ldt + j, ldt);
-    for (; j < nb; ++j) micro<2, 1>(x + i * ldx, ldx, w + j * ldw, ldw, L, tile + i * ldt + j, ldt);
-  }
-  for (; i < mb; ++i) {
-    int j = 0;
-    for (; j + 4 <= nb; j += 4) micro<1, 4>(x + i * ldx, ldx, w + j * ldw, ldw, L, tile + i * ldt + j, ldt);
-    for (; j < nb; ++j) micro<1, 1>(x + i * ldx, ldx, w + j * ldw, ldw, L, tile + i * ldt + j, ldt);
-  }
-}
-
-template <int MR>
-__attribute__((always_inline)) inline void micro_packed(const float* x, size_t ldx, const float* wp, int kc, float* t,
-                                                        int ldt) {
-  v16f acc[MR];
-  for (int i = 0; i < MR; ++i) std::memcpy(&acc[i], t + i * ldt, 64);
-  for (int k = 0; k < kc; ++k) {
-    v16f w;
-    std::memcpy(&w, wp + (size_t)k * 16, 64);
-    for (int i = 0; i < MR; ++i) acc[i] += x[i * ldx + k] * w;
-  }
-  for (int i = 0; i < MR; ++i) std::memcpy(t + i * ldt, &acc[i], 64);
-}
-
-// tile[i*ldt + j] += Σ_k x[i*ldx + k] · wp[j/16][k][j%16]   for i < mb, j < nv*16, k < kc
-__attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default"))) void block_packed(
-    const float* x, size_t ldx, int mb, const float* wp, int nv, int kc, float* tile, int ldt) {
-  for (int jv = 0; jv < nv; ++jv) {
-    const float* w = wp + (size_t)jv * kc * 16;
-    int i = 0;
-    for (; i + 6 <= mb; i += 6) micro_packed<6>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt);
-    switch (mb - i) {
-      case 5: micro_packed<5>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
-      case 4: micro_packed<4>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
-      case 3: micro_packed<3>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
-      case 2: micro_packed<2>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
-      case 1: micro_packed<1>(x + i * ldx, ldx, w, kc, tile + i * ldt + jv * 16, ldt); break;
-      default: break;
-    }
-  }
-}
-
-// Pack W rows [n0, n0+nb) × cols [k0, k0+kc) as [ceil(nb/16)][kc][16] f32 (zero-filled past nb).
-void pack_w(float* dst, WeightRef W, int K, int n0, int nb, int k0, int kc) {
-  const int nv = (nb + 15) / 16;
-  std::vector<float> row(kc);
+// Pack W rows [n0, n0+nb) × cols [k0, k0+kc) as [ceil(nb/nr)][kc][nr] f32 (zero-filled past nb).
+void pack_w(float* dst, int nr, WeightRef W, int K, int n0, int nb, int k0, int kc) {
+  const int nv = (nb + nr - 1) / nr;
+  float row[PKC];
   for (int jv = 0; jv < nv; ++jv)
-    for (int jj = 0; jj < 16; ++jj) {
-      const int j = jv * 16 + jj;
-      float* d = dst + (size_t)jv * kc * 16 + jj;
+    for (int jj = 0; jj < nr; ++jj) {
+      const int j = jv * nr + jj;
+      float* d = dst + (size_t)jv * kc * nr + jj;
       if (j < nb) {
-        weight_row_to_f32(row.data(), W, (size_t)(n0 + j) * K + k0, kc);
-        for (int k = 0; k < kc; ++k) d[(size_t)k * 16] = row[k];
+        const float* src = row;
+        if (W.dt == DType::F32) src = static_cast<const float*>(W.p) + (size_t)(n0 + j) * K + k0;
+        else weight_row_to_f32(row, W, (size_t)(n0 + j) * K + k0, kc);
+        for (int k = 0; k < kc; ++k) d[(size_t)k * nr] = src[k];
       } else {
-        for (int k = 0; k < kc; ++k) d[(size_t)k * 16] = 0.0f;
+        for (int k = 0; k < kc; ++k) d[(size_t)k * nr] = 0.0f;
       }
     }
 }
 
 // Pack B[k][j] = src[(k0 + k)·ld + n0 + j] (a row-major [K, N] operand read along its rows) as
-// [ceil(nb/16)][kc][16] f32, zero-filled past nb. Used when the reduction index is the row index.
-void pack_rows(float* dst, WeightRef src, size_t ld, int n0, int nb, int k0, int kc) {
-  const int nv = (nb + 15) / 16;
-  float row[PNB];
+// [ceil(nb/nr)][kc][nr] f32, zero-filled past nb. Used when the reduction index is the row index.
+void pack_rows(float* dst, int nr, WeightRef src, size_t ld, int n0, int nb, int k0, int kc) {
+  const int nv = (nb + nr - 1) / nr;
+  float row[PG];
   for (int k = 0; k < kc; ++k) {
-    weight_row_to_f32(row, src, (size_t)(k0 + k) * ld + n0, nb);
+    const float* r = row;
+    if (src.dt == DType::F32) r = static_cast<const float*>(src.p) + (size_t)(k0 + k) * ld + n0;
+    else weight_row_to_f32(row, src, (size_t)(k0 + k) * ld + n0, nb);
     for (int jv = 0; jv < nv; ++jv) {
-      float* d = dst + ((size_t)jv * kc + k) * 16;
-      for (int jj = 0; jj < 16; ++jj) {
-        const int j = jv * 16 + jj;
-        d[jj] = j < nb ? row[j] : 0.0f;
-      }
+      float* d = dst + ((size_t)jv * kc + k) * nr;
+      const int jn = std::min(nr, nb - jv * nr);
+      std::memcpy(d, r + jv * nr, (size_t)jn * 4);
+      for (int jj = jn; jj < nr; ++jj) d[jj] = 0.0f;
     }
+  }
+}
+
+// Pack X rows [0, mb) × cols [0, kc) (row stride ldx) as [ceil(mb/mr)][kc][mr], zero-filled past mb.
+void pack_x(float* dst, int mr, const float* x, size_t ldx, int mb, int kc) {
+  for (int i0 = 0; i0 < mb; i0 += mr) {
+    float* d = dst + (size_t)i0 * kc;
+    const int ib = std::min(mr, mb - i0);
+    for (int i = 0; i < ib; ++i) {
+      const float* xr = x + (size_t)(i0 + i) * ldx;
+      for (int k = 0; k < kc; ++k) d[(size_t)k * mr + i] = xr[k];
+    }
+    for (int i = ib; i < mr; ++i)
+      for (int k = 0; k < kc; ++k) d[(size_t)k * mr + i] = 0.0f;
   }
 }
 
 }  // namespace
 
-// C[M, N] = X[M, K] · B[K, N] in (PMB × PNB) tiles over the pool; `pack` writes B's panel for output
-// columns [n0, n0+nb) and reduction rows [k0, k0+kc); `epi` consumes each finished tile.
+float* CpuBackend::HugeBuf::get(size_t count) {
+  if (count <= n) return p;
+  const size_t huge = (size_t)2 << 20, bytes = (count * 4 + huge - 1) / huge * huge;
+  void* q = nullptr;
+  if (posix_memalign(&q, huge, bytes) != 0 || !q) fail(RE_ERR_OOM, "CPU backend: out of host memory for GEMM packing");
+#ifdef MADV_HUGEPAGE
+  madvise(q, bytes, MADV_HUGEPAGE);
+#endif
+  std::free(p);
+  p = static_cast<float*>(q);
+  n = bytes / 4;
+  return p;
+}
+CpuBackend::HugeBuf::~HugeBuf() { std::free(p); }
+
+// C[M, N] = X[M, K] · B[K, N], BLIS-style: the operands are packed once per (MC × NC) chunk — X into
+// [K/PKC][MC/mr][kc][mr] micro-panels, B (through `pack`, 64 columns at a time) into [K/PKC][NC/nr][kc][nr]
+// panels — in one parallel pass, then (PMB × PNB) output tiles are computed over the pool, each over the
+// whole K in PKC steps, and handed to `epi`. Packing each operand once (not once per tile) keeps its
+// cost at (1/N + 1/M) of the multiply-adds; it was as slow as the arithmetic with per-tile packing.
 void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi) {
   if (M <= 0 || N <= 0) return;
-  const int mt = (M + PMB - 1) / PMB, nt = (N + PNB - 1) / PNB;
-  pool_.parallel_for(mt * nt, [&](int task) {
-    const int m0 = (task % mt) * PMB, n0 = (task / mt) * PNB;  // neighbouring tasks share the B slab
-    const int mb = std::min(PMB, M - m0), nb = std::min(PNB, N - n0), nv = (nb + 15) / 16;
-    alignas(64) float tile[PMB * PNB];
-    std::fill(tile, tile + (size_t)mb * PNB, 0.0f);
-    thread_local std::vector<float> wp;
-    wp.resize((size_t)PNB * PKC);
-    for (int k0 = 0; k0 < K; k0 += PKC) {
-      const int kc = std::min(PKC, K - k0);
-      pack(wp.data(), n0, nb, k0, kc);
-      block_packed(X + (size_t)m0 * ldx + k0, ldx, mb, wp.data(), nv, kc, tile, PNB);
+  std::lock_guard<std::mutex> lk(gemm_mu_);
+  const int mr = k_->gemm_mr, nr = k_->gemm_nr;
+  const int nk = (K + PKC - 1) / PKC;
+  const size_t budget = (size_t)1 << 21;  // floats per packed operand chunk (8 MiB)
+  const int Kp = std::max(K, 1);
+  const int MC = std::max(PMB, (int)std::min<size_t>((size_t)(M + PMB - 1) / PMB * PMB, budget / Kp / PMB * PMB));
+  const int NC = std::max(PNB, (int)std::min<size_t>((size_t)(N + PG - 1) / PG * PG, budget / Kp / PNB * PNB));
+  float* pa = pa_.get((size_t)MC * Kp + 64);
+  float* pb = pb_.get((size_t)NC * Kp + 64);
+  for (int mc0 = 0; mc0 < M; mc0 += MC) {
+    const int mcb = std::min(MC, M - mc0), mcp = (mcb + mr - 1) / mr * mr;  // rows, padded to mr
+    for (int nc0 = 0; nc0 < N; nc0 += NC) {
+      const int ncb = std::min(NC, N - nc0);
+      const int ncp = (ncb + PG - 1) / PG * PG;  // columns, padded to whole pack groups
+      // Pack: tasks [0, na) are X blocks of PMB rows × one K step, [na, na+nb) B groups of PG columns × one K step.
+      const int mta = (mcb + PMB - 1) / PMB, ntb = (ncb + PNB - 1) / PNB, ngb = (ncb + PG - 1) / PG;
+      const int na = mta * nk, nbt = ngb * nk;
+      pool_.parallel_for(na + nbt, [&](int task) {
+        if (task < na) {
+          const int c = task / mta, r0 = (task % mta) * PMB, k0 = c * PKC, kc = std::min(PKC, K - k0);
+          float* dst = pa + (size_t)c * mcp * PKC + (size_t)r0 * kc;
+          pack_x(dst, mr, X + (size_t)(mc0 + r0) * ldx + k0, ldx, std::min(PMB, mcb - r0), kc);
+        } else {
+          const int t = task - na, c = t / ngb, g0 = (t % ngb) * PG, k0 = c * PKC, kc = std::min(PKC, K - k0);
+          pack(pb + (size_t)c * ncp * PKC + (size_t)g0 * kc, nc0 + g0, std::min(PG, ncb - g0), k0, kc);
+        }
+      }, (double)(mcb + ncb) * K * 4);
+      // Multiply: one (PMB × PNB) tile per task, neighbouring tasks share the B panel.
+      pool_.parallel_for(mta * ntb, [&](int task) {
+        const int m0 = (task % mta) * PMB, n0 = (task / mta) * PNB;
+        const int mb = std::min(PMB, mcb - m0), nb = std::min(PNB, ncb - n0), nv = (nb + nr - 1) / nr;
+        alignas(64) float tile[PMB * PNB];
+        std::fill(tile, tile + (size_t)mb * PNB, 0.0f);
+        for (int c = 0; c < nk; ++c) {
+          const int kc = std::min(PKC, K - c * PKC);
+          k_->gemm_block(pa + (size_t)c * mcp * PKC + (size_t)m0 * kc, mb, pb + (size_t)c * ncp * PKC + (size_t)n0 * kc, nv,
+                         kc, tile, PNB);
+        }
+        epi(tile, PNB, mc0 + m0, mb, nc0 + n0, nb);
+      }, (double)mcb * ncb * K);
     }
-    epi(tile, PNB, m0, mb, n0, nb);
-  }, (double)M * N * K);
+  }
 }
 
 void CpuBackend::linear(float* y, const float* x, WeightRef W, WeightRef bias, int M, int N, int K, bool accumulate) {
   if (M <= 0 || N <= 0) return;
+  std::vector<float> bf;
+  if (bias.p) {
+    bf.resize(N);
+    weight_row_to_f32(bf.data(), bias, 0, N);
+  }
   EpiFn finish = [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
     for (int i = 0; i < mb; ++i) {
       float* yr = y + (size_t)(m0 + i) * N + n0;
       const float* tr = tile + (size_t)i * ldt;
-      for (int j = 0; j < nb; ++j) {
-        float v = tr[j];
-        if (bias.p) v += weight_at(bias, (size_t)(n0 + j));
-        yr[j] = accumulate ? yr[j] + v : v;
+      if (bias.p) {
+        const float* br = bf.data() + n0;
+        if (accumulate)
+          for (int j = 0; j < nb; ++j) yr[j] += tr[j] + br[j];
+        else
+          for (int j = 0; j < nb; ++j) yr[j] = tr[j] + br[j];
+      } else if (accumulate) {
+        for (int j = 0; j < nb; ++j) yr[j] += tr[j];
+      } else {
+        std::memcpy(yr, tr, (size_t)nb * 4);
       }
     }
   };
   if (M >= 8) {
-    gemm_packed(M, N, K, x, (size_t)K, [&](float* wp, int n0, int nb, int k0, int kc) { pack_w(wp, W, K, n0, nb, k0, kc); },
+    gemm_packed(M, N, K, x, (size_t)K, [&](float* wp, int n0, int nb, int k0, int kc) { pack_w(wp, k_->gemm_nr, W, K, n0, nb, k0, kc); },
                 finish);
     return;
   }
@@ -190,7 +195,7 @@ void CpuBackend::linear(float* y, const float* x, WeightRef W, WeightRef bias, i
         wp = panel.data();
         ldw = KC;
       }
-      block_dots(x + (size_t)m0 * K + k0, (size_t)K, mb, wp, ldw, nb, kl, tile, NB);
+      k_->dot_block(x + (size_t)m0 * K + k0, (size_t)K, mb, wp, ldw, nb, kl, tile, NB);
     }
     for (int i = 0; i < mb; ++i) {
       float* yr = y + (size_t)(m0 + i) * N + n0;
@@ -210,7 +215,7 @@ namespace re {
 
 // dx[M,K] (+)= dy[M,N] · W[N,K]: the packed GEMM with W read along its rows (reduction over N).
 void CpuBackend::linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) {
-  gemm_packed(M, K, N, dy, (size_t)N, [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, W, (size_t)K, n0, nb, k0, kc); },
+  gemm_packed(M, K, N, dy, (size_t)N, [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, k_->gemm_nr, W, (size_t)K, n0, nb, k0, kc); },
               [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
                 for (int i = 0; i < mb; ++i) {
                   float* o = dx + (size_t)(m0 + i) * K + n0;
@@ -228,7 +233,7 @@ void CpuBackend::masked_sgd(float* Wp, const float* G, const float* A, WeightRef
   for (int m = 0; m < M; ++m)
     for (int n = 0; n < N; ++n) Gt[(size_t)n * M + m] = G[(size_t)m * N + n];
   gemm_packed(N, K, M, Gt.data(), (size_t)M,
-              [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, WeightRef{A, DType::F32}, (size_t)K, n0, nb, k0, kc); },
+              [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, k_->gemm_nr, WeightRef{A, DType::F32}, (size_t)K, n0, nb, k0, kc); },
               [&](const float* tile, int ldt, int r0, int rb, int c0, int cb) {
                 float base[PNB];
                 for (int i = 0; i < rb; ++i) {

@@ -1,6 +1,7 @@
 // ops.cpp — CPU reference for the non-matmul ops of backend.h: RMSNorm, embedding, RoPE, KV-cache
 // store, causal GQA attention with left padding, SwiGLU, residual add, row gather.
 // Reductions accumulate in double: these ops are the reference the CUDA twins are measured against.
+// The row loops of RMSNorm, attention and SwiGLU run the ISA level's kernels (cpu/kernels.inc).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -15,14 +16,8 @@ void CpuBackend::rmsnorm(float* y, const float* x, WeightRef w, int M, int D, fl
   weight_row_to_f32(wf.data(), w, 0, D);
   const int chunk = 16;
   pool_.parallel_for((M + chunk - 1) / chunk, [&](int c) {
-    for (int m = c * chunk; m < std::min(M, (c + 1) * chunk); ++m) {
-      const float* xr = x + (size_t)m * D;
-      float* yr = y + (size_t)m * D;
-      double ss = 0;
-      for (int i = 0; i < D; ++i) ss += (double)xr[i] * xr[i];
-      const float inv = (float)(1.0 / std::sqrt(ss / D + (double)eps));
-      for (int i = 0; i < D; ++i) yr[i] = (xr[i] * inv) * wf[i];
-    }
+    for (int m = c * chunk; m < std::min(M, (c + 1) * chunk); ++m)
+      k_->rmsnorm_row(y + (size_t)m * D, x + (size_t)m * D, wf.data(), D, eps);
   }, (double)M * D * 4);
 }
 
@@ -73,8 +68,9 @@ void CpuBackend::attention(float* out, const float* q, const float* kc, const fl
   pool_.parallel_for(B * Tn, [&](int bt) {
     const int b = bt / Tn, t = bt % Tn, i = P + t;
     const int j0 = std::max(0, (int)pad[b]);
-    std::vector<double> sc(std::max(0, i - j0 + 1));
-    std::vector<double> acc(hd);
+    thread_local std::vector<double> sc, acc;
+    sc.resize(std::max(1, i - j0 + 1));
+    acc.resize(hd);
     for (int h = 0; h < Hq; ++h) {
       const float* qv = q + (((size_t)b * Tn + t) * Hq + h) * hd;
       float* o = out + (((size_t)b * Tn + t) * Hq + h) * hd;
@@ -83,36 +79,19 @@ void CpuBackend::attention(float* out, const float* q, const float* kc, const fl
         continue;
       }
       const int g = h / group;
-      const float* kb = kc + ((size_t)b * Hkv + g) * S * hd;
-      const float* vb = vc + ((size_t)b * Hkv + g) * S * hd;
-      double mx = -INFINITY;
-      for (int j = j0; j <= i; ++j) {
-        double d = 0;
-        const float* kr = kb + (size_t)j * hd;
-        for (int e = 0; e < hd; ++e) d += (double)qv[e] * kr[e];
-        d *= scale;
-        sc[j - j0] = d;
-        mx = std::max(mx, d);
-      }
-      double den = 0;
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int j = j0; j <= i; ++j) {
-        const double p = std::exp(sc[j - j0] - mx);
-        den += p;
-        const float* vr = vb + (size_t)j * hd;
-        for (int e = 0; e < hd; ++e) acc[e] += p * vr[e];
-      }
-      for (int e = 0; e < hd; ++e) o[e] = (float)(acc[e] / den);
+      k_->attn_row(o, qv, kc + ((size_t)b * Hkv + g) * S * hd, vc + ((size_t)b * Hkv + g) * S * hd, j0, i, hd, scale,
+                   sc.data(), acc.data());
     }
   }, (double)B * Tn * Hq * hd * 2 * (P + Tn));
 }
 
 // y = silu(g) * u,  silu(g) = g / (1 + e^-g)
 void CpuBackend::swiglu(float* y, const float* gate, const float* up, int n) {
-  for (int i = 0; i < n; ++i) {
-    const float g = gate[i];
-    y[i] = (float)((double)g / (1.0 + std::exp(-(double)g))) * up[i];
-  }
+  const int chunk = 16384;
+  pool_.parallel_for((n + chunk - 1) / chunk, [&](int c) {
+    const size_t i0 = (size_t)c * chunk;
+    k_->swiglu(y + i0, gate + i0, up + i0, std::min((size_t)chunk, (size_t)n - i0));
+  }, (double)n * 30);
 }
 
 void CpuBackend::add(float* y, const float* a, const float* b, int n) {

@@ -30,19 +30,31 @@ void ThreadPool::run_tasks() {
   }
 }
 
+// A worker takes part in a job only if it wakes while the job is still open. The caller never waits
+// for a worker that has not joined: on a machine with more busy threads than cores a woken worker may
+// not be scheduled for milliseconds, and waiting for it on every small op is what made spinning or
+// acknowledging pools collapse 3–10× under load. After a job a worker spins briefly (a few µs, with
+// pause) for the next one before it sleeps, which keeps back-to-back small ops cheap on a quiet machine.
 void ThreadPool::worker_loop(int) {
   uint64_t seen = 0;
   for (;;) {
+    for (int spin = 0; spin < 4000 && gen_.load(std::memory_order_acquire) == seen; ++spin) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
+      cv_start_.wait(lk, [&] { return stop_ || gen_.load(std::memory_order_relaxed) != seen; });
       if (stop_) return;
-      seen = generation_;
+      seen = gen_.load(std::memory_order_relaxed);
+      if (!open_) continue;  // the job finished before this worker woke: nothing to do
+      ++joined_;
     }
     run_tasks();
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (--active_ == 0) cv_done_.notify_all();
+      if (--joined_ == 0 && !open_) cv_done_.notify_all();
     }
   }
 }
@@ -60,15 +72,16 @@ void ThreadPool::parallel_for(int n, const std::function<void(int)>& fn, double 
     n_ = n;
     next_.store(0);
     error_ = nullptr;
-    active_ = nthreads_ - 1;
-    ++generation_;
+    open_ = true;
+    gen_.fetch_add(1, std::memory_order_release);
   }
   cv_start_.notify_all();
   run_tasks();
   std::exception_ptr err;
   {
     std::unique_lock<std::mutex> lk(mu_);
-    cv_done_.wait(lk, [&] { return active_ == 0; });
+    open_ = false;  // no worker joins from here on; wait only for those running a task
+    cv_done_.wait(lk, [&] { return joined_ == 0; });
     fn_ = nullptr;
     err = error_;
     error_ = nullptr;

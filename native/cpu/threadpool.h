@@ -1,5 +1,6 @@
 // threadpool.h — a small persistent thread pool for the CPU backend: parallel_for(n, fn) runs
 // fn(i) for i in [0, n) on all workers (the caller's thread takes part) and returns when all are done.
+// Tasks are claimed dynamically; workers that wake late skip a finished job (see threadpool.cpp).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -34,8 +35,9 @@ class ThreadPool {
   const std::function<void(int)>* fn_ = nullptr;
   int n_ = 0;
   std::atomic<int> next_{0};
-  int active_ = 0;
-  uint64_t generation_ = 0;
+  int joined_ = 0;     // workers running the current job
+  bool open_ = false;  // the current job still accepts workers
+  std::atomic<uint64_t> gen_{0};
   bool stop_ = false;
   std::exception_ptr error_;
   std::mutex call_mu_;  // one parallel_for at a time

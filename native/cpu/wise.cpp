@@ -10,61 +10,18 @@
 
 namespace re {
 
-namespace {
-inline double act_fn(double x, int act) {
-  switch (act) {
-    case 1: return x / (1.0 + std::exp(-x));
-    case 2: return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-    default: return x;
-  }
-}
-inline double act_grad(double x, int act) {
-  switch (act) {
-    case 1: {
-      const double s = 1.0 / (1.0 + std::exp(-x));
-      return s * (1.0 + x * (1.0 - s));
-    }
-    case 2: {
-      const double k = 0.7978845608028654, t = std::tanh(k * (x + 0.044715 * x * x * x));
-      return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
-    }
-    default: return 1.0;
-  }
-}
-
-}  // namespace
-
+// d[i, t] = ‖act(os[t, i, :]) − act(om[t, :])‖ (the row kernel is the ISA level's, cpu/kernels.inc)
 void CpuBackend::act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) {
   pool_.parallel_for(n * nm, [&](int task) {
     const int t = task / nm, i = task % nm;
-    const float* a = os + (size_t)t * nm * D + (size_t)i * D;
-    const float* b = om + (size_t)t * D;
-    double ss = 0;
-    for (int e = 0; e < D; ++e) {
-      const double diff = act_fn(a[e], act) - act_fn(b[e], act);
-      ss += diff * diff;
-    }
-    d[(size_t)i * n + t] = (float)std::sqrt(ss);
+    d[(size_t)i * n + t] = (float)k_->act_dist_row(os + (size_t)t * nm * D + (size_t)i * D, om + (size_t)t * D, D, act);
   }, (double)n * nm * D * 30);
 }
 
 void CpuBackend::act_dist_bwd(float* dos, const float* gd, const float* os, const float* om, int n, int D, int act,
                               bool accumulate) {
   pool_.parallel_for(n, [&](int t) {
-    const float* a = os + (size_t)t * D;
-    const float* b = om + (size_t)t * D;
-    float* o = dos + (size_t)t * D;
-    double ss = 0;
-    for (int e = 0; e < D; ++e) {
-      const double diff = act_fn(a[e], act) - act_fn(b[e], act);
-      ss += diff * diff;
-    }
-    const double dist = std::sqrt(ss);
-    for (int e = 0; e < D; ++e) {
-      double v = 0;
-      if (dist > 0) v = gd[t] / dist * (act_fn(a[e], act) - act_fn(b[e], act)) * act_grad(a[e], act);
-      o[e] = accumulate ? o[e] + (float)v : (float)v;
-    }
+    k_->act_dist_bwd_row(dos + (size_t)t * D, os + (size_t)t * D, om + (size_t)t * D, D, act, gd[t], accumulate);
   }, (double)n * D * 60);
 }
 
