@@ -2,7 +2,7 @@
 // report on stdout (progress goes to stderr); --json FILE also writes every figure as JSON.
 // Benchmarks are scripts, never tests: nothing here gates anything.
 //
-//   npx tsx bench/run.ts [--backend cpu|cuda|auto] [--only runtime[,edit,methods]] [--quick] [--json FILE]
+//   npx tsx bench/run.ts [--backend cpu|cuda|auto] [--only runtime[,cpu,edit,methods]] [--quick] [--json FILE]
 //
 // A section is a module exporting `section: BenchSection` (see below; import its types with `import type`). Sections run in SECTIONS order;
 // an optional one (e.g. bench/edit.ts) is picked up when its file exists, so adding it needs no change here.
@@ -62,6 +62,7 @@ function optional(name: string): SectionEntry {
 
 const SECTIONS: SectionEntry[] = [
   { name: 'runtime', load: () => import('./runtime.js') },
+  optional('cpu'),
   optional('edit'),
   optional('methods'),
 ];

@@ -29,18 +29,21 @@ void CpuBackend::rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightR
 
 void CpuBackend::rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int hd) {
   const int half = hd / 2;
+  std::lock_guard<std::mutex> lk(rope_mu_);
+  const float* cs = rope_table(pos, inv_freq, n_tok, half);  // cpu/ops.cpp
   pool_.parallel_for(n_tok, [&](int t) {
-    for (int i = 0; i < half; ++i) {
-      const float ang = (float)pos[t] * inv_freq[i];
-      const float c = (float)std::cos((double)ang), s = (float)std::sin((double)ang);
-      for (int h = 0; h < n_head; ++h) {
-        float* v = dx + ((size_t)t * n_head + h) * hd;
+    const float* cr = cs + (size_t)t * half * 2;
+    const float* sr = cr + half;
+    for (int h = 0; h < n_head; ++h) {
+      float* v = dx + ((size_t)t * n_head + h) * hd;
+      for (int i = 0; i < half; ++i) {
+        const float c = cr[i], s = sr[i];
         const float g1 = v[i], g2 = v[i + half];
         v[i] = g1 * c + g2 * s;
         v[i + half] = g2 * c - g1 * s;
       }
     }
-  }, (double)n_tok * (n_head * hd + half * 40));
+  }, (double)n_tok * n_head * hd * 3);
 }
 
 // One task per (sequence, kv head): it owns dk/dv of that group, so no two tasks write the same row.

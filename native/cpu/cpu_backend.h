@@ -101,7 +101,9 @@ class CpuBackend final : public Backend {
   // The packed GEMM behind linear, linear_dx and masked_sgd (cpu/matmul.cpp).
   using PackFn = std::function<void(float* wp, int n0, int nb, int k0, int kc)>;
   using EpiFn = std::function<void(const float* tile, int ldt, int m0, int mb, int n0, int nb)>;
-  void gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi);
+  // x_trans: X is stored transposed (X[i][k] = X_ptr[k·ldx + i]).
+  void gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi,
+                   bool x_trans = false);
 
  private:
   const CpuKernels* k_;
@@ -116,6 +118,17 @@ class CpuBackend final : public Backend {
     ~HugeBuf();
   };
   HugeBuf pa_, pb_;
+  // masked_sgd's keep mask for the last (seed, ρ, shape): drawn once per edit, not once per step.
+  // RoPE cos/sin tables for the last (pos, inv_freq) seen (cpu/ops.cpp).
+  const float* rope_table(const int32_t* pos, const float* inv_freq, int n_tok, int half);
+  std::mutex rope_mu_;
+  std::vector<int32_t> rope_pos_;
+  std::vector<float> rope_freq_, rope_cs_;
+  std::mutex mask_mu_;
+  std::vector<uint8_t> mask_;
+  uint64_t mask_seed_ = 0;
+  float mask_rho_ = -1.0f;
+  int mask_n_ = -1;
   std::atomic<size_t> in_use_{0};
   std::atomic<size_t> peak_{0};
 };

@@ -64,17 +64,32 @@ void pack_rows(float* dst, int nr, WeightRef src, size_t ld, int n0, int nb, int
   }
 }
 
-// Pack X rows [0, mb) × cols [0, kc) (row stride ldx) as [ceil(mb/mr)][kc][mr], zero-filled past mb.
-void pack_x(float* dst, int mr, const float* x, size_t ldx, int mb, int kc) {
+// Pack X rows [0, mb) × cols [0, kc) as [ceil(mb/mr)][kc][mr], zero-filled past mb. X is row-major with
+// row stride ldx, or (trans) stored transposed: X[i][k] = x[k·ldx + i] (masked_sgd's Gᵀ, never formed).
+void pack_x(float* dst, int mr, const float* x, size_t ldx, int mb, int kc, bool trans) {
   for (int i0 = 0; i0 < mb; i0 += mr) {
     float* d = dst + (size_t)i0 * kc;
     const int ib = std::min(mr, mb - i0);
-    for (int i = 0; i < ib; ++i) {
-      const float* xr = x + (size_t)(i0 + i) * ldx;
-      for (int k = 0; k < kc; ++k) d[(size_t)k * mr + i] = xr[k];
+    if (trans) {
+      for (int k = 0; k < kc; ++k) {
+        const float* xr = x + (size_t)k * ldx + i0;
+        float* dk = d + (size_t)k * mr;
+        for (int i = 0; i < ib; ++i) dk[i] = xr[i];
+        for (int i = ib; i < mr; ++i) dk[i] = 0.0f;
+      }
+    } else if (ib == mr && mr == 6) {
+      const float *x0 = x + (size_t)i0 * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx, *x4 = x3 + ldx, *x5 = x4 + ldx;
+      for (int k = 0; k < kc; ++k) {
+        float* dk = d + (size_t)k * 6;
+        dk[0] = x0[k], dk[1] = x1[k], dk[2] = x2[k], dk[3] = x3[k], dk[4] = x4[k], dk[5] = x5[k];
+      }
+    } else {
+      for (int k = 0; k < kc; ++k) {
+        float* dk = d + (size_t)k * mr;
+        for (int i = 0; i < ib; ++i) dk[i] = x[(size_t)(i0 + i) * ldx + k];
+        for (int i = ib; i < mr; ++i) dk[i] = 0.0f;
+      }
     }
-    for (int i = ib; i < mr; ++i)
-      for (int k = 0; k < kc; ++k) d[(size_t)k * mr + i] = 0.0f;
   }
 }
 
@@ -100,7 +115,8 @@ CpuBackend::HugeBuf::~HugeBuf() { std::free(p); }
 // panels — in one parallel pass, then (PMB × PNB) output tiles are computed over the pool, each over the
 // whole K in PKC steps, and handed to `epi`. Packing each operand once (not once per tile) keeps its
 // cost at (1/N + 1/M) of the multiply-adds; it was as slow as the arithmetic with per-tile packing.
-void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi) {
+void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi,
+                             bool x_trans) {
   if (M <= 0 || N <= 0) return;
   std::lock_guard<std::mutex> lk(gemm_mu_);
   const int mr = k_->gemm_mr, nr = k_->gemm_nr;
@@ -123,7 +139,8 @@ void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, co
         if (task < na) {
           const int c = task / mta, r0 = (task % mta) * PMB, k0 = c * PKC, kc = std::min(PKC, K - k0);
           float* dst = pa + (size_t)c * mcp * PKC + (size_t)r0 * kc;
-          pack_x(dst, mr, X + (size_t)(mc0 + r0) * ldx + k0, ldx, std::min(PMB, mcb - r0), kc);
+          const float* xs = x_trans ? X + (size_t)k0 * ldx + (mc0 + r0) : X + (size_t)(mc0 + r0) * ldx + k0;
+          pack_x(dst, mr, xs, ldx, std::min(PMB, mcb - r0), kc, x_trans);
         } else {
           const int t = task - na, c = t / ngb, g0 = (t % ngb) * PG, k0 = c * PKC, kc = std::min(PKC, K - k0);
           pack(pb + (size_t)c * ncp * PKC + (size_t)g0 * kc, nc0 + g0, std::min(PG, ncb - g0), k0, kc);
@@ -227,12 +244,29 @@ void CpuBackend::linear_dx(float* dx, const float* dy, WeightRef W, int M, int N
 
 // W' ← clamp(W' − lr·(keep ⊙ Gᵀ·A + wd·W'), Wv ± c), one (96 × 64) tile of Gᵀ·A at a time: the tile is
 // applied in the epilogue and never stored whole.
+// W' ← clamp(W' − lr·(keep ⊙ Gᵀ·A + wd·W'), Wv ± c), one (96 × 128) tile of Gᵀ·A at a time: the tile is
+// applied in the epilogue and never stored whole; Gᵀ is read transposed while packing, never formed.
+// The keep mask depends only on (seed, ρ, shape), so it is drawn once and reused by every step of an edit.
 void CpuBackend::masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K, uint64_t seed,
                             float rho, float lr, float wd, float clamp) {
-  std::vector<float> Gt((size_t)N * M);  // Gᵀ [N, M]: rows of the GEMM's left operand
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < N; ++n) Gt[(size_t)n * M + m] = G[(size_t)m * N + n];
-  gemm_packed(N, K, M, Gt.data(), (size_t)M,
+  std::lock_guard<std::mutex> lk(mask_mu_);  // held for the call: the mask is read in the epilogue
+  const uint8_t* keep = nullptr;
+  if (rho < 1.0f) {
+    const size_t n = (size_t)N * K;
+    if (!(mask_seed_ == seed && mask_rho_ == rho && mask_.size() == n && mask_n_ == N)) {
+      mask_.resize(n);
+      const int chunk = 8192;
+      pool_.parallel_for((int)((n + chunk - 1) / chunk), [&](int c) {
+        const size_t p0 = (size_t)c * chunk, p1 = std::min(n, p0 + chunk);
+        for (size_t p = p0; p < p1; ++p) mask_[p] = philox_keep(seed, p, rho) ? 1 : 0;
+      }, (double)n * 40);
+      mask_seed_ = seed;
+      mask_rho_ = rho;
+      mask_n_ = N;
+    }
+    keep = mask_.data();
+  }
+  gemm_packed(N, K, M, G, (size_t)N,
               [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, k_->gemm_nr, WeightRef{A, DType::F32}, (size_t)K, n0, nb, k0, kc); },
               [&](const float* tile, int ldt, int r0, int rb, int c0, int cb) {
                 float base[PNB];
@@ -240,16 +274,17 @@ void CpuBackend::masked_sgd(float* Wp, const float* G, const float* A, WeightRef
                   const int nrow = r0 + i;
                   float* w = Wp + (size_t)nrow * K + c0;
                   const float* g = tile + (size_t)i * ldt;
+                  const uint8_t* kr = keep ? keep + (size_t)nrow * K + c0 : nullptr;
                   if (clamp > 0) weight_row_to_f32(base, Wv, (size_t)nrow * K + c0, cb);
-                  const uint64_t off = (uint64_t)nrow * K + c0;
                   for (int j = 0; j < cb; ++j) {
-                    const float keep = rho >= 1.0f ? 1.0f : (philox_keep(seed, off + j, rho) ? 1.0f : 0.0f);
-                    float v = w[j] - lr * (keep * g[j] + wd * w[j]);
+                    const float kp = kr ? (float)kr[j] : 1.0f;
+                    float v = w[j] - lr * (kp * g[j] + wd * w[j]);
                     if (clamp > 0) v = std::min(std::max(v, base[j] - clamp), base[j] + clamp);
                     w[j] = v;
                   }
                 }
-              });
+              },
+              /*x_trans=*/true);
 }
 
 }  // namespace re
