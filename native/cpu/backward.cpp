@@ -54,6 +54,9 @@ void CpuBackend::attention_bwd(float* dq, float* dk, float* dv, const float* dou
   pool_.parallel_for(B * Hkv, [&](int task) {
     const int b = task / Hkv, g = task % Hkv, j0 = std::max(0, (int)pad[b]);
     thread_local std::vector<double> dkg, dvg, p, dp, dqa;
+    thread_local std::vector<float> kt, vt;
+    kt.resize((size_t)T * hd);
+    vt.resize((size_t)T * hd);
     dkg.resize((size_t)T * hd);
     dvg.resize((size_t)T * hd);
     p.resize(T);
@@ -62,7 +65,7 @@ void CpuBackend::attention_bwd(float* dq, float* dk, float* dv, const float* dou
     const size_t qb = (size_t)b * T * Hq * hd, kb = (size_t)b * T * Hkv * hd + (size_t)g * hd;
     k_->attn_bwd_group(dq + qb, dk + kb, dv + kb, dout + qb, q + qb, kc + ((size_t)b * Hkv + g) * T * hd,
                        vc + ((size_t)b * Hkv + g) * T * hd, j0, T, g * group, group, hd, (size_t)Hq * hd,
-                       (size_t)Hkv * hd, scale, dkg.data(), dvg.data(), p.data(), dp.data(), dqa.data());
+                       (size_t)Hkv * hd, scale, dkg.data(), dvg.data(), p.data(), dp.data(), dqa.data(), kt.data(), vt.data());
   }, (double)B * Hq * T * T * hd * 3);
 }
 

@@ -43,12 +43,17 @@ struct CpuKernels {
   // Attention, one (sequence, token, head) output row over cache rows j0..i; scratch: sc[i-j0+1], acc[hd].
   void (*attn_row)(float* o, const float* q, const float* kb, const float* vb, int j0, int i, int hd, float scale,
                    double* sc, double* acc);
+  // Attention, every query row of one (sequence, kv head): query heads h0..h0+group-1 of Tn tokens at
+  // cache rows P..P+Tn-1; q/o rows [Tn][Hq][hd] (stride qs); kb/vb the group's cache rows [P+Tn][hd].
+  // Scratch: kt [hd·(P+Tn)] floats, sc [P+Tn] and acc [hd] doubles.
+  void (*attn_group)(float* o, const float* q, const float* kb, const float* vb, int j0, int P, int Tn, int h0,
+                     int group, int hd, size_t qs, float scale, float* kt, double* sc, double* acc);
   // Attention backward for one (sequence, kv head): query heads h0..h0+group-1, T tokens; q/dout/dq
   // rows are [T][Hq][hd] (stride qs = Hq·hd between tokens), kb/vb [T][hd]; writes dk/dv rows with
-  // stride ks = Hkv·hd. Scratch: dkg, dvg [T·hd], p, dp [T], dqa [hd].
+  // stride ks = Hkv·hd. Scratch: dkg, dvg [T·hd], p, dp [T], dqa [hd] doubles; kt, vt [hd·T] floats.
   void (*attn_bwd_group)(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kb,
                          const float* vb, int j0, int T, int h0, int group, int hd, size_t qs, size_t ks, float scale,
-                         double* dkg, double* dvg, double* p, double* dp, double* dqa);
+                         double* dkg, double* dvg, double* p, double* dp, double* dqa, float* kt, float* vt);
 
   // Cross-entropy of one row: loss = (lse − z[y])·w, g = (softmax(z) − onehot(y))·w.
   void (*ce_row)(float* loss, float* g, const float* z, int y, int V, float w);

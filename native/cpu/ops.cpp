@@ -82,10 +82,26 @@ void CpuBackend::kv_store(float* kc, float* vc, const float* k, const float* v, 
       }
 }
 
-// out[b,t,h,:] = Σ_j softmax_j(scale · q·k_j) v_j over cache rows pad[b] <= j <= P+t, kv head h/(Hq/Hkv)
+// out[b,t,h,:] = Σ_j softmax_j(scale · q·k_j) v_j over cache rows pad[b] <= j <= P+t, kv head h/(Hq/Hkv).
+// Prefill and the edit's suffix (many query rows per kv head): one task per (sequence, kv head) whose
+// kernel transposes K once. Decode (few query rows): one task per (sequence, token), rows straight.
 void CpuBackend::attention(float* out, const float* q, const float* kc, const float* vc, const int32_t* pad, int B,
                            int Tn, int Hq, int Hkv, int hd, int S, int P, float scale) {
   const int group = Hq / Hkv;
+  if (Tn * group >= 4) {
+    pool_.parallel_for(B * Hkv, [&](int task) {
+      const int b = task / Hkv, g = task % Hkv, j0 = std::max(0, (int)pad[b]);
+      thread_local std::vector<float> kt;
+      thread_local std::vector<double> sc, acc;
+      kt.resize((size_t)(P + Tn) * hd);
+      sc.resize(P + Tn);
+      acc.resize(hd);
+      const size_t qb = (size_t)b * Tn * Hq * hd;
+      k_->attn_group(out + qb, q + qb, kc + ((size_t)b * Hkv + g) * S * hd, vc + ((size_t)b * Hkv + g) * S * hd, j0, P, Tn,
+                     g * group, group, hd, (size_t)Hq * hd, scale, kt.data(), sc.data(), acc.data());
+    }, (double)B * Tn * Hq * hd * 2 * (P + Tn));
+    return;
+  }
   pool_.parallel_for(B * Tn, [&](int bt) {
     const int b = bt / Tn, t = bt % Tn, i = P + t;
     const int j0 = std::max(0, (int)pad[b]);
