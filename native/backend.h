@@ -25,6 +25,9 @@ const char* dtype_name(DType t);
 struct WeightRef {
   const void* p = nullptr;
   DType dt = DType::F32;
+  // The bytes never change while the backend lives (a model weight): a backend may keep derived data
+  // (the CPU backend keeps packed GEMM panels). Never set for side memories or activations.
+  bool frozen = false;
 };
 
 class Backend {

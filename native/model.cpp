@@ -174,7 +174,7 @@ void Model::load(const std::atomic<bool>* abort) {
       be_->upload(static_cast<char*>(dst) + done, stage.data(), n);
       done += n;
     }
-    refs[name] = WeightRef{dst, s.dt};
+    refs[name] = WeightRef{dst, s.dt, true};
   }
   embed_ = refs["model.embed_tokens.weight"];
   norm_ = refs["model.norm.weight"];
@@ -271,7 +271,7 @@ void Model::load_gpt2(const std::atomic<bool>* abort) {
     void* dst = be_->alloc(bytes);
     weights_.push_back(dst);
     be_->upload(dst, p, bytes);
-    return WeightRef{dst, dt};
+    return WeightRef{dst, dt, true};
   };
   // [R, C] -> [C, R] for elements of `es` bytes (2 or 4)
   auto transpose = [](const std::vector<uint8_t>& in, int64_t R, int64_t C, size_t es) {

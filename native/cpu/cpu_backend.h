@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "backend.h"
@@ -101,9 +102,13 @@ class CpuBackend final : public Backend {
   // The packed GEMM behind linear, linear_dx and masked_sgd (cpu/matmul.cpp).
   using PackFn = std::function<void(float* wp, int n0, int nb, int k0, int kc)>;
   using EpiFn = std::function<void(const float* tile, int ldt, int m0, int mb, int n0, int nb)>;
-  // x_trans: X is stored transposed (X[i][k] = X_ptr[k·ldx + i]).
+  // x_trans: X is stored transposed (X[i][k] = X_ptr[k·ldx + i]). b_packed: B already packed whole
+  // (packed_b), `pack` unused.
   void gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi,
-                   bool x_trans = false);
+                   bool x_trans = false, const float* b_packed = nullptr);
+  // B packed whole for a frozen weight, kept (nullptr when the 256 MiB budget is spent). layout tells
+  // apart the two ways one weight is read (0: pack_w for linear, 1: pack_rows for linear_dx).
+  const float* packed_b(const void* key, int layout, int N, int K, const PackFn& pack);
 
  private:
   const CpuKernels* k_;
@@ -124,6 +129,19 @@ class CpuBackend final : public Backend {
   std::mutex rope_mu_;
   std::vector<int32_t> rope_pos_;
   std::vector<float> rope_freq_, rope_cs_;
+  struct PackKey {
+    const void* p;
+    int layout, N, K, nr;
+    bool operator==(const PackKey& o) const { return p == o.p && layout == o.layout && N == o.N && K == o.K && nr == o.nr; }
+  };
+  struct PackKeyHash {
+    size_t operator()(const PackKey& k) const {
+      return std::hash<const void*>()(k.p) ^ ((size_t)k.layout << 1) ^ ((size_t)k.N * 1000003u) ^ ((size_t)k.K * 7919u);
+    }
+  };
+  std::mutex packed_mu_;
+  std::unordered_map<PackKey, std::vector<float>, PackKeyHash> packed_;
+  size_t packed_bytes_ = 0;
   std::mutex mask_mu_;
   std::vector<uint8_t> mask_;
   uint64_t mask_seed_ = 0;

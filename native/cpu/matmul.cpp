@@ -115,8 +115,45 @@ CpuBackend::HugeBuf::~HugeBuf() { std::free(p); }
 // panels — in one parallel pass, then (PMB × PNB) output tiles are computed over the pool, each over the
 // whole K in PKC steps, and handed to `epi`. Packing each operand once (not once per tile) keeps its
 // cost at (1/N + 1/M) of the multiply-adds; it was as slow as the arithmetic with per-tile packing.
+// The N-chunk width for a reduction length K (also fixes the layout of a whole packed B, packed_b()).
+static int chunk_nc(int N, int K) {
+  const size_t budget = (size_t)1 << 21;
+  const int Kp = std::max(K, 1);
+  return std::max(PNB, (int)std::min<size_t>((size_t)(N + PG - 1) / PG * PG, budget / Kp / PNB * PNB));
+}
+
+// B packed whole, as gemm_packed lays out each N chunk ([nk][ncp][kc][nr] at offset nc0·K), kept per
+// frozen weight (key: pointer, layout, shape, nr) up to 256 MiB in all: a model's weights are then
+// packed once, not at every call (the edit hot path multiplies by the same suffix weights each step).
+const float* CpuBackend::packed_b(const void* key, int layout, int N, int K, const PackFn& pack) {
+  const int nr = k_->gemm_nr;
+  const PackKey pk{key, layout, N, K, nr};
+  std::lock_guard<std::mutex> lk(packed_mu_);
+  auto it = packed_.find(pk);
+  if (it != packed_.end()) return it->second.data();
+  const int NC = chunk_nc(N, K), nk = (K + PKC - 1) / PKC;
+  size_t total = 0;
+  for (int nc0 = 0; nc0 < N; nc0 += NC) total += (size_t)(std::min(NC, N - nc0) + PG - 1) / PG * PG * K;
+  if (packed_bytes_ + total * 4 > ((size_t)256 << 20)) return nullptr;  // over budget: pack per call
+  std::vector<float> buf(total + 64);
+  for (int nc0 = 0; nc0 < N; nc0 += NC) {
+    const int ncb = std::min(NC, N - nc0), ncp = (ncb + PG - 1) / PG * PG, ngb = (ncb + PG - 1) / PG;
+    float* pb = buf.data() + (size_t)nc0 * K;
+    pool_.parallel_for(ngb * nk, [&](int t) {
+      const int c = t / ngb, g0 = (t % ngb) * PG, k0 = c * PKC, kc = std::min(PKC, K - k0);
+      pack(pb + (size_t)c * ncp * PKC + (size_t)g0 * kc, nc0 + g0, std::min(PG, ncb - g0), k0, kc);
+    }, (double)ncb * K * 4);
+  }
+  packed_bytes_ += total * 4;
+  const size_t now = in_use_ += total * 4;  // counted as backend memory (memoryBytes / memoryPeakBytes)
+  size_t pkm = peak_.load();
+  while (now > pkm && !peak_.compare_exchange_weak(pkm, now)) {
+  }
+  return packed_.emplace(pk, std::move(buf)).first->second.data();
+}
+
 void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, const PackFn& pack, const EpiFn& epi,
-                             bool x_trans) {
+                             bool x_trans, const float* b_packed) {
   if (M <= 0 || N <= 0) return;
   std::lock_guard<std::mutex> lk(gemm_mu_);
   const int mr = k_->gemm_mr, nr = k_->gemm_nr;
@@ -124,9 +161,9 @@ void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, co
   const size_t budget = (size_t)1 << 21;  // floats per packed operand chunk (8 MiB)
   const int Kp = std::max(K, 1);
   const int MC = std::max(PMB, (int)std::min<size_t>((size_t)(M + PMB - 1) / PMB * PMB, budget / Kp / PMB * PMB));
-  const int NC = std::max(PNB, (int)std::min<size_t>((size_t)(N + PG - 1) / PG * PG, budget / Kp / PNB * PNB));
+  const int NC = chunk_nc(N, K);
   float* pa = pa_.get((size_t)MC * Kp + 64);
-  float* pb = pb_.get((size_t)NC * Kp + 64);
+  float* pb = b_packed ? nullptr : pb_.get((size_t)NC * Kp + 64);
   for (int mc0 = 0; mc0 < M; mc0 += MC) {
     const int mcb = std::min(MC, M - mc0), mcp = (mcb + mr - 1) / mr * mr;  // rows, padded to mr
     for (int nc0 = 0; nc0 < N; nc0 += NC) {
@@ -134,7 +171,8 @@ void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, co
       const int ncp = (ncb + PG - 1) / PG * PG;  // columns, padded to whole pack groups
       // Pack: tasks [0, na) are X blocks of PMB rows × one K step, [na, na+nb) B groups of PG columns × one K step.
       const int mta = (mcb + PMB - 1) / PMB, ntb = (ncb + PNB - 1) / PNB, ngb = (ncb + PG - 1) / PG;
-      const int na = mta * nk, nbt = ngb * nk;
+      const int na = mta * nk, nbt = b_packed ? 0 : ngb * nk;
+      if (b_packed) pb = const_cast<float*>(b_packed) + (size_t)nc0 * K;  // read only
       pool_.parallel_for(na + nbt, [&](int task) {
         if (task < na) {
           const int c = task / mta, r0 = (task % mta) * PMB, k0 = c * PKC, kc = std::min(PKC, K - k0);
@@ -188,8 +226,9 @@ void CpuBackend::linear(float* y, const float* x, WeightRef W, WeightRef bias, i
     }
   };
   if (M >= 8) {
-    gemm_packed(M, N, K, x, (size_t)K, [&](float* wp, int n0, int nb, int k0, int kc) { pack_w(wp, k_->gemm_nr, W, K, n0, nb, k0, kc); },
-                finish);
+    const PackFn pack = [&](float* wp, int n0, int nb, int k0, int kc) { pack_w(wp, k_->gemm_nr, W, K, n0, nb, k0, kc); };
+    const float* bp = W.frozen ? packed_b(W.p, 0, N, K, pack) : nullptr;
+    gemm_packed(M, N, K, x, (size_t)K, pack, finish, false, bp);
     return;
   }
   const int mt = (M + MB - 1) / MB, nt = (N + NB - 1) / NB;
@@ -232,14 +271,20 @@ namespace re {
 
 // dx[M,K] (+)= dy[M,N] · W[N,K]: the packed GEMM with W read along its rows (reduction over N).
 void CpuBackend::linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) {
-  gemm_packed(M, K, N, dy, (size_t)N, [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, k_->gemm_nr, W, (size_t)K, n0, nb, k0, kc); },
+  const PackFn pack = [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, k_->gemm_nr, W, (size_t)K, n0, nb, k0, kc); };
+  const float* bp = W.frozen ? packed_b(W.p, 1, K, N, pack) : nullptr;
+  gemm_packed(M, K, N, dy, (size_t)N, pack,
               [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
                 for (int i = 0; i < mb; ++i) {
                   float* o = dx + (size_t)(m0 + i) * K + n0;
                   const float* t = tile + (size_t)i * ldt;
-                  for (int j = 0; j < nb; ++j) o[j] = accumulate ? o[j] + t[j] : t[j];
+                  if (accumulate)
+                    for (int j = 0; j < nb; ++j) o[j] += t[j];
+                  else
+                    std::memcpy(o, t, (size_t)nb * 4);
                 }
-              });
+              },
+              false, bp);
 }
 
 // W' ← clamp(W' − lr·(keep ⊙ Gᵀ·A + wd·W'), Wv ± c), one (96 × 64) tile of Gᵀ·A at a time: the tile is
