@@ -15,7 +15,7 @@ import { packageRoot } from './paths.js';
 export type DatasetFormat = 'zsre' | 'counterfact' | 'hallucination' | 'temporal' | 'jsonl';
 export const DATASET_FORMATS: readonly DatasetFormat[] = ['zsre', 'counterfact', 'hallucination', 'temporal', 'jsonl'];
 
-/** The datasets known by name, and where they live relative to the package root (../shared/data/...). */
+/** The datasets known by name, and their path inside a data folder (see datasetDirs). */
 export const NAMED_DATASETS = {
   zsre: 'zsre/zsre_mend_train-1k.json',
   counterfact: 'counterfact/counterfact-edit.json',
@@ -58,6 +58,8 @@ export interface Dataset {
 export interface LoadOptions {
   /** Drop invalid records (listed in Dataset.skipped) instead of throwing ERR_DATASET. */
   skipInvalid?: boolean;
+  /** Where named datasets are looked for first (before REPAIR_DATA_DIR, ../shared/data and the shipped slices). */
+  dataDir?: string;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------------
@@ -351,14 +353,53 @@ export function loadJsonl(file: string, opts: LoadOptions = {}): Dataset {
 
 // ---- resolution ------------------------------------------------------------------------------------
 
-/** The shared data folder: ../shared/data relative to the package root. */
+/** The shared data folder of a source checkout: ../shared/data relative to the package root. */
 export function sharedDataDir(): string {
   return resolve(packageRoot(), '..', 'shared', 'data');
 }
 
-/** The file of a named dataset (zsre, counterfact, hallucination, temporal), under ../shared/data. */
-export function namedDatasetPath(name: DatasetName): string {
-  return join(sharedDataDir(), NAMED_DATASETS[name]);
+/** The slices shipped in the package (data/datasets/, see its SOURCES.md): the first 75–200 records of each set. */
+export function shippedDataDir(): string {
+  return join(packageRoot(), 'data', 'datasets');
+}
+
+export interface DataDir {
+  dir: string;
+  /** 'option' (dataDir / --data-dir), 'env' (REPAIR_DATA_DIR), 'shared' (../shared/data) or 'shipped' (the package's slices). */
+  source: 'option' | 'env' | 'shared' | 'shipped';
+}
+
+/** Where named datasets are looked for, in this order: dataDir, REPAIR_DATA_DIR, ../shared/data, the shipped slices. */
+export function datasetDirs(dataDir?: string): DataDir[] {
+  const out: DataDir[] = [];
+  if (dataDir) out.push({ dir: resolve(dataDir), source: 'option' });
+  if (process.env.REPAIR_DATA_DIR) out.push({ dir: resolve(process.env.REPAIR_DATA_DIR), source: 'env' });
+  out.push({ dir: sharedDataDir(), source: 'shared' }, { dir: shippedDataDir(), source: 'shipped' });
+  return out;
+}
+
+/**
+ * The file of a named dataset (zsre, counterfact, hallucination, temporal): the first folder of
+ * datasetDirs(dataDir) that holds it. An explicit dataDir or REPAIR_DATA_DIR that lacks it is an error
+ * (ERR_IO naming the file to put there), never silently replaced by a later folder.
+ */
+export function namedDatasetPath(name: DatasetName, dataDir?: string): string {
+  for (const d of datasetDirs(dataDir)) {
+    const file = join(d.dir, NAMED_DATASETS[name]);
+    if (existsSync(file)) return file;
+    if (d.source === 'option' || d.source === 'env') {
+      throw new RepairError(
+        'ERR_IO',
+        `the ${name} dataset is not in ${d.dir} (${d.source === 'option' ? 'the data directory given' : 'REPAIR_DATA_DIR'}): put the file at ${file}`,
+        { file },
+      );
+    }
+  }
+  throw new RepairError(
+    'ERR_IO',
+    `the ${name} dataset was not found: put ${NAMED_DATASETS[name]} in a folder and pass it as dataDir / --data-dir, or set REPAIR_DATA_DIR`,
+    { file: join(shippedDataDir(), NAMED_DATASETS[name]) },
+  );
 }
 
 export function isDatasetName(s: string): s is DatasetName {
@@ -393,18 +434,16 @@ const LOADERS: Record<DatasetFormat, (file: string, opts: LoadOptions) => Datase
 };
 
 /**
- * Load a named dataset (zsre | counterfact | hallucination | temporal, from ../shared/data relative to the
- * package root) or a file (format detected unless given).
+ * Load a named dataset (zsre | counterfact | hallucination | temporal, from the first folder of
+ * datasetDirs(opts.dataDir) that holds it: dataDir, REPAIR_DATA_DIR, ../shared/data, the slices shipped in
+ * the package) or a file (format detected unless given).
  */
 export function loadDataset(nameOrFile: string, opts: LoadOptions & { format?: DatasetFormat } = {}): Dataset {
   if (opts.format !== undefined && !DATASET_FORMATS.includes(opts.format)) {
     throw new RepairError('ERR_INVALID_ARG', `dataset format must be one of ${DATASET_FORMATS.join(', ')}, got ${JSON.stringify(opts.format)}`, { field: 'format' });
   }
   if (isDatasetName(nameOrFile)) {
-    const file = namedDatasetPath(nameOrFile);
-    if (!existsSync(file)) {
-      throw new RepairError('ERR_IO', `the ${nameOrFile} dataset is not available: ${file} does not exist (named datasets are read from ../shared/data relative to the package root ${packageRoot()}; pass a file path instead)`, { file });
-    }
+    const file = namedDatasetPath(nameOrFile, opts.dataDir);
     return LOADERS[opts.format ?? nameOrFile](file, opts);
   }
   const file = resolve(nameOrFile);

@@ -26,7 +26,7 @@ export type { EditRequest, EditorConfig, EditorOptions, EditMethod, ScoreMode, E
 export type { RepairEvent, EditManyResult } from './editor.js';
 export { REPAIR_DEFAULTS } from './repair.js';
 export type { RepairOptions, Correctness } from './repair.js';
-export { loadDataset, loadZsre, loadCounterFact, loadHallucination, loadTemporal, loadJsonl } from './datasets.js';
-export type { Dataset, EditRecord, DatasetFormat } from './datasets.js';
+export { loadDataset, loadZsre, loadCounterFact, loadHallucination, loadTemporal, loadJsonl, datasetDirs, NAMED_DATASETS } from './datasets.js';
+export type { Dataset, EditRecord, DatasetFormat, DataDir, LoadOptions } from './datasets.js';
 export { evaluate, evaluateVariants, recordsTooLong } from './eval.js';
 export type { EvalOptions, EvalReport, EvalRun, EvalSummary, EvalVariant, RoutingBasis, RoutingReport, RoutingCase, RoutePoint, RoutingSummary, TooLongRecord } from './eval.js';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
-import { namedDatasetPath } from '../lib/datasets.js';
+import { sharedDataDir, NAMED_DATASETS } from '../lib/datasets.js';
 import { binValues, HIST, renderHtmlReport, routingPlot, svgHistogram, svgPlot, variantsOf } from '../lib/cli/eval.js';
 import { summarizeRouting, type EvalRun, type RoutePoint, type RoutingCase } from '../lib/eval.js';
 
@@ -25,7 +25,7 @@ const haveAddon = (() => {
     return false;
   }
 })();
-const haveHall = existsSync(namedDatasetPath('hallucination'));
+const haveHall = existsSync(join(sharedDataDir(), NAMED_DATASETS.hallucination));
 if (!haveAddon || !haveDemo) console.warn('[cli_eval.test] the native addon or models/stories260K is missing: CLI runs that load a model are skipped');
 
 interface Run {
@@ -192,7 +192,8 @@ describe('CLI eval: bad arguments and data', () => {
     const h = await cli(['eval', '--help']);
     expect(h.code).toBe(0);
     for (const o of ['--data', '--n', '--method', '--ablate', '--protocol', '--metrics', '--backend', '--seed', '--save-freq', '--merge-freq', '--n-iter', '--json', '--report', '--skip-invalid', '--routing']) expect(h.stdout).toContain(o);
-    expect(h.stdout).toMatch(/\.\.\/shared\/data\/ relative to the package root/);
+    expect(h.stdout).toMatch(/--data-dir/);
+    expect(h.stdout.replace(/\s+/g, " ")).toMatch(/REPAIR_DATA_DIR, then \.\.\/shared\/data beside a checkout, then the slices shipped/);
     const top = await cli(['--help']);
     expect(top.stdout).toMatch(/\beval\b/);
   });

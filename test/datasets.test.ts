@@ -3,7 +3,7 @@
 // then listed), format detection, named datasets under ../shared/data, and the training-time irrelevant
 // rows (§1.3).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -16,7 +16,10 @@ import {
   loadTemporal,
   loadZsre,
   namedDatasetPath,
+  datasetDirs,
+  shippedDataDir,
   sharedDataDir,
+  NAMED_DATASETS,
   withIrrelevant,
   type Dataset,
 } from '../lib/datasets.js';
@@ -278,13 +281,44 @@ describe('format detection and loadDataset', () => {
     expect(e.message).toMatch(/does not exist.*named datasets: zsre, counterfact, hallucination, temporal/);
   });
 
-  it('named datasets resolve to ../shared/data relative to the package root', () => {
+  it('named datasets resolve from dataDir, then REPAIR_DATA_DIR, then ../shared/data, then the shipped slices', () => {
     expect(sharedDataDir()).toBe(join(packageRoot(), '..', 'shared', 'data'));
-    expect(namedDatasetPath('zsre')).toBe(join(packageRoot(), '..', 'shared', 'data', 'zsre', 'zsre_mend_train-1k.json'));
-    expect(namedDatasetPath('hallucination')).toBe(join(sharedDataDir(), 'hallucination-edit.json'));
+    expect(datasetDirs().map((d) => d.source)).toEqual(process.env.REPAIR_DATA_DIR ? ['env', 'shared', 'shipped'] : ['shared', 'shipped']);
+    expect(datasetDirs('/x').map((d) => d.source)[0]).toBe('option');
+    if (existsSync(join(sharedDataDir(), NAMED_DATASETS.zsre)) && !process.env.REPAIR_DATA_DIR) {
+      expect(namedDatasetPath('zsre')).toBe(join(packageRoot(), '..', 'shared', 'data', 'zsre', 'zsre_mend_train-1k.json'));
+    }
+    // an explicit folder wins, and one that lacks the file is an error naming where to put it
+    const dir = join(tmp, 'mydata');
+    mkdirSync(join(dir, 'zsre'), { recursive: true });
+    copyFileSync(join(shippedDataDir(), NAMED_DATASETS.zsre), join(dir, NAMED_DATASETS.zsre));
+    expect(namedDatasetPath('zsre', dir)).toBe(join(dir, NAMED_DATASETS.zsre));
+    expect(loadDataset('zsre', { dataDir: dir }).file).toBe(join(dir, NAMED_DATASETS.zsre));
+    const e = catchErr(() => loadDataset('temporal', { dataDir: dir }));
+    expect(e.code).toBe('ERR_IO');
+    expect(e.message).toContain(join(dir, NAMED_DATASETS.temporal));
+    const saved = process.env.REPAIR_DATA_DIR;
+    try {
+      process.env.REPAIR_DATA_DIR = dir;
+      expect(loadDataset('zsre').file).toBe(join(dir, NAMED_DATASETS.zsre));
+      expect(catchErr(() => loadDataset('counterfact')).message).toMatch(/REPAIR_DATA_DIR/);
+    } finally {
+      if (saved === undefined) delete process.env.REPAIR_DATA_DIR;
+      else process.env.REPAIR_DATA_DIR = saved;
+    }
   });
 
-  const haveShared = existsSync(namedDatasetPath('zsre')) && existsSync(namedDatasetPath('counterfact')) && existsSync(namedDatasetPath('hallucination')) && existsSync(namedDatasetPath('temporal'));
+  it('the package ships a slice of every named set, loadable as it is', () => {
+    const z = loadDataset(join(shippedDataDir(), NAMED_DATASETS.zsre));
+    expect(z.format).toBe('zsre');
+    expect(z.records).toHaveLength(200);
+    expect(z.records[0]).toMatchObject({ prompt: 'What is the product made by UniFirst?', target: 'unmanned aircraft' });
+    expect(loadDataset(join(shippedDataDir(), NAMED_DATASETS.counterfact)).records).toHaveLength(200);
+    expect(loadDataset(join(shippedDataDir(), NAMED_DATASETS.temporal)).records).toHaveLength(75);
+    expect(loadDataset(join(shippedDataDir(), NAMED_DATASETS.hallucination), { skipInvalid: true }).records.length).toBeGreaterThan(150);
+  });
+
+  const haveShared = (Object.keys(NAMED_DATASETS) as (keyof typeof NAMED_DATASETS)[]).every((n) => existsSync(join(sharedDataDir(), NAMED_DATASETS[n])));
   it.skipIf(!haveShared)('the shipped sets: strict loading stops at their bad records; skipInvalid lists them', () => {
     const e = catchErr(() => loadDataset('zsre'));
     expect(e.code).toBe('ERR_DATASET');

@@ -13,7 +13,7 @@ import { RepairError } from '../lib/errors.js';
 import { ModelTokenizer } from '../lib/tokenizer.js';
 import { packageRoot } from '../lib/paths.js';
 import { native } from '../lib/native.js';
-import { loadDataset, namedDatasetPath, type EditRecord } from '../lib/datasets.js';
+import { loadDataset, sharedDataDir, NAMED_DATASETS, type EditRecord } from '../lib/datasets.js';
 import {
   agreement,
   answerRow,
@@ -57,7 +57,7 @@ const haveAddon = (() => {
   }
 })();
 const haveStories = haveAddon && existsSync(join(STORIES, 'config.json'));
-const haveFacts = haveAddon && existsSync(join(FACTS, 'config.json')) && existsSync(namedDatasetPath('counterfact')) && existsSync(namedDatasetPath('zsre'));
+const haveFacts = haveAddon && existsSync(join(FACTS, 'config.json')) && existsSync(join(sharedDataDir(), NAMED_DATASETS.counterfact)) && existsSync(join(sharedDataDir(), NAMED_DATASETS.zsre));
 if (!haveStories) console.warn('[eval.test] the native addon or models/stories260K is missing: model tests are skipped');
 if (!haveFacts) console.warn('[eval.test] ../shared/models/facts-llama or the shared data is missing: reference-number tests are skipped');
 

@@ -15,7 +15,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { RepairError } from '../errors.js';
 import type { EditMethod, EditorOptions } from '../editor.js';
 import type { RepairOptions } from '../repair.js';
-import { DATASET_FORMATS, editSlice, loadDataset, namedDatasetPath, NAMED_DATASETS, type Dataset, type DatasetFormat } from '../datasets.js';
+import { DATASET_FORMATS, editSlice, loadDataset, NAMED_DATASETS, type Dataset, type DatasetFormat } from '../datasets.js';
 import {
   defaultMetrics,
   evaluateVariants,
@@ -52,6 +52,7 @@ const ROUTING_OF: Record<'tf' | 'prompt' | 'off', RoutingBasis | false> = { tf: 
 interface EvalCliOptions {
   model?: string;
   data: string;
+  dataDir?: string;
   format?: DatasetFormat;
   skipInvalid?: boolean;
   n: number[];
@@ -565,8 +566,9 @@ export const evalCommand: CliCommand = {
       .description('measure editors as ALGORITHM.md §3 does (Rel, Gen, Loc, OP; PPL / OOD where the set has them) plus exact match of the greedy generation, for every method × N')
       .requiredOption(
         '--data <name|file>',
-        `${Object.keys(NAMED_DATASETS).join(' | ')} (read from ../shared/data/ relative to the package root, e.g. ${namedDatasetPath('zsre')}) or a file: a .json array in one of those formats, or .jsonl with {prompt, target, rephrase?, locality?: [{prompt, answer}]} per line`,
+        `${Object.keys(NAMED_DATASETS).join(' | ')} (looked for in --data-dir, then REPAIR_DATA_DIR, then ../shared/data beside a checkout, then the slices shipped in the package) or a file: a .json array in one of those formats, or .jsonl with {prompt, target, rephrase?, locality?: [{prompt, answer}]} per line`,
       )
+      .option('--data-dir <dir>', `folder holding the named datasets (${Object.values(NAMED_DATASETS).join(', ')})`)
       .option('--format <fmt>', `the file's format: ${DATASET_FORMATS.join(' | ')} (default: detected)`, choiceOption(DATASET_FORMATS))
       .option('--skip-invalid', 'drop invalid records (each reported on stderr) instead of failing on the first one')
       .option('--model <dir>', 'Hugging Face model folder (default: the shipped stories260K demo model)')
@@ -609,7 +611,7 @@ export const evalCommand: CliCommand = {
         if (o.report !== undefined) checkWritable(o.report, '--report');
         let ds: Dataset;
         try {
-          ds = loadDataset(o.data, { format: o.format, skipInvalid: o.skipInvalid });
+          ds = loadDataset(o.data, { format: o.format, skipInvalid: o.skipInvalid, dataDir: o.dataDir });
         } catch (e) {
           if (e instanceof RepairError && e.code === 'ERR_DATASET' && e.details?.index !== undefined) {
             throw new RepairError(e.code, `${e.message} (pass --skip-invalid to drop invalid records)`, e.details);
