@@ -14,6 +14,7 @@ export type {
   LogitsRow,
 } from './model.js';
 export { info } from './info.js';
+export { shippedModelDir } from './paths.js';
 export type { Info, CudaDevice } from './info.js';
 export { RepairError, isRepairError } from './errors.js';
 export type { ErrorCode } from './errors.js';

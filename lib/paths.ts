@@ -22,3 +22,8 @@ export function packageRoot(): string {
     dir = up;
   }
 }
+
+/** The model shipped in the package (stories260K, MIT): a tiny story model for demos and smoke tests. */
+export function shippedModelDir(): string {
+  return join(packageRoot(), 'models', 'stories260K');
+}
