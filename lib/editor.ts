@@ -133,6 +133,18 @@ export interface EditResult {
   score: number;
 }
 
+/** Editor#editInfo: one edit and where it lives. */
+export interface EditInfo {
+  id: string;
+  request: EditRequest;
+  /** 'working', the index into memories(), or 'queued' (not trained yet: an interrupted editMany resumes it). */
+  memory: 'working' | number | 'queued';
+  /** The threshold statistic and prompt score at its last training step, and its share of L_edit (trained edits). */
+  score?: number;
+  promptScore?: number;
+  loss?: number;
+}
+
 export interface RouteScore {
   /** -1 = the working memory, else the index into memories. */
   memory: number;
@@ -481,6 +493,19 @@ export class Editor {
   /** The ids of the edits currently in effect, in order. */
   edits(): string[] {
     return [...this.#edits.keys()];
+  }
+  /**
+   * One edit: its request, where it lives ('working', a memory index, or 'queued' for an edit an
+   * interrupted editMany has not trained yet), and its training figures; undefined for an unknown id.
+   */
+  editInfo(id: string): EditInfo | undefined {
+    const st = this.#edits.get(id);
+    if (st) {
+      const mi = this.#memories.findIndex((m) => m.edits.includes(id));
+      return { id, request: structuredClone(st.request), memory: mi >= 0 ? mi : 'working', score: st.score, promptScore: st.promptScore, loss: st.loss };
+    }
+    const q = this.#loop.queue.find((p) => p.id === id) ?? this.#loop.residual.find((p) => p.id === id);
+    return q ? { id, request: structuredClone(q.request), memory: 'queued' } : undefined;
   }
   /** REPAIR loop state: edits still queued (an interrupted editMany resumes them), the residual and feedback pools. */
   pending(): { queued: string[]; residual: string[]; feedback: string[]; gaveUp: string[] } {

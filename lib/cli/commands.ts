@@ -8,5 +8,6 @@ import { evalCommand } from './eval.js';
 import { explainCommand } from './explain.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
+import { memoryCommand } from './memories.js';
 
-export const commands: CliCommand[] = [infoCommand, generateCommand, editCommand, explainCommand, evalCommand, demoCommand];
+export const commands: CliCommand[] = [infoCommand, generateCommand, editCommand, explainCommand, memoryCommand, evalCommand, demoCommand];
