@@ -332,6 +332,9 @@ function linearCases(): Case[] {
   const shapes: [number, number, number][] = [
     [1, 37, 53], [1, 64, 256], [2, 33, 40], [3, 64, 96], [4, 129, 200], [5, 17, 24], [8, 70, 64],
     [9, 31, 45], [16, 48, 64], [17, 100, 75], [33, 65, 130], [64, 130, 257], [70, 64, 128], [100, 96, 192],
+    // the packed GEMM's paths: wide outputs (> 256 columns: operands packed in a shared pass) and K over
+    // several 256-deep steps, rows over several 96-row tiles
+    [200, 300, 70], [150, 700, 600],
   ];
   const out: Case[] = [];
   let i = 0;

@@ -977,6 +977,8 @@ function maskedSgdCases(): Case[] {
     maskedSgdCase({ M: 0, N: 4, K: 9, rho: 0.5, clamp: 0, wd: 0.1, lr: 0.3, dt: 'F32', seedLo: 3, seedHi: 1 }),
     maskedSgdCase({ M: 37, N: 130, K: 200, rho: 0.2, clamp: 1.0, wd: 1e-5, lr: 0.05, dt: 'F32', seedLo: 123456, seedHi: 0 }),
     maskedSgdCase({ M: 5, N: 67, K: 129, rho: 0.53, clamp: 0.01, wd: 1e-3, lr: 2, dt: 'BF16', seedLo: 99, seedHi: 0xffffffff }),
+    // the GEMM's shared-packing path (K > 256 output columns) with Gᵀ read transposed over two 256-deep steps
+    maskedSgdCase({ M: 300, N: 100, K: 300, rho: 0.2, clamp: 0.5, wd: 1e-5, lr: 0.01, dt: 'F32', seedLo: 5, seedHi: 6 }),
   ];
 }
 

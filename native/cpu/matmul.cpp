@@ -169,10 +169,42 @@ void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, co
     for (int nc0 = 0; nc0 < N; nc0 += NC) {
       const int ncb = std::min(NC, N - nc0);
       const int ncp = (ncb + PG - 1) / PG * PG;  // columns, padded to whole pack groups
-      // Pack: tasks [0, na) are X blocks of PMB rows × one K step, [na, na+nb) B groups of PG columns × one K step.
       const int mta = (mcb + PMB - 1) / PMB, ntb = (ncb + PNB - 1) / PNB, ngb = (ncb + PG - 1) / PG;
-      const int na = mta * nk, nbt = b_packed ? 0 : ngb * nk;
       if (b_packed) pb = const_cast<float*>(b_packed) + (size_t)nc0 * K;  // read only
+      auto pack_b = [&](int t) {
+        const int c = t / ngb, g0 = (t % ngb) * PG, k0 = c * PKC, kc = std::min(PKC, K - k0);
+        pack(pb + (size_t)c * ncp * PKC + (size_t)g0 * kc, nc0 + g0, std::min(PG, ncb - g0), k0, kc);
+      };
+      if (ntb <= 2) {
+        // Narrow output (the edit step's shapes): one pool round. B is packed here by the caller when it
+        // is small (or was packed before), and each task packs its own X rows; waking the pool twice
+        // per GEMM cost more than the second thread saved at these sizes.
+        if (!b_packed) {
+          if ((size_t)ncb * K <= ((size_t)1 << 18)) {
+            for (int t = 0; t < ngb * nk; ++t) pack_b(t);
+          } else {
+            pool_.parallel_for(ngb * nk, pack_b, (double)ncb * K * 4);
+          }
+        }
+        pool_.parallel_for(mta * ntb, [&](int task) {
+          const int m0 = (task % mta) * PMB, n0 = (task / mta) * PNB;
+          const int mb = std::min(PMB, mcb - m0), nb = std::min(PNB, ncb - n0), nv = (nb + nr - 1) / nr;
+          alignas(64) float tile[PMB * PNB];
+          std::fill(tile, tile + (size_t)mb * PNB, 0.0f);
+          thread_local std::vector<float> xb;
+          xb.resize((size_t)(PMB + 8) * PKC);
+          for (int c = 0; c < nk; ++c) {
+            const int k0 = c * PKC, kc = std::min(PKC, K - k0);
+            const float* xs = x_trans ? X + (size_t)k0 * ldx + (mc0 + m0) : X + (size_t)(mc0 + m0) * ldx + k0;
+            pack_x(xb.data(), mr, xs, ldx, mb, kc, x_trans);
+            k_->gemm_block(xb.data(), mb, pb + (size_t)c * ncp * PKC + (size_t)n0 * kc, nv, kc, tile, PNB);
+          }
+          epi(tile, PNB, mc0 + m0, mb, nc0 + n0, nb);
+        }, (double)mcb * ncb * K);
+        continue;
+      }
+      // Pack: tasks [0, na) are X blocks of PMB rows × one K step, [na, na+nb) B groups of PG columns × one K step.
+      const int na = mta * nk, nbt = b_packed ? 0 : ngb * nk;
       pool_.parallel_for(na + nbt, [&](int task) {
         if (task < na) {
           const int c = task / mta, r0 = (task % mta) * PMB, k0 = c * PKC, kc = std::min(PKC, K - k0);
@@ -180,8 +212,7 @@ void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, co
           const float* xs = x_trans ? X + (size_t)k0 * ldx + (mc0 + r0) : X + (size_t)(mc0 + r0) * ldx + k0;
           pack_x(dst, mr, xs, ldx, std::min(PMB, mcb - r0), kc, x_trans);
         } else {
-          const int t = task - na, c = t / ngb, g0 = (t % ngb) * PG, k0 = c * PKC, kc = std::min(PKC, K - k0);
-          pack(pb + (size_t)c * ncp * PKC + (size_t)g0 * kc, nc0 + g0, std::min(PG, ncb - g0), k0, kc);
+          pack_b(task - na);
         }
       }, (double)(mcb + ncb) * K * 4);
       // Multiply: one (PMB × PNB) tile per task, neighbouring tasks share the B panel.

@@ -38,7 +38,7 @@ void ThreadPool::run_tasks() {
 void ThreadPool::worker_loop(int) {
   uint64_t seen = 0;
   for (;;) {
-    for (int spin = 0; spin < 4000 && gen_.load(std::memory_order_acquire) == seen; ++spin) {
+    for (int spin = 0; spin < 2048 && gen_.load(std::memory_order_acquire) == seen; ++spin) {
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #endif
