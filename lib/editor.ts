@@ -272,6 +272,15 @@ export function presetFor(cfg: ModelConfig): Preset {
   return { ...base, preset: `generic (${t}, ${L} layers)`, layer, useChatTemplate: false };
 }
 
+/**
+ * [ours] An instruct / chat model: its folder name or config `_name_or_path` says so (Instruct, chat, -it,
+ * SFT, DPO, RLHF). Base models often ship a chat template too, so the template alone does not decide.
+ */
+export function looksInstruct(model: Model): boolean {
+  const names = [basename(model.dir), String(model.config.raw._name_or_path ?? '')];
+  return names.some((n) => /instruct|chat|(^|[-_.])it($|[-_.])|sft|dpo|rlhf/i.test(n));
+}
+
 function resolveConfig(model: Model, opts: EditorOptions): EditorConfig {
   const cfg = model.config;
   const p = presetFor(cfg);
@@ -296,7 +305,9 @@ function resolveConfig(model: Model, opts: EditorOptions): EditorConfig {
     mergeWeight: 1.0,
     retrieve: true,
     scoreMode: 'code',
-    useChatTemplate: (p.useChatTemplate ?? false) && model.tokenizer.hasChatTemplate,
+    // Edits are trained (and evaluated) through the chat template where chat queries will use it: the
+    // presets that say so, and any instruct/chat model whose tokenizer has a template.
+    useChatTemplate: ((p.useChatTemplate ?? false) || looksInstruct(model)) && model.tokenizer.hasChatTemplate,
     earlyStop: true,
     seed: 0,
     maxMeanTokens: 100,

@@ -30,6 +30,7 @@ const EDITOR_FLAGS: [keyof EditorCliOptions, string][] = [
   ['nIter', '--n-iter'],
   ['lr', '--lr'],
   ['seed', '--seed'],
+  ['chat', '--chat/--no-chat'],
 ];
 
 interface EditRow {
@@ -96,6 +97,8 @@ export const editCommand: CliCommand = {
       .option('--n-iter <n>', "optimisation steps per edit (default: the model's preset)", intOption(1, 100000))
       .option('--lr <x>', "learning rate (default: the model's preset)", floatOption((x) => x > 0, 'a number > 0'))
       .option('--seed <s>', 'seed of the context templates and shard masks (uint32, default 0)', intOption(0, 0xffffffff))
+      .option('--chat', 'train the edits through the chat template (default: on for instruct/chat models whose tokenizer has one)')
+      .option('--no-chat', 'train the edits on the plain prompt text, even for an instruct model')
       .option('--backend <name>', 'auto | cpu | cuda (auto honours REPAIR_BACKEND)', choiceOption(['auto', 'cpu', 'cuda'] as const), 'auto')
       .option('--device <n>', 'CUDA device index', intOption(0, 1024))
       .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096))

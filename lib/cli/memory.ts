@@ -119,6 +119,8 @@ export interface EditorCliOptions {
   nIter?: number;
   lr?: number;
   seed?: number;
+  /** --chat / --no-chat: useChatTemplate (undefined: the default for the model). */
+  chat?: boolean;
 }
 
 export function editorOptions(o: EditorCliOptions): EditorOptions {
@@ -130,6 +132,7 @@ export function editorOptions(o: EditorCliOptions): EditorOptions {
   if (o.nIter !== undefined) r.nIter = o.nIter;
   if (o.lr !== undefined) r.lr = o.lr;
   if (o.seed !== undefined) r.seed = o.seed;
+  if (o.chat !== undefined) r.useChatTemplate = o.chat;
   return r;
 }
 
