@@ -1,7 +1,7 @@
 // `repair-edit memory ls | show ID | rollback ID` on a memory file written by `repair-edit edit`, run as
 // a user runs them (node dist/cli.js) on the shipped stories260K.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -70,4 +70,39 @@ describe.skipIf(!ready)('CLI memory', () => {
     const before = JSON.parse((await cli(['memory', 'ls', '--memory', mem, '--json'])).stdout);
     expect(before.edits).toHaveLength(2);
   }, 240_000 * factor);
+});
+
+describe.skipIf(!ready)('CLI edit: Ctrl-C keeps finished work, --resume continues', () => {
+  it('an interrupted edit saves every finished edit (exit 130) and --resume trains only the rest', async () => {
+    const edits = join(tmp, 'many.jsonl');
+    const lines: string[] = [];
+    for (let k = 0; k < 8; k++) lines.push(JSON.stringify({ id: `f${k}`, prompt: `The wizard number ${k} lived in`, target: `castle ${k}` }));
+    writeFileSync(edits, lines.join('\n') + '\n');
+    const out = join(tmp, 'resume.safetensors');
+    const first = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const p = spawn(process.execPath, [CLI, 'edit', '--edits', edits, '--out', out, '--n-iter', '200', '--checkpoint-secs', '0'], { cwd: ROOT, env: { ...process.env, REPAIR_BACKEND: 'cpu' } });
+      let err = '';
+      let sent = false;
+      p.stderr.on('data', (d: Buffer) => {
+        err += d.toString();
+        if (!sent && /edit 2\/8/.test(err)) {
+          sent = true;
+          p.kill('SIGINT');
+        }
+      });
+      p.on('exit', (code) => resolve({ code, stderr: err }));
+    });
+    expect(first.code, first.stderr).toBe(130);
+    expect(first.stderr).toMatch(/interrupted: .* holds the \d+ finished edits?; run the same command with --resume/);
+    const held = JSON.parse((await cli(['memory', 'ls', '--memory', out, '--json'])).stdout).edits.map((e: { id: string }) => e.id);
+    expect(held.length).toBeGreaterThanOrEqual(2);
+    expect(held.length).toBeLessThan(8);
+    expect(held).toEqual(Array.from({ length: held.length }, (_, k) => `f${k}`));
+    const second = await cli(['edit', '--edits', edits, '--out', out, '--n-iter', '200', '--resume', '--json']);
+    expect(second.code, second.stderr).toBe(0);
+    expect(second.stderr).toMatch(new RegExp(`resuming .*: ${held.length} of 8 edits already held, ${8 - held.length} to go`));
+    expect(JSON.parse(second.stdout).results).toHaveLength(8 - held.length);
+    const all = JSON.parse((await cli(['memory', 'ls', '--memory', out, '--json'])).stdout).edits.map((e: { id: string }) => e.id);
+    expect(all).toEqual(Array.from({ length: 8 }, (_, k) => `f${k}`));
+  }, 600_000 * factor);
 });

@@ -1,7 +1,7 @@
 // cli/edit.ts — `repair-edit edit --edits FILE.jsonl --out memory.safetensors [options]`: apply the
 // edits of a JSONL file one after another and save the side memories.
 
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
@@ -20,6 +20,8 @@ interface EditCliOptions extends EditorCliOptions {
   device?: number;
   threads?: number;
   json?: boolean;
+  resume?: boolean;
+  checkpointSecs: number;
 }
 
 const EDITOR_FLAGS: [keyof EditorCliOptions, string][] = [
@@ -90,6 +92,8 @@ export const editCommand: CliCommand = {
       .requiredOption('--out <file>', 'where to save the side memories (safetensors; written atomically)')
       .option('--model <dir>', 'Hugging Face model folder (default: the shipped stories260K demo model)')
       .option('--memory <file>', 'continue editing this saved memory (its configuration is kept)')
+      .option('--resume', 'continue an interrupted run: load --out when it exists (its saved configuration is kept) and skip the edits it already holds (same id, or same prompt and target)')
+      .option('--checkpoint-secs <s>', 'save --out (atomically) after a finished edit when this many seconds passed since the last save; 0 = after every edit', intOption(0, 86400), 30)
       .option('--method <name>', 'wise | repair | ft (default: wise); repair runs the closed loop over the whole file', choiceOption(['wise', 'repair', 'ft'] as const))
       .option('--layer <n>', "decoder layer whose MLP down-projection gets side memories (default: the model's preset)", intOption(0))
       .option('--save-freq <n>', 'freeze the working memory as a new memory every n edits (default 500)', intOption(1))
@@ -104,6 +108,7 @@ export const editCommand: CliCommand = {
       .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096))
       .option('--json', 'print the results as JSON')
       .action(async (o: EditCliOptions, cmd: Command) => {
+        if (o.resume && o.memory !== undefined) usageError(cmd, '--resume continues --out; it cannot be combined with --memory');
         if (o.memory !== undefined) {
           const clash = EDITOR_FLAGS.filter(([k]) => givenOnCli(cmd, k)).map(([, f]) => f);
           if (clash.length) usageError(cmd, `${clash.join(', ')} cannot be combined with --memory (a saved memory keeps its configuration)`);
@@ -125,13 +130,35 @@ export const editCommand: CliCommand = {
         const t0 = performance.now();
         try {
           await using model = await loadModel(dir, { backend: o.backend, device: o.device, threads: o.threads, signal: intr.signal });
-          await using editor = o.memory !== undefined ? await Editor.load(model, o.memory, { signal: intr.signal }) : await Editor.create(model, editorOptions(o));
+          const resumeFrom = o.resume && existsSync(o.out) ? o.out : undefined;
+          const from = o.memory ?? resumeFrom;
+          await using editor = from !== undefined ? await Editor.load(model, from, { signal: intr.signal }) : await Editor.create(model, editorOptions(o));
+          const given = records.length;
+          if (resumeFrom) {
+            // skip what the checkpoint already holds (trained, or queued by an interrupted repair loop)
+            const held = new Set<string>();
+            const keyOf = (r: { prompt: string; target: string }) => `${r.prompt}\u0000${r.target}`;
+            for (const id of [...editor.edits(), ...editor.pending().queued]) {
+              const e = editor.editInfo(id);
+              held.add(`id:${id}`);
+              if (e) held.add(keyOf(e.request));
+            }
+            const left = records.filter((r) => !(r.request.id !== undefined ? held.has(`id:${r.request.id}`) : held.has(keyOf(r.request))));
+            process.stderr.write(`repair-edit: resuming ${o.out}: ${given - left.length} of ${given} edits already held, ${left.length} to go\n`);
+            records.splice(0, records.length, ...left);
+          }
           precheckRecords(editor, records, o.edits);
           const nIter = editor.config.nIter;
           const bar = progress(records.length, nIter);
           const rows: EditRow[] = [];
+          let lastSave = performance.now();
+          const checkpoint = async (force: boolean) => {
+            if (!force && performance.now() - lastSave < o.checkpointSecs * 1000) return;
+            await editor.save(o.out); // atomic; no signal: a checkpoint is never half-done
+            lastSave = performance.now();
+          };
           try {
-            if (editor.config.method === 'repair') {
+            if (editor.config.method === 'repair' && (records.length > 0 || editor.pending().queued.length > 0)) {
               // The closed loop decides batches, retraining and pruning over the whole file at once.
               const te = performance.now();
               const reqs = records.map((r) => ({ ...r.request, id: r.request.id ?? `line${r.line}` }));
@@ -168,7 +195,21 @@ export const editCommand: CliCommand = {
               };
               rows.push(row);
               bar.done(i, row);
+              await checkpoint(o.checkpointSecs === 0);
             }
+          } catch (e) {
+            if (e instanceof RepairError && e.code === 'ERR_ABORTED') {
+              // Ctrl-C: nothing acknowledged is lost. An aborted edit leaves the editor as it was before it,
+              // so what is saved holds every edit that finished (and a repair loop's queue).
+              await editor.save(o.out);
+              const done = editor.edits().length;
+              throw new RepairError(
+                'ERR_ABORTED',
+                `interrupted: ${o.out} holds the ${done} finished edit${done === 1 ? '' : 's'}; run the same command with --resume to continue`,
+                { file: o.out },
+              );
+            }
+            throw e;
           } finally {
             bar.stop();
           }
