@@ -196,7 +196,27 @@ function validateHeader(file: string, header: Record<string, unknown>, headerLen
         other: prev.name,
       });
     }
+    // The format requires the data section to be indexed entirely, without holes: the tensors, in offset
+    // order, must tile it from 0 to its end. A gap means the header and the bytes disagree (a header
+    // length off by one, F32 bytes relabelled as a 2-byte dtype...), which would otherwise load garbage.
+    const expectedBegin = prev ? prev.end : 0;
+    if (r.begin !== expectedBegin) {
+      fail(
+        file,
+        `tensor "${r.name}" starts at data offset ${r.begin} but ${prev ? `tensor "${prev.name}" ends at ${prev.end}` : 'the data section starts at 0'}: ` +
+          'the data section must be covered by the tensors without gaps (corrupt header or header length)',
+        { tensor: r.name, field: 'data_offsets', expectedBegin },
+      );
+    }
     prev = r;
+  }
+  const covered = prev ? prev.end : 0;
+  if (covered !== dataSize) {
+    fail(
+      file,
+      `the tensors cover ${covered} bytes of the ${dataSize}-byte data section: ${dataSize - covered} trailing bytes belong to no tensor (corrupt header, header length or truncated tensor list)`,
+      { field: 'data_offsets', covered, dataSize },
+    );
   }
   return { file, headerLength, dataOffset, fileSize, metadata, tensors };
 }
