@@ -16,6 +16,7 @@ export const NATIVE_ERROR_CODES = [
   'ERR_INTERNAL',
   'ERR_BUSY',
   'ERR_NAN_LOSS',
+  'ERR_DIVERGED',
   'ERR_MISSING_TENSOR',
   'ERR_SHAPE',
 ] as const;

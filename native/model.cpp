@@ -56,6 +56,50 @@ std::vector<uint8_t> transpose_bytes(const std::vector<uint8_t>& in, int64_t R, 
   return out;
 }
 
+template <typename U>
+int64_t first_nonfinite_t(const uint8_t* p, uint64_t n, U mask) {
+  constexpr uint64_t BLK = 4096;
+  for (uint64_t b0 = 0; b0 < n; b0 += BLK) {
+    const uint64_t b1 = std::min<uint64_t>(n, b0 + BLK);
+    U acc = 0;
+    for (uint64_t i = b0; i < b1; ++i) {
+      U u;
+      std::memcpy(&u, p + i * sizeof(U), sizeof(U));
+      acc |= (U)((u & mask) == mask);
+    }
+    if (acc)
+      for (uint64_t i = b0; i < b1; ++i) {
+        U u;
+        std::memcpy(&u, p + i * sizeof(U), sizeof(U));
+        if ((u & mask) == mask) return (int64_t)i;
+      }
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t first_nonfinite(const void* p, uint64_t n, DType dt) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  switch (dt) {
+    case DType::F32: return first_nonfinite_t<uint32_t>(b, n, 0x7f800000u);
+    case DType::BF16: return first_nonfinite_t<uint16_t>(b, n, (uint16_t)0x7f80u);
+    case DType::F16: return first_nonfinite_t<uint16_t>(b, n, (uint16_t)0x7c00u);
+  }
+  return -1;
+}
+
+namespace {
+// ERR_SAFETENSORS naming the tensor and the element when `bytes` of `name` hold a NaN or Inf.
+void check_finite_bytes(const std::string& name, const std::string& file, const void* p, uint64_t bytes, DType dt,
+                        uint64_t first_elem) {
+  const uint64_t n = bytes / dtype_size(dt);
+  const int64_t i = first_nonfinite(p, n, dt);
+  if (i >= 0)
+    fail(RE_ERR_SAFETENSORS, "tensor " + name + " in " + file + " holds a NaN or Inf (element " +
+                                 std::to_string(first_elem + (uint64_t)i) +
+                                 "): the weights are corrupt (pass checkFinite: false to load them anyway)");
+}
 }  // namespace
 
 Model::Model(std::unique_ptr<Backend> be, Arch arch, std::vector<TensorSpec> specs)
@@ -171,6 +215,7 @@ void Model::load(const std::atomic<bool>* abort) {
     for (uint64_t done = 0; done < s.nbytes;) {
       const size_t n = (size_t)std::min<uint64_t>(chunk, s.nbytes - done);
       if (std::fread(stage.data(), 1, n, fh->f) != n) fail(RE_ERR_IO, "short read of tensor " + name + " in " + s.file);
+      if (check_finite_) check_finite_bytes(name, s.file, stage.data(), n, s.dt, done / dtype_size(s.dt));
       be_->upload(static_cast<char*>(dst) + done, stage.data(), n);
       done += n;
     }
@@ -265,6 +310,7 @@ void Model::load_gpt2(const std::atomic<bool>* abort) {
     out.resize(s.nbytes);
     if (s.nbytes && std::fread(out.data(), 1, s.nbytes, fh->f) != s.nbytes)
       fail(RE_ERR_IO, "short read of tensor " + name + " in " + s.file);
+    if (check_finite_) check_finite_bytes(name, s.file, out.data(), s.nbytes, s.dt, 0);
     return s;
   };
   auto upload = [&](const uint8_t* p, size_t bytes, DType dt) {

@@ -10,6 +10,7 @@ import { ModelTokenizer } from '../lib/tokenizer.js';
 import { RepairError, type ErrorCode } from '../lib/errors.js';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
+import { readSt, writeSt } from './helpers/st.js';
 
 const STORIES = join(packageRoot(), '..', 'shared', 'models', 'stories260K', 'hf');
 const haveStories = existsSync(join(STORIES, 'config.json'));
@@ -175,14 +176,9 @@ describe.skipIf(!haveStories)('loadModel: bad folders fail with typed errors bef
   });
   it('missing tensor → ERR_MISSING_TENSOR', async () => {
     const d = storiesCopy((dir) => {
-      const b = readFileSync(join(dir, 'model.safetensors'));
-      const hl = Number(b.readBigUInt64LE(0));
-      const h = JSON.parse(b.subarray(8, 8 + hl).toString('utf8'));
-      delete h['model.layers.2.self_attn.o_proj.weight'];
-      const hb = Buffer.from(JSON.stringify(h));
-      const len = Buffer.alloc(8);
-      len.writeBigUInt64LE(BigInt(hb.length));
-      writeFileSync(join(dir, 'model.safetensors'), Buffer.concat([len, hb, b.subarray(8 + hl)]));
+      // dropped with its bytes: the rest still tiles the data section
+      const { header, data } = readSt(join(dir, 'model.safetensors'));
+      writeSt(join(dir, 'model.safetensors'), header, data, ['model.layers.2.self_attn.o_proj.weight']);
     });
     await rejects(loadModel(d), 'ERR_MISSING_TENSOR', /"model\.layers\.2\.self_attn\.o_proj\.weight"/);
   });
