@@ -192,7 +192,7 @@ export function readMemoryFile(path: string, opts: ReadMemoryOptions = {}): { me
   if (st.size < 8) fail('the file is too short to be a memory file', 'header');
   let parsed;
   try {
-    parsed = parseSafetensorsHeader(path);
+    parsed = parseSafetensorsHeader(path, { strict: true });
   } catch (e) {
     const err = e as RepairError;
     if (err instanceof RepairError && err.code === 'ERR_SAFETENSORS') {
@@ -202,6 +202,8 @@ export function readMemoryFile(path: string, opts: ReadMemoryOptions = {}): { me
     throw err instanceof RepairError && err.code !== 'ERR_INTERNAL' ? err : ioError(path, 'read', e);
   }
   const md = parsed.metadata;
+  const extraMd = Object.keys(md).filter((k) => !['format', 'version', 'editor', 'checksum'].includes(k));
+  if (extraMd.length) fail(`unexpected __metadata__ field(s) ${extraMd.map((k) => JSON.stringify(k)).join(', ')}`, 'metadata');
   if (md.format !== MEMORY_FORMAT) fail(`not a ${MEMORY_FORMAT} file`, 'format');
   if (!/^[0-9]+$/.test(md.version ?? '')) fail('no format version', 'version');
   const version = Number(md.version);

@@ -22,8 +22,9 @@ export interface LoadModelOptions {
   /** Cap on the context length / KV cache size (default 4096; never more than max_position_embeddings). */
   contextLength?: number;
   /**
-   * Refuse weights that hold NaN or Inf (ERR_SAFETENSORS naming the tensor). Default true: one vectorised
-   * pass over the bytes as they are read (see bench/README.md for its cost); false skips it for trusted files.
+   * Refuse weights that hold NaN, Inf or values of magnitude >= 2^27 (a flipped exponent bit; such values
+   * overflow the forward into NaN), with ERR_SAFETENSORS naming the tensor and element. Default true: one
+   * vectorised pass over the bytes as they are read (cost: bench/results/finite-check.md); false skips it.
    */
   checkFinite?: boolean;
   signal?: AbortSignal;

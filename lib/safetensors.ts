@@ -75,7 +75,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** Parse and validate one .safetensors file's header. Throws ERR_SAFETENSORS naming the file and tensor/field. */
-export function parseSafetensorsHeader(file: string): SafetensorsFile {
+export function parseSafetensorsHeader(file: string, opts: { strict?: boolean } = {}): SafetensorsFile {
   let fd: number;
   try {
     fd = openSync(file, 'r');
@@ -119,13 +119,13 @@ export function parseSafetensorsHeader(file: string): SafetensorsFile {
     if (!isPlainObject(header)) {
       fail(file, `header JSON must be an object, got ${header === null ? 'null' : Array.isArray(header) ? 'an array' : typeof header}`);
     }
-    return validateHeader(file, header, headerLength, fileSize);
+    return validateHeader(file, header, headerLength, fileSize, opts.strict === true);
   } finally {
     closeSync(fd);
   }
 }
 
-function validateHeader(file: string, header: Record<string, unknown>, headerLength: number, fileSize: number): SafetensorsFile {
+function validateHeader(file: string, header: Record<string, unknown>, headerLength: number, fileSize: number, strict = false): SafetensorsFile {
   const dataOffset = 8 + headerLength;
   const dataSize = fileSize - dataOffset;
   const metadata: Record<string, string> = {};
@@ -144,6 +144,11 @@ function validateHeader(file: string, header: Record<string, unknown>, headerLen
     const where = `tensor "${name}"`;
     if (!isPlainObject(entry)) fail(file, `${where}: entry must be an object`, { tensor: name });
     const { dtype, shape, data_offsets: offsets } = entry;
+    if (strict) {
+      // files this package writes: an entry holds exactly dtype, shape and data_offsets
+      const extra = Object.keys(entry).filter((k) => k !== 'dtype' && k !== 'shape' && k !== 'data_offsets');
+      if (extra.length) fail(file, `${where}: unexpected field(s) ${extra.map((k) => JSON.stringify(k)).join(', ')}`, { tensor: name, field: extra[0] });
+    }
     if (typeof dtype !== 'string') fail(file, `${where}: missing or non-string "dtype"`, { tensor: name, field: 'dtype' });
     const size = DTYPE_SIZES[dtype];
     if (size === undefined) fail(file, `${where}: unknown dtype "${dtype}"`, { tensor: name, field: 'dtype', dtype });

@@ -57,7 +57,7 @@ std::vector<uint8_t> transpose_bytes(const std::vector<uint8_t>& in, int64_t R, 
 }
 
 template <typename U>
-int64_t first_nonfinite_t(const uint8_t* p, uint64_t n, U mask) {
+int64_t first_nonfinite_t(const uint8_t* p, uint64_t n, U mask, U thr) {
   constexpr uint64_t BLK = 4096;
   for (uint64_t b0 = 0; b0 < n; b0 += BLK) {
     const uint64_t b1 = std::min<uint64_t>(n, b0 + BLK);
@@ -65,13 +65,13 @@ int64_t first_nonfinite_t(const uint8_t* p, uint64_t n, U mask) {
     for (uint64_t i = b0; i < b1; ++i) {
       U u;
       std::memcpy(&u, p + i * sizeof(U), sizeof(U));
-      acc |= (U)((u & mask) == mask);
+      acc |= (U)((U)(u & mask) >= thr);
     }
     if (acc)
       for (uint64_t i = b0; i < b1; ++i) {
         U u;
         std::memcpy(&u, p + i * sizeof(U), sizeof(U));
-        if ((u & mask) == mask) return (int64_t)i;
+        if ((U)(u & mask) >= thr) return (int64_t)i;
       }
   }
   return -1;
@@ -82,21 +82,23 @@ int64_t first_nonfinite_t(const uint8_t* p, uint64_t n, U mask) {
 int64_t first_nonfinite(const void* p, uint64_t n, DType dt) {
   const uint8_t* b = static_cast<const uint8_t*>(p);
   switch (dt) {
-    case DType::F32: return first_nonfinite_t<uint32_t>(b, n, 0x7f800000u);
-    case DType::BF16: return first_nonfinite_t<uint16_t>(b, n, (uint16_t)0x7f80u);
-    case DType::F16: return first_nonfinite_t<uint16_t>(b, n, (uint16_t)0x7c00u);
+    // F32/BF16: biased exponent >= 127 + 27, i.e. |w| >= 2^27 (~1.3e8), Inf and NaN included; F16: Inf/NaN
+    case DType::F32: return first_nonfinite_t<uint32_t>(b, n, 0x7f800000u, 154u << 23);
+    case DType::BF16: return first_nonfinite_t<uint16_t>(b, n, (uint16_t)0x7f80u, (uint16_t)(154u << 7));
+    case DType::F16: return first_nonfinite_t<uint16_t>(b, n, (uint16_t)0x7c00u, (uint16_t)0x7c00u);
   }
   return -1;
 }
 
 namespace {
-// ERR_SAFETENSORS naming the tensor and the element when `bytes` of `name` hold a NaN or Inf.
+// ERR_SAFETENSORS naming the tensor and the element when `bytes` of `name` hold a NaN, an Inf or a value
+// past 2^27 in magnitude (see first_nonfinite).
 void check_finite_bytes(const std::string& name, const std::string& file, const void* p, uint64_t bytes, DType dt,
                         uint64_t first_elem) {
   const uint64_t n = bytes / dtype_size(dt);
   const int64_t i = first_nonfinite(p, n, dt);
   if (i >= 0)
-    fail(RE_ERR_SAFETENSORS, "tensor " + name + " in " + file + " holds a NaN or Inf (element " +
+    fail(RE_ERR_SAFETENSORS, "tensor " + name + " in " + file + " holds a NaN, an Inf or a value of magnitude >= 2^27 (element " +
                                  std::to_string(first_elem + (uint64_t)i) +
                                  "): the weights are corrupt (pass checkFinite: false to load them anyway)");
 }

@@ -107,9 +107,10 @@ struct Route {
 
 using ProgressFn = std::function<void(int step, float loss)>;
 
-// Index of the first NaN/Inf element of `n` elements of `dt` at `p` (bytes, any alignment), or -1. An
-// element is non-finite when its exponent bits are all ones; the scan is a branch-free OR-reduction over
-// blocks (vectorised by the compiler), located exactly only when a block has one.
+// Index of the first element of `n` elements of `dt` at `p` (bytes, any alignment) that is NaN, Inf or,
+// for F32/BF16, of magnitude >= 2^27 (no real weight is; a flipped exponent bit or FLT_MAX is, and overflows
+// the forward into NaN), else -1. The test is on the exponent bits only; the scan is a branch-free
+// OR-reduction over blocks (vectorised by the compiler), located exactly only when a block has one.
 int64_t first_nonfinite(const void* p, uint64_t n, DType dt);
 
 // Picks the next token from logits[V] (greedy when temperature <= 0; ties go to the lowest id).

@@ -54,9 +54,12 @@ function json(file: string): Record<string, unknown> {
 describe('model inputs that used to load and give NaN logits or empty text', () => {
   it('a NaN or Inf weight is refused at load, naming the tensor; checkFinite: false loads it', async () => {
     const d = copyModel(STORIES, (dir) => patchF32(join(dir, 'model.safetensors'), 'model.layers.1.mlp.down_proj.weight', 17, Number.NaN));
-    await rejects(loadModel(d, { backend: 'cpu' }), 'ERR_SAFETENSORS', /model\.layers\.1\.mlp\.down_proj\.weight/, /NaN or Inf/, /element 17/);
+    await rejects(loadModel(d, { backend: 'cpu' }), 'ERR_SAFETENSORS', /model\.layers\.1\.mlp\.down_proj\.weight/, /NaN, an Inf or a value of magnitude >= 2\^27/, /element 17/);
     const e = copyModel(STORIES, (dir) => patchF32(join(dir, 'model.safetensors'), 'model.norm.weight', 3, Number.POSITIVE_INFINITY));
     await rejects(loadModel(e, { backend: 'cpu' }), 'ERR_SAFETENSORS', /model\.norm\.weight/);
+    // FLT_MAX is finite but overflows the forward into NaN logits: refused as out of range
+    const f = copyModel(STORIES, (dir) => patchF32(join(dir, 'model.safetensors'), 'model.layers.0.self_attn.q_proj.weight', 5, 3.4028234663852886e38));
+    await rejects(loadModel(f, { backend: 'cpu' }), 'ERR_SAFETENSORS', /q_proj/, /element 5/);
     const m = await loadModel(d, { backend: 'cpu', checkFinite: false }); // the opt-out for trusted files
     await m.dispose();
     await rejects(loadModel(STORIES, { backend: 'cpu', checkFinite: 'no' as never }), 'ERR_INVALID_ARG', /checkFinite/);
