@@ -624,16 +624,16 @@ export class Editor {
    */
   async edit(request: EditRequest, opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void; onEvent?: (e: RepairEvent) => void } = {}): Promise<EditResult> {
     this.#check();
-    return this.#disposeGuard(async () => {
+    return this.#exclusive(opts.signal, () => this.#disposeGuard(async () => {
       if (this.config.method === 'repair') {
-        const before = new Set([...this.#loop.queue, ...this.#loop.residual]);
+        // one edit() is all or nothing: on failure (an abort during the monitor, after the edit was trained,
+        // included) the editor returns to its state before the call, side memories and queue included
+        const saved = await this.#saveState();
         let r: EditManyResult;
         try {
-          r = await this.editMany([request], { signal: opts.signal, onEvent: opts.onEvent });
+          r = await this.#editMany([request], { signal: opts.signal, onEvent: opts.onEvent });
         } catch (e) {
-          // one edit() is all or nothing: what this call queued is not left for a later editMany (or a save)
-          this.#loop.queue = this.#loop.queue.filter((p) => before.has(p));
-          this.#loop.residual = this.#loop.residual.filter((p) => before.has(p));
+          if (!this.disposed) await this.#restoreState(saved);
           throw e;
         }
         const mine = r.results.filter((x) => x.id === (request.id ?? x.id));
@@ -645,7 +645,73 @@ export class Editor {
       const id = request.id ?? this.#freshId();
       const { results } = await this.#train([{ id, request, attempts: 0 }], false, opts);
       return results[0]!;
+    }));
+  }
+
+  #lock: Promise<void> = Promise.resolve();
+  /**
+   * The editor's mutating calls (edit, editMany, rollback, save) run one at a time: each spans several
+   * model-queue slots, and an interleaved one would see (or save) a half-updated editor.
+   */
+  async #exclusive<T>(signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#lock;
+    let release!: () => void;
+    this.#lock = new Promise<void>((r) => (release = r));
+    try {
+      await prev;
+      this.#check();
+      if (signal?.aborted) throw abortedError();
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  /** The whole editor state (bookkeeping and every side-memory slot), to undo a failed edit(). */
+  async #saveState(): Promise<{ js: unknown; slots: Float32Array[] }> {
+    const js = structuredClone({
+      editCount: this.#editCount,
+      shardCount: this.#shardCount,
+      globalMinAct: this.#globalMinAct,
+      globalMinPrompt: this.#globalMinPrompt,
+      working: this.#working,
+      memories: this.#memories,
+      edits: this.#edits,
+      nextId: this.#nextId,
+      irrCursor: this.#irrCursor,
+      loop: this.#loop,
     });
+    const slots = await modelInternals(this.model).enqueue(async (nm) => {
+      const out: Float32Array[] = [];
+      const n = nm.sideSlots(this.#side);
+      for (let s = 0; s < n; s++) out.push(await nm.sideRead(this.#side, s));
+      return out;
+    });
+    return { js, slots };
+  }
+
+  async #restoreState(saved: { js: unknown; slots: Float32Array[] }): Promise<void> {
+    await modelInternals(this.model).enqueue(async (nm) => {
+      const n = nm.sideSlots(this.#side);
+      const want = saved.slots.length;
+      if (n > want) await nm.sideRemove(this.#side, Int32Array.from({ length: n - want }, (_, i) => want + i));
+      for (let s = n; s < want; s++) await nm.sideAdd(this.#side, -1);
+      for (let s = 0; s < want; s++) await nm.sideWrite(this.#side, s, saved.slots[s]!);
+    });
+    const j = structuredClone(saved.js) as {
+      editCount: number; shardCount: number; globalMinAct: number; globalMinPrompt: number; working: WorkingState;
+      memories: MemoryState[]; edits: Map<string, StoredEdit>; nextId: number; irrCursor: number; loop: LoopState;
+    };
+    this.#editCount = j.editCount;
+    this.#shardCount = j.shardCount;
+    this.#globalMinAct = j.globalMinAct;
+    this.#globalMinPrompt = j.globalMinPrompt;
+    this.#working = j.working;
+    this.#memories = j.memories;
+    this.#edits = j.edits;
+    this.#nextId = j.nextId;
+    this.#irrCursor = j.irrCursor;
+    this.#loop = j.loop;
   }
 
   /** A call cut short by dispose() rejects with ERR_DISPOSED, whatever the native layer said (or if it finished). */
@@ -885,7 +951,7 @@ export class Editor {
     opts: { signal?: AbortSignal; onEvent?: (e: RepairEvent) => void; onProgress?: (p: { done: number; total: number }) => void } = {},
   ): Promise<EditManyResult> {
     this.#check();
-    return this.#disposeGuard(() => this.#editMany(records, opts));
+    return this.#exclusive(opts.signal, () => this.#disposeGuard(() => this.#editMany(records, opts)));
   }
 
   async #editMany(
@@ -1293,13 +1359,7 @@ export class Editor {
    */
   async rollback(editId: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
     this.#check();
-    try {
-      await this.#rollback(editId, opts);
-    } catch (e) {
-      if (this.disposed) throw disposedError('the editor');
-      throw e;
-    }
-    if (this.disposed) throw disposedError('the editor');
+    await this.#exclusive(opts.signal, () => this.#disposeGuard(() => this.#rollback(editId, opts)));
   }
 
   /**
@@ -1443,16 +1503,18 @@ export class Editor {
    */
   async save(path: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
     this.#check();
-    const slots = 1 + this.#memories.length;
-    const data = await modelInternals(this.model).enqueue(async (nm) => {
-      const out: Float32Array[] = [];
-      for (let s = 0; s < slots; s++) out.push(await nm.sideRead(this.#side, s));
-      return out;
-    }, opts.signal);
-    if (this.disposed) throw disposedError();
-    const { hiddenSize: D, intermediateSize: F } = this.model.config;
-    const meta = this.#metadata();
-    writeMemoryFile(path, JSON.stringify({ ...meta, format: MEMORY_FORMAT, version: MEMORY_FORMAT_VERSION }), data, [D, F], (this as unknown as Record<symbol, unknown>)[FAIL_SAVE_AFTER] as number | undefined);
+    await this.#exclusive(opts.signal, async () => {
+      const slots = 1 + this.#memories.length;
+      const data = await modelInternals(this.model).enqueue(async (nm) => {
+        const out: Float32Array[] = [];
+        for (let s = 0; s < slots; s++) out.push(await nm.sideRead(this.#side, s));
+        return out;
+      }, opts.signal);
+      if (this.disposed) throw disposedError('the editor');
+      const { hiddenSize: D, intermediateSize: F } = this.model.config;
+      const meta = this.#metadata();
+      writeMemoryFile(path, JSON.stringify({ ...meta, format: MEMORY_FORMAT, version: MEMORY_FORMAT_VERSION }), data, [D, F], (this as unknown as Record<symbol, unknown>)[FAIL_SAVE_AFTER] as number | undefined);
+    });
   }
 
   /**

@@ -284,6 +284,40 @@ describe('editor promises: abort, rollback, dispose, divergence, progress callba
     await ed.dispose();
   });
 
+  it('an abort after a repair edit was trained (during its monitor) restores the editor exactly', async () => {
+    const ed = await Editor.create(model, { method: 'repair', nIter: 8 });
+    await ed.edit(REC[0]!);
+    const s = await snapshot(ed);
+    const ac = new AbortController();
+    await rejects(ed.edit(REC[1]!, { signal: ac.signal, onEvent: (e) => e.type === 'edit-trained' && ac.abort() }), 'ERR_ABORTED');
+    await expectSame(ed, s);
+    await ed.dispose();
+  });
+
+  it('concurrent mutating calls on one editor are serialised: every save holds a consistent state', async () => {
+    const ed = await Editor.create(model, { nIter: 5, saveFreq: 1, mergeFreq: 2 });
+    const files = [0, 1, 2, 3].map((i) => join(tmp, `conc${i}.mem`));
+    const calls = [
+      ed.edit(REC[0]!),
+      ed.save(files[0]!),
+      ed.edit(REC[1]!),
+      ed.save(files[1]!),
+      ed.editMany([REC[2]!]),
+      ed.save(files[2]!),
+      ed.rollback('b'),
+      ed.save(files[3]!),
+    ];
+    const settled = await Promise.allSettled(calls);
+    expect(settled.map((x) => x.status)).toEqual(calls.map(() => 'fulfilled'));
+    const expected = [['a'], ['a', 'b'], ['a', 'b', 'c'], ['a', 'c']];
+    for (const [i, f] of files.entries()) {
+      const e = await Editor.load(model, f);
+      expect(e.edits()).toEqual(expected[i]);
+      await e.dispose();
+    }
+    await ed.dispose();
+  });
+
   it('rollback is transactional: an abort during its replay leaves every edit and every output as it was', async () => {
     const ed = await Editor.create(model, { nIter: 10, saveFreq: 3, mergeFreq: 3 });
     for (const r of REC) await ed.edit(r);

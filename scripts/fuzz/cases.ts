@@ -390,8 +390,9 @@ async function datasetCase(r: Rng, ctx: Ctx): Promise<CaseResult> {
 }
 
 function randomRequest(r: Rng): EditRequest {
+  const valid = (): unknown => r.pick(['The cat was', 'blue', 'Who is the CEO of Acme?', 'Jane Doe', 'Lily had a', 'dragon', ' a b c', '\u00e9t\u00e9', 'x'.repeat(r.int(1, 40))]);
   const text = (): unknown =>
-    r.pick(['The cat was', 'blue', '', ' ', 'x'.repeat(r.int(1, 3000)), '\u{1F600}\u0000\uFFFF', 'Who is the CEO of Acme?', 42, null, undefined, ['a'], { a: 1 }, 'Lily ' + 'had '.repeat(r.int(0, 200))]);
+    r.chance(0.7) ? valid() : r.pick(['The cat was', 'blue', '', ' ', 'x'.repeat(r.int(1, 3000)), '\u{1F600}\u0000\uFFFF', 'Who is the CEO of Acme?', 42, null, undefined, ['a'], { a: 1 }, 'Lily ' + 'had '.repeat(r.int(0, 200))]);
   const req: Record<string, unknown> = { prompt: text(), target: text() };
   if (r.chance(0.3)) req.rephrase = text();
   if (r.chance(0.3)) req.irrelevant = r.chance(0.5) ? text() : [text(), text()];

@@ -73,6 +73,7 @@ function record(index: number, kind: Kind, res: CaseResult | 'crash' | 'hang', d
   }
   if (res.outcome === 'loaded') {
     r.loaded++;
+    if (res.code) r.codes[res.code] = (r.codes[res.code] ?? 0) + 1; // killsave: which state the file holds (old / new)
     if (res.changed) r.changed++;
   }
   if (res.nan) {
@@ -185,7 +186,7 @@ const fmtCodes = (c: Record<string, number>) =>
     .map(([k, n]) => `${k.replace(/^ERR_/, '')} ${n}`)
     .join(', ') || '-';
 const lines = [
-  `| kind | cases | typed errors (by code) | untyped | crashes | hangs | loaded | loaded, changed behaviour | NaN outputs | tampered accepted | fault violations |`,
+  `| kind | cases | typed errors by code (killsave: file state after the kill) | untyped | crashes | hangs | loaded | loaded, changed behaviour | NaN outputs | tampered accepted | fault violations |`,
   `|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|`,
   ...[...rows.entries()]
     .sort((x, y) => KINDS.indexOf(x[0]) - KINDS.indexOf(y[0]))
