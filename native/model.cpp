@@ -56,18 +56,31 @@ std::vector<uint8_t> transpose_bytes(const std::vector<uint8_t>& in, int64_t R, 
   return out;
 }
 
+// OR-reduction of "exponent field >= thr" over one block (vectorised; AVX2 where the CPU has it).
+template <typename U>
+inline U block_any(const uint8_t* p, uint64_t b0, uint64_t b1, U mask, U thr) {
+  U acc = 0;
+  for (uint64_t i = b0; i < b1; ++i) {
+    U u;
+    std::memcpy(&u, p + i * sizeof(U), sizeof(U));
+    acc |= (U)((U)(u & mask) >= thr);
+  }
+  return acc;
+}
+__attribute__((target_clones("arch=haswell", "default"))) bool any32(const uint8_t* p, uint64_t b0, uint64_t b1, uint32_t mask, uint32_t thr) {
+  return block_any<uint32_t>(p, b0, b1, mask, thr) != 0;
+}
+__attribute__((target_clones("arch=haswell", "default"))) bool any16(const uint8_t* p, uint64_t b0, uint64_t b1, uint16_t mask, uint16_t thr) {
+  return block_any<uint16_t>(p, b0, b1, mask, thr) != 0;
+}
+
 template <typename U>
 int64_t first_nonfinite_t(const uint8_t* p, uint64_t n, U mask, U thr) {
-  constexpr uint64_t BLK = 4096;
+  constexpr uint64_t BLK = 16384;
   for (uint64_t b0 = 0; b0 < n; b0 += BLK) {
     const uint64_t b1 = std::min<uint64_t>(n, b0 + BLK);
-    U acc = 0;
-    for (uint64_t i = b0; i < b1; ++i) {
-      U u;
-      std::memcpy(&u, p + i * sizeof(U), sizeof(U));
-      acc |= (U)((U)(u & mask) >= thr);
-    }
-    if (acc)
+    const bool any = sizeof(U) == 4 ? any32(p, b0, b1, (uint32_t)mask, (uint32_t)thr) : any16(p, b0, b1, (uint16_t)mask, (uint16_t)thr);
+    if (any)
       for (uint64_t i = b0; i < b1; ++i) {
         U u;
         std::memcpy(&u, p + i * sizeof(U), sizeof(U));
@@ -212,7 +225,7 @@ void Model::load(const std::atomic<bool>* abort) {
     void* dst = be_->alloc(s.nbytes);
     weights_.push_back(dst);
     if (std::fseek(fh->f, (long)s.offset, SEEK_SET) != 0) fail(RE_ERR_IO, "cannot seek in " + s.file);
-    const size_t chunk = 16u << 20;
+    const size_t chunk = 1u << 20;  // 1 MiB: the finite check and the upload read it while it is in cache
     stage.resize(std::min<uint64_t>(chunk, std::max<uint64_t>(s.nbytes, 1)));
     for (uint64_t done = 0; done < s.nbytes;) {
       const size_t n = (size_t)std::min<uint64_t>(chunk, s.nbytes - done);
