@@ -349,8 +349,9 @@ async function memoryCase(r: Rng, ctx: Ctx): Promise<CaseResult> {
     } catch {
       same = false;
     }
-    // then the loaded editor must keep working
-    await ed.edit({ prompt: 'Tom went to the', target: 'moon' });
+    // then the loaded editor must keep working; a re-sealed file may carry a valid but huge nIter (65535
+    // steps take minutes), so the edit is bounded by a time limit (ERR_ABORTED), not by the hang watchdog
+    await ed.edit({ prompt: 'Tom went to the', target: 'moon' }, { signal: AbortSignal.timeout(Number(process.env.FUZZ_EDIT_MS ?? 15000)) });
     return { kind, outcome: 'loaded', changed: b.sig !== ctx.memBaseline, nan: b.nan, tamperedAccepted: !resealed && !same, detail: resealed ? 'resealed' : undefined };
   } catch (e) {
     return classify(kind, e);
