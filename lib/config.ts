@@ -118,23 +118,55 @@ function posInt(file: string, cfg: Json, field: string, max: number, fallback?: 
   return v;
 }
 
-function posNumber(file: string, cfg: Json, field: string, fallback: number, max = Infinity): number {
+function posNumber(file: string, cfg: Json, field: string, fallback: number, max = Infinity, min = 0): number {
   const v = cfg[field] ?? fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > max) {
-    configError(file, `"${field}" must be a positive number${max < Infinity ? ` at most ${max}` : ''}, got ${JSON.stringify(v)}`, field);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > max || v < min) {
+    const range = min > 0 ? ` in [${min}, ${max}]` : max < Infinity ? ` at most ${max}` : '';
+    configError(file, `"${field}" must be a positive number${range}, got ${JSON.stringify(v)}`, field);
   }
   return v;
 }
 
-function optTokenId(v: unknown): number | undefined {
-  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+/** Norm epsilons below this underflow (or nearly) in f32 and the runtime would divide by ~0. */
+export const MIN_NORM_EPS = 1e-30;
+/** rope_theta below 1 makes θ^(-2i/d) grow instead of shrink (1e-300 overflows f32 and gives NaN logits). */
+export const MIN_ROPE_THETA = 1;
+
+/** An optional boolean field: absent/null → fallback; anything but true/false (e.g. "true", 1) → ERR_CONFIG. */
+function optBool(file: string, cfg: Json, field: string, fallback: boolean): boolean {
+  const v = cfg[field];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'boolean') configError(file, `"${field}" must be true or false, got ${JSON.stringify(v)}`, field);
+  return v;
 }
 
-function tokenIds(v: unknown): number[] | undefined {
+/** An optional token id (bos/pad): absent/null → undefined; a non-integer → ERR_CONFIG; negative (pad -1 in some configs) → undefined. */
+function optTokenId(file: string, v: unknown, field: string, vocabSize: number): number | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) configError(file, `"${field}" must be an integer token id, got ${JSON.stringify(v)}`, field);
+  if (v < 0) return undefined;
+  if (v >= vocabSize) configError(file, `"${field}" ${v} is outside the vocabulary (${vocabSize})`, field);
+  return v;
+}
+
+/** eos_token_id: an id or a list of ids; absent/null/[] → undefined. */
+function tokenIds(file: string, v: unknown, field: string, vocabSize: number): number[] | undefined {
   if (v === undefined || v === null) return undefined;
   const arr = Array.isArray(v) ? v : [v];
-  const out = arr.filter((x): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0);
-  return out.length > 0 ? out : undefined;
+  for (const x of arr) {
+    if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) configError(file, `"${field}" must be a token id or a list of token ids, got ${JSON.stringify(v)}`, field);
+    if (x >= vocabSize) configError(file, `${field} ${x} is outside the vocabulary (${vocabSize})`, field);
+  }
+  return arr.length > 0 ? (arr as number[]) : undefined;
+}
+
+/** The RoPE frequencies must be finite and positive (a huge scaling factor or tiny theta would give NaN logits). */
+function checkInvFreq(file: string, inv: Float32Array): void {
+  for (const f of inv) {
+    if (!Number.isFinite(f) || !(f > 0)) {
+      configError(file, `"rope_theta"/"rope_scaling" give a non-finite or zero RoPE frequency (${f}): the values are out of range`, 'rope_theta');
+    }
+  }
 }
 
 function parseRopeScaling(file: string, v: unknown): RopeScaling {
@@ -273,8 +305,8 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
     configError(file, `"num_key_value_heads" (${numKvHeads}) must divide "num_attention_heads" (${numHeads})`, 'num_key_value_heads');
   }
 
-  const rmsNormEps = posNumber(file, cfg, 'rms_norm_eps', 1e-6, 1);
-  const ropeTheta = posNumber(file, cfg, 'rope_theta', 10000);
+  const rmsNormEps = posNumber(file, cfg, 'rms_norm_eps', 1e-6, 1, MIN_NORM_EPS);
+  const ropeTheta = posNumber(file, cfg, 'rope_theta', 10000, 1e15, MIN_ROPE_THETA);
   const ropeScaling = parseRopeScaling(file, cfg.rope_scaling);
   if (cfg.partial_rotary_factor !== undefined && cfg.partial_rotary_factor !== null && cfg.partial_rotary_factor !== 1) {
     throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: partial_rotary_factor ${JSON.stringify(cfg.partial_rotary_factor)} is not supported`, {
@@ -286,8 +318,9 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
   // Biases: qwen2 always has q/k/v biases. Llama's attention_bias puts biases on q, k, v AND o; the
   // runtime has no o_proj bias, so that (rare) variant is refused, as is mlp_bias.
   let qkvBias = modelType === 'qwen2';
+  const attentionBias = optBool(file, cfg, 'attention_bias', false);
   if (modelType === 'llama' || modelType === 'mistral') {
-    if (cfg.attention_bias === true) {
+    if (attentionBias) {
       throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: attention_bias true (biases on q/k/v/o projections) is not supported for ${modelType}`, {
         file,
         field: 'attention_bias',
@@ -295,12 +328,10 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
     }
     qkvBias = false;
   }
-  if (cfg.mlp_bias === true) {
+  if (optBool(file, cfg, 'mlp_bias', false)) {
     throw new RepairError('ERR_UNSUPPORTED_ARCH', `${file}: mlp_bias true is not supported`, { file, field: 'mlp_bias' });
   }
-  const tie = cfg.tie_word_embeddings;
-  if (tie !== undefined && tie !== null && typeof tie !== 'boolean') configError(file, '"tie_word_embeddings" must be a boolean', 'tie_word_embeddings');
-  const tieEmbeddings = tie === true; // LlamaConfig, MistralConfig and Qwen2Config all default to false
+  const tieEmbeddings = optBool(file, cfg, 'tie_word_embeddings', false); // LlamaConfig, MistralConfig and Qwen2Config all default to false
 
   const ctx = opts.contextLength ?? DEFAULT_CONTEXT_LENGTH;
   if (!Number.isSafeInteger(ctx) || ctx <= 0) {
@@ -309,19 +340,16 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
   let maxPositions = Math.min(maxPositionEmbeddings, ctx);
   // Sliding-window attention equals full attention within the window: cap the context there rather than
   // silently computing something else past it.
-  const useSliding = modelType === 'mistral' || (modelType === 'qwen2' && cfg.use_sliding_window === true);
-  if (useSliding && typeof cfg.sliding_window === 'number' && Number.isSafeInteger(cfg.sliding_window) && cfg.sliding_window > 0) {
-    maxPositions = Math.min(maxPositions, cfg.sliding_window);
+  const useSliding = modelType === 'mistral' || (modelType === 'qwen2' && optBool(file, cfg, 'use_sliding_window', false));
+  if (useSliding && cfg.sliding_window !== undefined && cfg.sliding_window !== null) {
+    maxPositions = Math.min(maxPositions, posInt(file, cfg, 'sliding_window', L.max_position_embeddings));
   }
 
+  const { eosTokenIds, bosTokenId, padTokenId } = specialIds(file, cfg, opts.generationConfig, vocabSize);
+
+  const invFreq = computeInvFreq(headDim, ropeTheta, ropeScaling);
+  checkInvFreq(file, invFreq);
   const gen = opts.generationConfig;
-  const eosTokenIds = tokenIds(gen?.eos_token_id) ?? tokenIds(cfg.eos_token_id) ?? [];
-  for (const id of eosTokenIds) {
-    if (id >= vocabSize) configError(file, `eos_token_id ${id} is outside the vocabulary (${vocabSize})`, 'eos_token_id');
-  }
-  const bosTokenId = optTokenId(gen?.bos_token_id) ?? optTokenId(cfg.bos_token_id);
-  const padTokenId = optTokenId(gen?.pad_token_id) ?? optTokenId(cfg.pad_token_id);
-
   const out: { -readonly [K in keyof ModelConfig]: ModelConfig[K] } = {
     dir: opts.dir ?? '',
     modelType,
@@ -339,7 +367,7 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
     rmsNormEps,
     ropeTheta,
     ropeScaling,
-    invFreq: computeInvFreq(headDim, ropeTheta, ropeScaling),
+    invFreq,
     tieEmbeddings,
     qkvBias,
     eosTokenIds,
@@ -350,6 +378,18 @@ export function parseConfig(cfg: Json, opts: ParseConfigOptions = {}): ModelConf
   if (typeof cfg.torch_dtype === 'string') out.torchDtype = cfg.torch_dtype;
   else if (typeof cfg.dtype === 'string') out.torchDtype = cfg.dtype;
   if (gen) out.generationConfig = Object.freeze({ ...gen });
+  return out;
+}
+
+/** eos/bos/pad ids: generation_config.json's, else config.json's; each typed and inside the vocabulary. */
+function specialIds(file: string, cfg: Json, gen: Json | undefined, vocabSize: number): { eosTokenIds: number[]; bosTokenId?: number; padTokenId?: number } {
+  const gfile = file.replace(/config\.json$/, 'generation_config.json');
+  const eosTokenIds = tokenIds(gfile, gen?.eos_token_id, 'eos_token_id', vocabSize) ?? tokenIds(file, cfg.eos_token_id, 'eos_token_id', vocabSize) ?? [];
+  const bosTokenId = optTokenId(gfile, gen?.bos_token_id, 'bos_token_id', vocabSize) ?? optTokenId(file, cfg.bos_token_id, 'bos_token_id', vocabSize);
+  const padTokenId = optTokenId(gfile, gen?.pad_token_id, 'pad_token_id', vocabSize) ?? optTokenId(file, cfg.pad_token_id, 'pad_token_id', vocabSize);
+  const out: { eosTokenIds: number[]; bosTokenId?: number; padTokenId?: number } = { eosTokenIds };
+  if (bosTokenId !== undefined) out.bosTokenId = bosTokenId;
+  if (padTokenId !== undefined) out.padTokenId = padTokenId;
   return out;
 }
 
@@ -378,8 +418,7 @@ function parseGpt2(cfg: Json, file: string, opts: ParseConfigOptions): ModelConf
   if (cfg.scale_attn_weights === false) unsupported('scale_attn_weights', 'scale_attn_weights false');
   if (cfg.scale_attn_by_inverse_layer_idx === true) unsupported('scale_attn_by_inverse_layer_idx', 'scale_attn_by_inverse_layer_idx true');
   if (cfg.add_cross_attention === true) unsupported('add_cross_attention', 'add_cross_attention true');
-  const tie = cfg.tie_word_embeddings;
-  if (tie === false) unsupported('tie_word_embeddings', 'tie_word_embeddings false (GPT2LMHeadModel ties lm_head to wte)');
+  if (!optBool(file, cfg, 'tie_word_embeddings', true)) unsupported('tie_word_embeddings', 'tie_word_embeddings false (GPT2LMHeadModel ties lm_head to wte)');
 
   const L = CONFIG_LIMITS;
   const hiddenSize = posInt(file, cfg, 'n_embd', L.hidden_size, cfg.hidden_size as number | undefined);
@@ -392,16 +431,11 @@ function parseGpt2(cfg: Json, file: string, opts: ParseConfigOptions): ModelConf
   if (intermediateSize > L.intermediate_size) configError(file, `"n_inner" = ${intermediateSize} is absurd (more than ${L.intermediate_size})`, 'n_inner');
   if (hiddenSize % numHeads !== 0) configError(file, `"n_head" (${numHeads}) must divide "n_embd" (${hiddenSize})`, 'n_head');
   const headDim = hiddenSize / numHeads;
-  const eps = posNumber(file, cfg, 'layer_norm_epsilon', 1e-5, 1);
+  const eps = posNumber(file, cfg, 'layer_norm_epsilon', 1e-5, 1, MIN_NORM_EPS);
 
   const maxPositions = Math.min(maxPositionEmbeddings, contextLengthOpt(opts));
   const gen = opts.generationConfig;
-  const eosTokenIds = tokenIds(gen?.eos_token_id) ?? tokenIds(cfg.eos_token_id) ?? [];
-  for (const id of eosTokenIds) {
-    if (id >= vocabSize) configError(file, `eos_token_id ${id} is outside the vocabulary (${vocabSize})`, 'eos_token_id');
-  }
-  const bosTokenId = optTokenId(gen?.bos_token_id) ?? optTokenId(cfg.bos_token_id);
-  const padTokenId = optTokenId(gen?.pad_token_id) ?? optTokenId(cfg.pad_token_id);
+  const { eosTokenIds, bosTokenId, padTokenId } = specialIds(file, cfg, opts.generationConfig, vocabSize);
   const out: { -readonly [K in keyof ModelConfig]: ModelConfig[K] } = {
     dir: opts.dir ?? '',
     modelType: 'gpt2',
@@ -544,6 +578,21 @@ export function matchTensors(c: ModelConfig, tensors: ReadonlyMap<string, Safete
   const out: NativeTensorSpec[] = [];
   // GPT-2 checkpoints name their tensors with or without "transformer." (GPT2LMHeadModel vs GPT2Model saves).
   const prefix = c.arch === 'gpt2' && !tensors.has('wte.weight') && tensors.has('transformer.wte.weight') ? 'transformer.' : '';
+  // A config with fewer layers than the checkpoint would load and silently ignore the rest: refuse it.
+  const layerRe = c.arch === 'gpt2' ? /^(?:transformer\.)?h\.(\d+)\./ : /^model\.layers\.(\d+)\./;
+  let stored = -1;
+  for (const name of tensors.keys()) {
+    const m = layerRe.exec(name);
+    if (m) stored = Math.max(stored, Number(m[1]));
+  }
+  if (stored + 1 > c.numLayers) {
+    const field = c.arch === 'gpt2' ? 'n_layer' : 'num_hidden_layers';
+    throw new RepairError(
+      'ERR_CONFIG',
+      `${c.dir ? join(c.dir, 'config.json') : 'config.json'}: "${field}" is ${c.numLayers} but the checkpoint holds ${stored + 1} layers: the config does not match the weights`,
+      { field, numLayers: c.numLayers, checkpointLayers: stored + 1 },
+    );
+  }
   for (const e of expectedTensors(c)) {
     const stored = prefix + e.name;
     const t = tensors.get(stored);

@@ -2,16 +2,15 @@
 // §1.3, the shard cadence and TIES merges of §1.7–1.8, routing at inference (§1.9), save/load and
 // rollback. This file decides *what* happens; every bit of arithmetic is one native call (one whole
 // edit per sideEdit call, all slots scored by one stacked GEMM in sideScore).
-import { closeSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync, statSync } from 'node:fs';
-import { dirname, basename, join } from 'node:path';
-import { RepairError, disposedError, toRepairError } from './errors.js';
+import { basename } from 'node:path';
+import { readMemoryFile, validateMemoryMeta, writeMemoryFile, MEMORY_FORMAT, MEMORY_FORMAT_VERSION } from './memfile.js';
+import { RepairError, abortedError, disposedError, toRepairError } from './errors.js';
 import { modelInternals, type GenerateOptions, type GenerateResult, type LogitsOptions, type LogitsResult, type Model, type Prompt } from './model.js';
 import type { ModelConfig } from './config.js';
 import type { NativeEditBatch, NativeEditHyper, NativeEditResult, NativeModel } from './native.js';
 import { errorRates, formBatches, lossAwareWeights, resolveRepairOptions, type RepairOptions } from './repair.js';
 
-export const MEMORY_FORMAT = 'repair-edit.side-memory';
-export const MEMORY_FORMAT_VERSION = 1;
+export { MEMORY_FORMAT, MEMORY_FORMAT_VERSION };
 
 export type EditMethod = 'wise' | 'ft' | 'repair';
 export type ScoreMode = 'code' | 'paper';
@@ -662,17 +661,107 @@ export class Editor {
    */
   async edit(request: EditRequest, opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void; onEvent?: (e: RepairEvent) => void } = {}): Promise<EditResult> {
     this.#check();
-    if (this.config.method === 'repair') {
-      const r = await this.editMany([request], { signal: opts.signal, onEvent: opts.onEvent });
-      const mine = r.results.filter((x) => x.id === (request.id ?? x.id));
-      const last = mine.at(-1);
-      if (!last) throw new RepairError('ERR_INTERNAL', 'the edit was not trained');
-      return last;
+    return this.#exclusive(opts.signal, () => this.#disposeGuard(async () => {
+      if (this.config.method === 'repair') {
+        // one edit() is all or nothing: on failure (an abort during the monitor, after the edit was trained,
+        // included) the editor returns to its state before the call, side memories and queue included
+        const saved = await this.#saveState();
+        let r: EditManyResult;
+        try {
+          r = await this.#editMany([request], { signal: opts.signal, onEvent: opts.onEvent });
+        } catch (e) {
+          if (!this.disposed) await this.#restoreState(saved);
+          throw e;
+        }
+        const mine = r.results.filter((x) => x.id === (request.id ?? x.id));
+        const last = mine.at(-1);
+        if (!last) throw new RepairError('ERR_INTERNAL', 'the edit was not trained');
+        return last;
+      }
+      this.#validateRequest(request);
+      const id = request.id ?? this.#freshId();
+      const { results } = await this.#train([{ id, request, attempts: 0 }], false, opts);
+      return results[0]!;
+    }));
+  }
+
+  #lock: Promise<void> = Promise.resolve();
+  /**
+   * The editor's mutating calls (edit, editMany, rollback, save) run one at a time: each spans several
+   * model-queue slots, and an interleaved one would see (or save) a half-updated editor.
+   */
+  async #exclusive<T>(signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#lock;
+    let release!: () => void;
+    this.#lock = new Promise<void>((r) => (release = r));
+    try {
+      await prev;
+      this.#check();
+      if (signal?.aborted) throw abortedError();
+      return await fn();
+    } finally {
+      release();
     }
-    this.#validateRequest(request);
-    const id = request.id ?? this.#freshId();
-    const { results } = await this.#train([{ id, request, attempts: 0 }], false, opts);
-    return results[0]!;
+  }
+
+  /** The whole editor state (bookkeeping and every side-memory slot), to undo a failed edit(). */
+  async #saveState(): Promise<{ js: unknown; slots: Float32Array[] }> {
+    const js = structuredClone({
+      editCount: this.#editCount,
+      shardCount: this.#shardCount,
+      globalMinAct: this.#globalMinAct,
+      globalMinPrompt: this.#globalMinPrompt,
+      working: this.#working,
+      memories: this.#memories,
+      edits: this.#edits,
+      nextId: this.#nextId,
+      irrCursor: this.#irrCursor,
+      loop: this.#loop,
+    });
+    const slots = await modelInternals(this.model).enqueue(async (nm) => {
+      const out: Float32Array[] = [];
+      const n = nm.sideSlots(this.#side);
+      for (let s = 0; s < n; s++) out.push(await nm.sideRead(this.#side, s));
+      return out;
+    });
+    return { js, slots };
+  }
+
+  async #restoreState(saved: { js: unknown; slots: Float32Array[] }): Promise<void> {
+    await modelInternals(this.model).enqueue(async (nm) => {
+      const n = nm.sideSlots(this.#side);
+      const want = saved.slots.length;
+      if (n > want) await nm.sideRemove(this.#side, Int32Array.from({ length: n - want }, (_, i) => want + i));
+      for (let s = n; s < want; s++) await nm.sideAdd(this.#side, -1);
+      for (let s = 0; s < want; s++) await nm.sideWrite(this.#side, s, saved.slots[s]!);
+    });
+    const j = structuredClone(saved.js) as {
+      editCount: number; shardCount: number; globalMinAct: number; globalMinPrompt: number; working: WorkingState;
+      memories: MemoryState[]; edits: Map<string, StoredEdit>; nextId: number; irrCursor: number; loop: LoopState;
+    };
+    this.#editCount = j.editCount;
+    this.#shardCount = j.shardCount;
+    this.#globalMinAct = j.globalMinAct;
+    this.#globalMinPrompt = j.globalMinPrompt;
+    this.#working = j.working;
+    this.#memories = j.memories;
+    this.#edits = j.edits;
+    this.#nextId = j.nextId;
+    this.#irrCursor = j.irrCursor;
+    this.#loop = j.loop;
+  }
+
+  /** A call cut short by dispose() rejects with ERR_DISPOSED, whatever the native layer said (or if it finished). */
+  async #disposeGuard<T>(fn: () => Promise<T>): Promise<T> {
+    let r: T;
+    try {
+      r = await fn();
+    } catch (e) {
+      if (this.disposed) throw disposedError('the editor');
+      throw e;
+    }
+    if (this.disposed) throw disposedError('the editor');
+    return r;
   }
 
   #freshId(): string {
@@ -705,13 +794,38 @@ export class Editor {
     if (hook) hyper = hook(items.map((p) => p.id), hyper);
     const nIter = this.config.nIter;
     let res: NativeEditResult;
+    // A progress callback that throws stops the edit (through an abort) and the call rejects with its error.
+    const user = opts.onProgress;
+    let userErr: { e: unknown } | undefined;
+    const stop = user ? new AbortController() : undefined;
+    const signal = stop ? (opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal) : opts.signal;
+    const onStep = user
+      ? (step: number, loss: number): void => {
+          if (userErr) return;
+          try {
+            user({ step, nIter, loss });
+          } catch (e) {
+            userErr = { e };
+            stop!.abort();
+          }
+        }
+      : undefined;
+    let snapshot: Float32Array | undefined;
+    const mi = modelInternals(this.model);
     try {
-      res = await modelInternals(this.model).enqueue(
-        (nm) => nm.sideEdit(this.#side, 0, batch, hyper, opts.onProgress ? (step, loss) => opts.onProgress!({ step, nIter, loss }) : undefined),
-        opts.signal,
-      );
+      res = await mi.enqueue(async (nm) => {
+        if (user) snapshot = await nm.sideRead(this.#side, 0); // to undo an edit whose callback threw after its last step
+        if (signal?.aborted) throw abortedError('the edit');
+        return nm.sideEdit(this.#side, 0, batch, hyper, onStep);
+      }, signal);
+      if (user) await new Promise<void>((r) => setImmediate(r)); // let the last progress calls run
+      if (userErr) {
+        await mi.enqueue((nm) => nm.sideWrite(this.#side, 0, snapshot!));
+        throw userErr.e;
+      }
     } catch (e) {
       this.#irrCursor = cursor;
+      if (userErr) throw userErr.e;
       throw e;
     }
     if (fresh) {
@@ -874,6 +988,13 @@ export class Editor {
     opts: { signal?: AbortSignal; onEvent?: (e: RepairEvent) => void; onProgress?: (p: { done: number; total: number }) => void } = {},
   ): Promise<EditManyResult> {
     this.#check();
+    return this.#exclusive(opts.signal, () => this.#disposeGuard(() => this.#editMany(records, opts)));
+  }
+
+  async #editMany(
+    records: readonly EditRequest[],
+    opts: { signal?: AbortSignal; onEvent?: (e: RepairEvent) => void; onProgress?: (p: { done: number; total: number }) => void },
+  ): Promise<EditManyResult> {
     if (!Array.isArray(records)) throw new RepairError('ERR_EDIT_REQUEST', 'editMany: records must be an array');
     const ids = new Set<string>();
     records.forEach((r, i) => {
@@ -1275,70 +1396,111 @@ export class Editor {
    */
   async rollback(editId: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
     this.#check();
+    await this.#exclusive(opts.signal, () => this.#disposeGuard(() => this.#rollback(editId, opts)));
+  }
+
+  /**
+   * Transactional: every affected memory is retrained into a temporary slot (appended after the real
+   * ones); only when all of them succeeded are the temporaries copied over their slots, in one queue slot
+   * with no abort point, and the bookkeeping updated. An abort, a NaN or a divergence during the replay
+   * removes the temporaries and leaves the editor exactly as it was.
+   */
+  async #rollback(editId: string, opts: { signal?: AbortSignal }): Promise<void> {
     const loop = this.#loop;
     const queued = loop.queue.some((p) => p.id === editId) || loop.residual.some((p) => p.id === editId);
     if (!this.#edits.has(editId) && !queued) throw new RepairError('ERR_UNKNOWN_EDIT', `no edit with id ${editId}`, { id: editId });
     const mi = modelInternals(this.model);
+    const signal = opts.signal;
+    const rescored = new Map<string, { score: number; promptScore: number; loss: number }>();
     const replay = async (nm: NativeModel, slot: number, part: ShardPart): Promise<{ minAct: number; minPrompt: number }> => {
       let minAct = NO_ACT;
       let minPrompt = NO_ACT;
       for (const e of part.edits) {
+        if (signal?.aborted) throw abortedError('rollback');
         const st = this.#edits.get(e)!;
         const r = await nm.sideEdit(this.#side, slot, this.#buildRows([{ request: st.request, irrelevant: st.irrelevant }]), this.#hyper(part.seed));
-        st.score = r.thresholdStat;
-        st.promptScore = r.promptStat;
-        st.loss = r.sampleCe[0] ?? st.loss;
+        rescored.set(e, { score: r.thresholdStat, promptScore: r.promptStat, loss: r.sampleCe[0] ?? st.loss });
         minAct = Math.min(minAct, r.thresholdStat);
         minPrompt = Math.min(minPrompt, r.promptStat);
       }
       return { minAct, minPrompt };
     };
-    if (this.#working.edits.includes(editId)) {
-      const part = { seed: this.#working.seed, edits: this.#working.edits.filter((e) => e !== editId) };
-      const st = await mi.enqueue(async (nm) => {
-        await nm.sideReset(this.#side, 0);
-        return replay(nm, 0, part);
-      }, opts.signal);
-      this.#working = { ...this.#working, edits: part.edits, ...st };
-    }
-    for (let mIdx = this.#memories.length - 1; mIdx >= 0; mIdx--) {
-      const m = this.#memories[mIdx]!;
-      if (!m.edits.includes(editId)) continue;
-      const slot = mIdx + 1;
-      const parts = m.parts.map((p) => ({ seed: p.seed, edits: p.edits.filter((e) => e !== editId) }));
-      const keep = parts.map((p, i) => ({ p, w: m.weights[i] ?? 1 })).filter((x) => x.p.edits.length > 0);
-      if (keep.length === 0) {
-        await mi.enqueue((nm) => nm.sideRemove(this.#side, Int32Array.of(slot)), opts.signal);
-        this.#memories.splice(mIdx, 1);
-      } else if (m.kind === 'shard') {
-        const st = await mi.enqueue(async (nm) => {
-          await nm.sideReset(this.#side, slot);
-          return replay(nm, slot, keep[0]!.p);
-        }, opts.signal);
-        this.#memories[mIdx] = { ...m, ...st, edits: keep[0]!.p.edits, parts: [keep[0]!.p] };
-      } else {
-        const lossAware = this.config.method === 'repair' && this.config.repair!.lossAwareMerge;
-        const st = await mi.enqueue(async (nm) => {
-          const temps: number[] = [];
-          const mn = { minAct: NO_ACT, minPrompt: NO_ACT };
-          try {
+    // the plan: what each affected memory becomes (applied to the bookkeeping only after the commit)
+    let newWorking: WorkingState | undefined;
+    const newMemories = new Map<number, MemoryState | null>(); // memory index -> replacement (null = removed)
+    const lossAware = this.config.method === 'repair' && this.config.repair!.lossAwareMerge;
+    await mi.enqueue(async (nm) => {
+      const temps: number[] = [];
+      const swaps: [number, number][] = []; // [temporary slot, real slot]
+      let committed = false;
+      try {
+        if (this.#working.edits.includes(editId)) {
+          const part = { seed: this.#working.seed, edits: this.#working.edits.filter((e) => e !== editId) };
+          const t = await nm.sideAdd(this.#side, -1);
+          temps.push(t);
+          const st = await replay(nm, t, part);
+          swaps.push([t, 0]);
+          newWorking = { ...this.#working, edits: part.edits, ...st };
+        }
+        for (let mIdx = this.#memories.length - 1; mIdx >= 0; mIdx--) {
+          const m = this.#memories[mIdx]!;
+          if (!m.edits.includes(editId)) continue;
+          const slot = mIdx + 1;
+          const parts = m.parts.map((p) => ({ seed: p.seed, edits: p.edits.filter((e) => e !== editId) }));
+          const keep = parts.map((p, i) => ({ p, w: m.weights[i] ?? 1 })).filter((x) => x.p.edits.length > 0);
+          if (keep.length === 0) {
+            newMemories.set(mIdx, null);
+          } else if (m.kind === 'shard') {
+            const t = await nm.sideAdd(this.#side, -1);
+            temps.push(t);
+            const st = await replay(nm, t, keep[0]!.p);
+            swaps.push([t, slot]);
+            newMemories.set(mIdx, { ...m, ...st, edits: keep[0]!.p.edits, parts: [keep[0]!.p] });
+          } else {
+            const mn = { minAct: NO_ACT, minPrompt: NO_ACT };
+            const partSlots: number[] = [];
             for (const { p } of keep) {
               const t = await nm.sideAdd(this.#side, -1);
               temps.push(t);
+              partSlots.push(t);
               const r = await replay(nm, t, p);
               mn.minAct = Math.min(mn.minAct, r.minAct);
               mn.minPrompt = Math.min(mn.minPrompt, r.minPrompt);
             }
-            const w = lossAware ? lossAwareWeights(keep.map((x) => this.#memoryLoss(x.p)), this.config.repair!.mergeAlpha) : keep.map((x) => x.w);
-            if (lossAware) await nm.sideMergeLossAware(this.#side, slot, Int32Array.from(temps), Float32Array.from(w));
-            else await nm.sideTies(this.#side, slot, Int32Array.from(temps), Float32Array.from(w), this.config.mergeDensity);
-          } finally {
-            if (temps.length) await nm.sideRemove(this.#side, Int32Array.from(temps));
+            const lossOf = (x: { p: ShardPart }): number => {
+              const ls = x.p.edits.map((e) => rescored.get(e)?.loss ?? this.#edits.get(e)?.loss).filter((v): v is number => v !== undefined);
+              return ls.length ? ls.reduce((a, b) => a + b, 0) / ls.length : 0;
+            };
+            const w = lossAware ? lossAwareWeights(keep.map(lossOf), this.config.repair!.mergeAlpha) : keep.map((x) => x.w);
+            const dst = await nm.sideAdd(this.#side, -1);
+            temps.push(dst);
+            if (lossAware) await nm.sideMergeLossAware(this.#side, dst, Int32Array.from(partSlots), Float32Array.from(w));
+            else await nm.sideTies(this.#side, dst, Int32Array.from(partSlots), Float32Array.from(w), this.config.mergeDensity);
+            swaps.push([dst, slot]);
+            newMemories.set(mIdx, { ...m, ...mn, edits: keep.flatMap((x) => x.p.edits), parts: keep.map((x) => x.p), weights: keep.map((x) => x.w) });
           }
-          return mn;
-        }, opts.signal);
-        this.#memories[mIdx] = { ...m, ...st, edits: keep.flatMap((x) => x.p.edits), parts: keep.map((x) => x.p), weights: keep.map((x) => x.w) };
+        }
+        if (signal?.aborted) throw abortedError('rollback');
+        // commit: no abort point from here on (sideRead/sideWrite/sideRemove never check the abort flag)
+        for (const [t, slot] of swaps) await nm.sideWrite(this.#side, slot, await nm.sideRead(this.#side, t));
+        committed = true;
+        const removed = [...newMemories].filter(([, v]) => v === null).map(([i]) => i + 1);
+        await nm.sideRemove(this.#side, Int32Array.from([...temps, ...removed]));
+      } finally {
+        if (!committed && temps.length) await nm.sideRemove(this.#side, Int32Array.from(temps));
       }
+    }, signal);
+    // the side memories are committed: now the bookkeeping
+    for (const [e, r] of rescored) {
+      const st = this.#edits.get(e);
+      if (st) Object.assign(st, r);
+    }
+    if (newWorking) this.#working = newWorking;
+    for (let mIdx = this.#memories.length - 1; mIdx >= 0; mIdx--) {
+      if (!newMemories.has(mIdx)) continue;
+      const nm = newMemories.get(mIdx);
+      if (nm === null) this.#memories.splice(mIdx, 1);
+      else this.#memories[mIdx] = nm!;
     }
     this.#edits.delete(editId);
     loop.queue = loop.queue.filter((p) => p.id !== editId);
@@ -1378,26 +1540,43 @@ export class Editor {
    */
   async save(path: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
     this.#check();
-    const slots = 1 + this.#memories.length;
-    const data = await modelInternals(this.model).enqueue(async (nm) => {
-      const out: Float32Array[] = [];
-      for (let s = 0; s < slots; s++) out.push(await nm.sideRead(this.#side, s));
-      return out;
-    }, opts.signal);
-    const { hiddenSize: D, intermediateSize: F } = this.model.config;
-    writeMemoryFile(path, this.#metadata(), data, [D, F], (this as unknown as Record<symbol, unknown>)[FAIL_SAVE_AFTER] as number | undefined);
+    await this.#exclusive(opts.signal, async () => {
+      const slots = 1 + this.#memories.length;
+      const data = await modelInternals(this.model).enqueue(async (nm) => {
+        const out: Float32Array[] = [];
+        for (let s = 0; s < slots; s++) out.push(await nm.sideRead(this.#side, s));
+        return out;
+      }, opts.signal);
+      if (this.disposed) throw disposedError('the editor');
+      const { hiddenSize: D, intermediateSize: F } = this.model.config;
+      const meta = this.#metadata();
+      writeMemoryFile(path, JSON.stringify({ ...meta, format: MEMORY_FORMAT, version: MEMORY_FORMAT_VERSION }), data, [D, F], (this as unknown as Record<symbol, unknown>)[FAIL_SAVE_AFTER] as number | undefined);
+    });
   }
 
-  /** Load a memory file saved by save() onto the same base model. */
-  static async load(model: Model, path: string, opts: { signal?: AbortSignal } = {}): Promise<Editor> {
+  /**
+   * Load a memory file saved by save() onto the same base model. The file's checksum and the structure of
+   * its metadata are verified first (ERR_MEMORY_FILE naming what failed); `allowUnverified` loads a
+   * version-1 file, which has no checksum.
+   */
+  static async load(model: Model, path: string, opts: { signal?: AbortSignal; allowUnverified?: boolean } = {}): Promise<Editor> {
     if (model.disposed) throw disposedError();
-    const { meta, tensors } = readMemoryFile(path);
+    const read = readMemoryFile(path, { allowUnverified: opts.allowUnverified === true });
+    const tensors = read.tensors;
     const c = model.config;
+    validateMemoryMeta(path, read.meta, tensors.length, read.shape);
+    const meta = read.meta as Metadata;
     if (meta.base.modelType !== c.modelType || meta.base.hiddenSize !== c.hiddenSize || meta.base.intermediateSize !== c.intermediateSize || meta.base.layer >= c.numLayers) {
       throw new RepairError('ERR_MEMORY_MISMATCH', `${path} was saved for a different model (${meta.base.modelType} ${meta.base.hiddenSize}x${meta.base.intermediateSize}, layer ${meta.base.layer})`, { file: path });
     }
     const ed = new Editor(model, { ...meta.config, editMatrix: meta.config.editMatrix ?? 'value' }); // older files: value
-    validateConfig(ed.config as EditorConfig, c);
+    try {
+      validateConfig(ed.config as EditorConfig, c);
+      if (ed.config.method === 'repair') resolveRepairOptions(ed.config.repair, ed.config.mergeFreq);
+    } catch (e) {
+      const err = toRepairError(e);
+      throw new RepairError('ERR_MEMORY_FILE', `${path}: metadata field config is invalid (${err.message})`, { file: path, failed: 'metadata', field: `config.${String(err.details?.field ?? '')}` }, { cause: e });
+    }
     await ed.#attach();
     try {
       if (ed.#fingerprint !== meta.base.fingerprint) {
@@ -1456,111 +1635,3 @@ export class Editor {
 export const TRAIN_HOOK = Symbol.for('repair-edit.trainHook');
 /** Test hook: fail a save after this many bytes (simulates a crash mid-write). */
 export const FAIL_SAVE_AFTER = Symbol.for('repair-edit.failSaveAfter');
-
-function writeMemoryFile(path: string, meta: Metadata, slots: Float32Array[], shape: [number, number], failAfter?: number): void {
-  const header: Record<string, unknown> = { __metadata__: { format: MEMORY_FORMAT, version: String(MEMORY_FORMAT_VERSION), editor: JSON.stringify(meta) } };
-  let off = 0;
-  slots.forEach((s, i) => {
-    header[`memory.${i}`] = { dtype: 'F32', shape, data_offsets: [off, off + s.byteLength] };
-    off += s.byteLength;
-  });
-  let hjson = JSON.stringify(header);
-  hjson += ' '.repeat((8 - (Buffer.byteLength(hjson) % 8)) % 8);
-  const hbuf = Buffer.from(hjson, 'utf8');
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(hbuf.length));
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = openSync(tmp, 'w');
-  let written = 0;
-  try {
-    const put = (b: Uint8Array) => {
-      if (failAfter !== undefined && written + b.length > failAfter) {
-        writeSync(fd, b, 0, Math.max(0, failAfter - written));
-        throw new RepairError('ERR_IO', `simulated failure after ${failAfter} bytes while saving ${path}`);
-      }
-      writeSync(fd, b);
-      written += b.length;
-    };
-    put(len);
-    put(hbuf);
-    for (const s of slots) put(new Uint8Array(s.buffer, s.byteOffset, s.byteLength));
-    fsyncSync(fd);
-  } catch (e) {
-    closeSync(fd);
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* best effort */
-    }
-    throw e instanceof RepairError ? e : new RepairError('ERR_IO', `cannot write ${path}: ${(e as Error).message}`, { file: path }, { cause: e });
-  }
-  closeSync(fd);
-  renameSync(tmp, path);
-  try {
-    const dfd = openSync(dirname(path), 'r');
-    fsyncSync(dfd);
-    closeSync(dfd);
-  } catch {
-    /* directories cannot be fsynced everywhere */
-  }
-}
-
-function readMemoryFile(path: string): { meta: Metadata; tensors: Float32Array[] } {
-  const fail = (msg: string): never => {
-    throw new RepairError('ERR_MEMORY_FILE', `${path}: ${msg}`, { file: path });
-  };
-  let size: number;
-  try {
-    size = statSync(path).size;
-  } catch (e) {
-    throw new RepairError('ERR_IO', `cannot read ${path}: ${(e as Error).message}`, { file: path });
-  }
-  if (size < 8) fail('the file is too short to be a memory file');
-  const fd = openSync(path, 'r');
-  try {
-    const lb = Buffer.alloc(8);
-    readSync(fd, lb, 0, 8, 0);
-    const hlen = Number(lb.readBigUInt64LE());
-    if (hlen <= 0 || hlen > 100e6 || 8 + hlen > size) fail('bad header length');
-    const hb = Buffer.alloc(hlen);
-    readSync(fd, hb, 0, hlen, 8);
-    let header: Record<string, unknown>;
-    try {
-      header = JSON.parse(hb.toString('utf8'));
-    } catch {
-      return fail('the header is not JSON');
-    }
-    const md = header.__metadata__ as Record<string, string> | undefined;
-    if (!md || md.format !== MEMORY_FORMAT) fail(`not a ${MEMORY_FORMAT} file`);
-    const version = Number(md!.version);
-    if (!Number.isInteger(version)) fail('no format version');
-    if (version > MEMORY_FORMAT_VERSION) {
-      throw new RepairError('ERR_MEMORY_VERSION', `${path} has memory format version ${version}; this repair-edit reads up to ${MEMORY_FORMAT_VERSION} (upgrade repair-edit)`, { file: path, version });
-    }
-    let meta: Metadata;
-    try {
-      meta = JSON.parse(md!.editor!) as Metadata;
-    } catch {
-      return fail('the editor metadata is not JSON');
-    }
-    if (!meta || typeof meta !== 'object' || !meta.config || !meta.base || !Array.isArray(meta.memories) || !meta.working || !meta.edits) fail('incomplete editor metadata');
-    const n = 1 + meta.memories.length;
-    const D = meta.base.hiddenSize;
-    const F = meta.base.intermediateSize;
-    const tensors: Float32Array[] = [];
-    const dataStart = 8 + hlen;
-    for (let i = 0; i < n; i++) {
-      const t = header[`memory.${i}`] as { dtype?: string; shape?: number[]; data_offsets?: number[] } | undefined;
-      if (!t || t.dtype !== 'F32' || !Array.isArray(t.shape) || t.shape[0] !== D || t.shape[1] !== F || !Array.isArray(t.data_offsets)) fail(`tensor memory.${i} is missing or malformed`);
-      const [b, e] = t!.data_offsets as [number, number];
-      if (!(Number.isSafeInteger(b) && Number.isSafeInteger(e) && e - b === D * F * 4 && dataStart + e <= size)) fail(`tensor memory.${i} lies outside the file`);
-      const buf = new Float32Array(D * F);
-      const got = readSync(fd, new Uint8Array(buf.buffer), 0, buf.byteLength, dataStart + b);
-      if (got !== buf.byteLength) fail(`short read of memory.${i}`);
-      tensors.push(buf);
-    }
-    return { meta: meta!, tensors };
-  } finally {
-    closeSync(fd);
-  }
-}

@@ -21,6 +21,12 @@ export interface LoadModelOptions {
   threads?: number;
   /** Cap on the context length / KV cache size (default 4096; never more than max_position_embeddings). */
   contextLength?: number;
+  /**
+   * Refuse weights that hold NaN, Inf or values of magnitude >= 2^27 (a flipped exponent bit; such values
+   * overflow the forward into NaN), with ERR_SAFETENSORS naming the tensor and element. Default true: one
+   * vectorised pass over the bytes as they are read (cost: bench/results/finite-check.md); false skips it.
+   */
+  checkFinite?: boolean;
   signal?: AbortSignal;
 }
 
@@ -258,6 +264,14 @@ export class Model {
     let config = readConfig(absDir, { contextLength: opts.contextLength });
     const tensors = matchTensors(config, readSafetensorsDir(absDir));
     const tokenizer = ModelTokenizer.fromDir(absDir);
+    if (tokenizer.maxTokenId >= config.vocabSize) {
+      // ids past the embedding table would only be caught at generate time
+      throw new RepairError(
+        'ERR_TOKENIZER',
+        `${absDir}: the tokenizer produces token ids up to ${tokenizer.maxTokenId}, outside the model's vocabulary (vocab_size ${config.vocabSize})`,
+        { file: absDir, field: 'vocab', maxTokenId: tokenizer.maxTokenId, vocabSize: config.vocabSize },
+      );
+    }
     if (config.eosTokenIds.length === 0 && tokenizer.eosTokenId !== undefined && tokenizer.eosTokenId < config.vocabSize) {
       config = { ...config, eosTokenIds: [tokenizer.eosTokenId] }; // no eos_token_id in the configs: the tokenizer's
     }
@@ -289,7 +303,10 @@ export class Model {
       }
     }
 
-    const spec: NativeModelSpec = { backend, device: backend === 'cuda' ? device : 0, threads, arch: toNativeArch(config), tensors };
+    if (opts.checkFinite !== undefined && typeof opts.checkFinite !== 'boolean') {
+      throw new RepairError('ERR_INVALID_ARG', `checkFinite must be a boolean, got ${JSON.stringify(opts.checkFinite)}`, { field: 'checkFinite' });
+    }
+    const spec: NativeModelSpec = { backend, device: backend === 'cuda' ? device : 0, threads, checkFinite: opts.checkFinite ?? true, arch: toNativeArch(config), tensors };
     let nm: NativeModel;
     try {
       nm = new addon.NativeModel(spec);

@@ -78,6 +78,7 @@ export interface NativeModelSpec {
   backend: BackendName;
   device: number;
   threads?: number; // CPU backend threads (0 = all)
+  checkFinite?: boolean; // refuse NaN/Inf weights at load (default true)
   arch: NativeArch;
   tensors: NativeTensorSpec[];
 }

@@ -75,7 +75,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** Parse and validate one .safetensors file's header. Throws ERR_SAFETENSORS naming the file and tensor/field. */
-export function parseSafetensorsHeader(file: string): SafetensorsFile {
+export function parseSafetensorsHeader(file: string, opts: { strict?: boolean } = {}): SafetensorsFile {
   let fd: number;
   try {
     fd = openSync(file, 'r');
@@ -119,13 +119,13 @@ export function parseSafetensorsHeader(file: string): SafetensorsFile {
     if (!isPlainObject(header)) {
       fail(file, `header JSON must be an object, got ${header === null ? 'null' : Array.isArray(header) ? 'an array' : typeof header}`);
     }
-    return validateHeader(file, header, headerLength, fileSize);
+    return validateHeader(file, header, headerLength, fileSize, opts.strict === true);
   } finally {
     closeSync(fd);
   }
 }
 
-function validateHeader(file: string, header: Record<string, unknown>, headerLength: number, fileSize: number): SafetensorsFile {
+function validateHeader(file: string, header: Record<string, unknown>, headerLength: number, fileSize: number, strict = false): SafetensorsFile {
   const dataOffset = 8 + headerLength;
   const dataSize = fileSize - dataOffset;
   const metadata: Record<string, string> = {};
@@ -144,6 +144,11 @@ function validateHeader(file: string, header: Record<string, unknown>, headerLen
     const where = `tensor "${name}"`;
     if (!isPlainObject(entry)) fail(file, `${where}: entry must be an object`, { tensor: name });
     const { dtype, shape, data_offsets: offsets } = entry;
+    if (strict) {
+      // files this package writes: an entry holds exactly dtype, shape and data_offsets
+      const extra = Object.keys(entry).filter((k) => k !== 'dtype' && k !== 'shape' && k !== 'data_offsets');
+      if (extra.length) fail(file, `${where}: unexpected field(s) ${extra.map((k) => JSON.stringify(k)).join(', ')}`, { tensor: name, field: extra[0] });
+    }
     if (typeof dtype !== 'string') fail(file, `${where}: missing or non-string "dtype"`, { tensor: name, field: 'dtype' });
     const size = DTYPE_SIZES[dtype];
     if (size === undefined) fail(file, `${where}: unknown dtype "${dtype}"`, { tensor: name, field: 'dtype', dtype });
@@ -196,7 +201,27 @@ function validateHeader(file: string, header: Record<string, unknown>, headerLen
         other: prev.name,
       });
     }
+    // The format requires the data section to be indexed entirely, without holes: the tensors, in offset
+    // order, must tile it from 0 to its end. A gap means the header and the bytes disagree (a header
+    // length off by one, F32 bytes relabelled as a 2-byte dtype...), which would otherwise load garbage.
+    const expectedBegin = prev ? prev.end : 0;
+    if (r.begin !== expectedBegin) {
+      fail(
+        file,
+        `tensor "${r.name}" starts at data offset ${r.begin} but ${prev ? `tensor "${prev.name}" ends at ${prev.end}` : 'the data section starts at 0'}: ` +
+          'the data section must be covered by the tensors without gaps (corrupt header or header length)',
+        { tensor: r.name, field: 'data_offsets', expectedBegin },
+      );
+    }
     prev = r;
+  }
+  const covered = prev ? prev.end : 0;
+  if (covered !== dataSize) {
+    fail(
+      file,
+      `the tensors cover ${covered} bytes of the ${dataSize}-byte data section: ${dataSize - covered} trailing bytes belong to no tensor (corrupt header, header length or truncated tensor list)`,
+      { field: 'data_offsets', covered, dataSize },
+    );
   }
   return { file, headerLength, dataOffset, fileSize, metadata, tensors };
 }

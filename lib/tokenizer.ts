@@ -66,8 +66,12 @@ export class ModelTokenizer {
   private readonly config: Json;
   private template: Template | undefined;
 
+  /** The largest token id the tokenizer can produce (vocabulary and added tokens). */
+  readonly maxTokenId: number;
+
   /** Build from parsed tokenizer.json and tokenizer_config.json objects. */
   constructor(tokenizerJson: Json, tokenizerConfig: Json = {}, chatTemplate?: string, source = 'tokenizer.json') {
+    this.maxTokenId = validateTokenizerJson(tokenizerJson, source);
     try {
       this.tok = new HfTokenizer(tokenizerJson, tokenizerConfig);
     } catch (e) {
@@ -176,6 +180,60 @@ export class ModelTokenizer {
       throw tokError(`the chat template failed: ${(e as Error).message}`, undefined, e);
     }
   }
+}
+
+/**
+ * Check the parts of a tokenizer.json the runtime relies on (the tokenizers library accepts a malformed
+ * vocabulary and then decodes everything to ""): `model` is an object; its `vocab` maps tokens to
+ * non-negative integer ids (BPE / WordPiece / WordLevel) or lists [token, score] pairs (Unigram);
+ * `added_tokens` entries have an integer id and a string content. Returns the largest id.
+ */
+export function validateTokenizerJson(tj: Json, source = 'tokenizer.json'): number {
+  const bad = (field: string, msg: string): never => {
+    throw tokError(`${source}: ${msg}`, { file: source, field });
+  };
+  const model = tj.model;
+  if (typeof model !== 'object' || model === null || Array.isArray(model)) bad('model', '"model" must be an object');
+  const m = model as Json;
+  const type = m.type ?? (Array.isArray(m.vocab) ? 'Unigram' : 'BPE');
+  if (typeof type !== 'string') bad('model.type', '"model.type" must be a string');
+  let maxId = -1;
+  let count = 0;
+  if (type === 'Unigram') {
+    if (!Array.isArray(m.vocab)) bad('model.vocab', `"model.vocab" of a Unigram model must be a list of [token, score], got ${describe(m.vocab)}`);
+    (m.vocab as unknown[]).forEach((e, i) => {
+      if (!Array.isArray(e) || e.length < 2 || typeof e[0] !== 'string' || typeof e[1] !== 'number' || !Number.isFinite(e[1])) {
+        bad('model.vocab', `"model.vocab[${i}]" must be [token, finite score]`);
+      }
+    });
+    count = (m.vocab as unknown[]).length;
+    maxId = count - 1;
+  } else {
+    const v = m.vocab;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) bad('model.vocab', `"model.vocab" must be an object of token → id, got ${describe(v)}`);
+    for (const [tok, id] of Object.entries(v as Json)) {
+      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) bad('model.vocab', `"model.vocab" id of ${JSON.stringify(tok)} must be a non-negative integer, got ${JSON.stringify(id)}`);
+      maxId = Math.max(maxId, id as number);
+      count++;
+    }
+  }
+  if (count === 0) bad('model.vocab', '"model.vocab" is empty');
+  const added = tj.added_tokens;
+  if (added !== undefined && added !== null) {
+    if (!Array.isArray(added)) bad('added_tokens', '"added_tokens" must be a list');
+    (added as unknown[]).forEach((t, i) => {
+      const o = t as Json;
+      if (typeof t !== 'object' || t === null || typeof o.id !== 'number' || !Number.isSafeInteger(o.id) || o.id < 0 || typeof o.content !== 'string') {
+        bad('added_tokens', `"added_tokens[${i}]" must be { id: non-negative integer, content: string }`);
+      }
+      maxId = Math.max(maxId, o.id as number);
+    });
+  }
+  return maxId;
+}
+
+function describe(v: unknown): string {
+  return v === null ? 'null' : Array.isArray(v) ? 'a list' : typeof v;
 }
 
 function readText(file: string): string {

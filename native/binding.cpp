@@ -208,6 +208,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
           : backend == "cpu" ? re::make_cpu_backend(threads)
                              : (throw Error(RE_ERR_ARG, "unknown backend '" + backend + "' (cpu | cuda)"), nullptr);
       model_ = std::make_unique<re::Model>(std::move(be), std::move(arch), std::move(specs));
+      if (spec.Has("checkFinite") && !spec.Get("checkFinite").IsUndefined()) model_->set_check_finite(spec.Get("checkFinite").ToBoolean());
     } catch (const Error& e) {
       throw_js(env, e.code(), e.what());
     }

@@ -308,6 +308,10 @@ std::vector<float> Model::side_features(int id, const std::vector<int32_t>& toke
 }
 
 // ---- the editing hot path ---------------------------------------------------------------------------
+// Divergence bounds (issue 14): a final loss above kDivergeRatio × max(first loss, 1), or any side-memory
+// weight beyond kMaxSideWeight in magnitude (real FFN weights are O(1)), fails the edit with ERR_DIVERGED.
+constexpr double kDivergeRatio = 10.0;
+constexpr float kMaxSideWeight = 1e4f;
 EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyper& h, const std::atomic<bool>* abort,
                             const ProgressFn& progress) {
   if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
@@ -736,6 +740,28 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       res.kd.push_back((float)kd_loss);
       ++res.steps;
       if (progress) progress(it, (float)loss);
+    }
+    // [issue 14] divergence without NaN: refuse (the catch below restores the slot) a loss that ended far
+    // above where it started, or side-memory weights past any sane magnitude (they would capture routing).
+    if (res.loss.size() >= 2) {
+      const double l0 = res.loss.front(), l1 = res.loss.back();
+      if (l1 > kDivergeRatio * std::max(l0, 1.0))
+        fail("ERR_DIVERGED", "edit: the loss diverged (" + std::to_string(l0) + " at the first step, " + std::to_string(l1) +
+                                 " at the last; learning rate too high?); the edit was not stored");
+    }
+    {
+      std::vector<float> wh((size_t)D * F);
+      be_->download(wh.data(), Wp, wh.size() * 4);
+      be_->sync();
+      float mx = 0.f;
+      bool finite = true;
+      for (float v : wh) {
+        finite = finite && std::isfinite(v);
+        mx = std::max(mx, std::fabs(v));
+      }
+      if (!finite || mx > kMaxSideWeight)
+        fail("ERR_DIVERGED", "edit: the side-memory weights diverged (max |w| " + std::to_string(mx) + ", bound " +
+                                 std::to_string(kMaxSideWeight) + "); the edit was not stored");
     }
     be_->sync();
   } catch (...) {

@@ -5,6 +5,7 @@
 //   logits = lm_head(norm_f(x)) only at the rows asked for.
 // norm = RMSNorm (Llama) or LayerNorm with bias (GPT-2).
 #include "model.h"
+#include "cpu/isa.h"
 
 #include <algorithm>
 #include <cmath>
@@ -56,6 +57,56 @@ std::vector<uint8_t> transpose_bytes(const std::vector<uint8_t>& in, int64_t R, 
   return out;
 }
 
+// The block scan ("any element's exponent field >= thr") is a CPU kernel of the best ISA level here
+// (cpu/kernels.inc): vectorised without target_clones, whose clones did not dispatch on AMD CPUs.
+static bool any32(const uint8_t* p, uint64_t b0, uint64_t b1, uint32_t mask, uint32_t thr) {
+  return cpu_kernels(cpu_isa_detected()).any_exp_ge32(p + b0 * 4, b1 - b0, mask, thr);
+}
+static bool any16(const uint8_t* p, uint64_t b0, uint64_t b1, uint16_t mask, uint16_t thr) {
+  return cpu_kernels(cpu_isa_detected()).any_exp_ge16(p + b0 * 2, b1 - b0, mask, thr);
+}
+
+template <typename U>
+int64_t first_nonfinite_t(const uint8_t* p, uint64_t n, U mask, U thr) {
+  constexpr uint64_t BLK = 16384;
+  for (uint64_t b0 = 0; b0 < n; b0 += BLK) {
+    const uint64_t b1 = std::min<uint64_t>(n, b0 + BLK);
+    const bool any = sizeof(U) == 4 ? any32(p, b0, b1, (uint32_t)mask, (uint32_t)thr) : any16(p, b0, b1, (uint16_t)mask, (uint16_t)thr);
+    if (any)
+      for (uint64_t i = b0; i < b1; ++i) {
+        U u;
+        std::memcpy(&u, p + i * sizeof(U), sizeof(U));
+        if ((U)(u & mask) >= thr) return (int64_t)i;
+      }
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t first_nonfinite(const void* p, uint64_t n, DType dt) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  switch (dt) {
+    // F32/BF16: biased exponent >= 127 + 27, i.e. |w| >= 2^27 (~1.3e8), Inf and NaN included; F16: Inf/NaN
+    case DType::F32: return first_nonfinite_t<uint32_t>(b, n, 0x7f800000u, 154u << 23);
+    case DType::BF16: return first_nonfinite_t<uint16_t>(b, n, (uint16_t)0x7f80u, (uint16_t)(154u << 7));
+    case DType::F16: return first_nonfinite_t<uint16_t>(b, n, (uint16_t)0x7c00u, (uint16_t)0x7c00u);
+  }
+  return -1;
+}
+
+namespace {
+// ERR_SAFETENSORS naming the tensor and the element when `bytes` of `name` hold a NaN, an Inf or a value
+// past 2^27 in magnitude (see first_nonfinite).
+void check_finite_bytes(const std::string& name, const std::string& file, const void* p, uint64_t bytes, DType dt,
+                        uint64_t first_elem) {
+  const uint64_t n = bytes / dtype_size(dt);
+  const int64_t i = first_nonfinite(p, n, dt);
+  if (i >= 0)
+    fail(RE_ERR_SAFETENSORS, "tensor " + name + " in " + file + " holds a NaN, an Inf or a value of magnitude >= 2^27 (element " +
+                                 std::to_string(first_elem + (uint64_t)i) +
+                                 "): the weights are corrupt (pass checkFinite: false to load them anyway)");
+}
 }  // namespace
 
 Model::Model(std::unique_ptr<Backend> be, Arch arch, std::vector<TensorSpec> specs)
@@ -166,11 +217,12 @@ void Model::load(const std::atomic<bool>* abort) {
     void* dst = be_->alloc(s.nbytes);
     weights_.push_back(dst);
     if (std::fseek(fh->f, (long)s.offset, SEEK_SET) != 0) fail(RE_ERR_IO, "cannot seek in " + s.file);
-    const size_t chunk = 16u << 20;
+    const size_t chunk = 1u << 20;  // 1 MiB: the finite check and the upload read it while it is in cache
     stage.resize(std::min<uint64_t>(chunk, std::max<uint64_t>(s.nbytes, 1)));
     for (uint64_t done = 0; done < s.nbytes;) {
       const size_t n = (size_t)std::min<uint64_t>(chunk, s.nbytes - done);
       if (std::fread(stage.data(), 1, n, fh->f) != n) fail(RE_ERR_IO, "short read of tensor " + name + " in " + s.file);
+      if (check_finite_) check_finite_bytes(name, s.file, stage.data(), n, s.dt, done / dtype_size(s.dt));
       be_->upload(static_cast<char*>(dst) + done, stage.data(), n);
       done += n;
     }
@@ -265,6 +317,7 @@ void Model::load_gpt2(const std::atomic<bool>* abort) {
     out.resize(s.nbytes);
     if (s.nbytes && std::fread(out.data(), 1, s.nbytes, fh->f) != s.nbytes)
       fail(RE_ERR_IO, "short read of tensor " + name + " in " + s.file);
+    if (check_finite_) check_finite_bytes(name, s.file, out.data(), s.nbytes, s.dt, 0);
     return s;
   };
   auto upload = [&](const uint8_t* p, size_t bytes, DType dt) {

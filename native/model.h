@@ -107,6 +107,12 @@ struct Route {
 
 using ProgressFn = std::function<void(int step, float loss)>;
 
+// Index of the first element of `n` elements of `dt` at `p` (bytes, any alignment) that is NaN, Inf or,
+// for F32/BF16, of magnitude >= 2^27 (no real weight is; a flipped exponent bit or FLT_MAX is, and overflows
+// the forward into NaN), else -1. The test is on the exponent bits only; the scan is a branch-free
+// OR-reduction over blocks (vectorised by the compiler), located exactly only when a block has one.
+int64_t first_nonfinite(const void* p, uint64_t n, DType dt);
+
 // Picks the next token from logits[V] (greedy when temperature <= 0; ties go to the lowest id).
 int32_t sample_token(const float* logits, int V, const SampleOptions& o, uint64_t step);
 
@@ -120,6 +126,8 @@ class Model {
   // Reads every tensor from disk (by offset) and uploads it. Checks names, shapes, sizes.
   void load(const std::atomic<bool>* abort);
   bool loaded() const { return loaded_; }
+  // Refuse weights holding NaN or Inf at load (default on; one vectorised pass over the bytes as they are read).
+  void set_check_finite(bool on) { check_finite_ = on; }
 
   // Stateless forward of B left-padded rows of length T; returns logits [rows.size(), V].
   std::vector<float> forward(const std::vector<int32_t>& tokens, int B, int T, const std::vector<int32_t>& pad,
@@ -229,6 +237,7 @@ class Model {
   std::vector<Layer> layers_;
   float* inv_freq_ = nullptr;
   bool loaded_ = false;
+  bool check_finite_ = true;
 
   // workspace (grown on demand, reused)
   Buf x_, xn_, q_, k_, v_, att_, gate_, up_, ids_, pos_, pad_, rows_, hrows_, logits_, kc_tmp_, vc_tmp_;

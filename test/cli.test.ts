@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
+import { budget } from './helpers/time.js';
 
 const ROOT = packageRoot();
 const STORIES = join(ROOT, '..', 'shared', 'models', 'stories260K', 'hf');
@@ -31,7 +32,7 @@ interface Run {
 
 function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(TSX, ['lib/cli.ts', ...args], { cwd: ROOT, env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(TSX, ['lib/cli.ts', ...args], { cwd: ROOT, env: { ...process.env, ...env }, timeout: budget(60_000) }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
       resolve({ code, stdout, stderr });
     });

@@ -13,6 +13,7 @@ import { packageRoot } from '../lib/paths.js';
 import { sharedDataDir, NAMED_DATASETS } from '../lib/datasets.js';
 import { binValues, HIST, renderHtmlReport, routingPlot, svgHistogram, svgPlot, variantsOf } from '../lib/cli/eval.js';
 import { summarizeRouting, type EvalRun, type RoutePoint, type RoutingCase } from '../lib/eval.js';
+import { budget } from './helpers/time.js';
 
 const ROOT = packageRoot();
 const TSX = join(ROOT, 'node_modules', '.bin', 'tsx');
@@ -36,7 +37,7 @@ interface Run {
 
 function cli(args: string[]): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(TSX, ['lib/cli.ts', ...args], { cwd: ROOT, env: { ...process.env, REPAIR_BACKEND: 'cpu' }, timeout: 110_000 }, (err, stdout, stderr) => {
+    execFile(TSX, ['lib/cli.ts', ...args], { cwd: ROOT, env: { ...process.env, REPAIR_BACKEND: 'cpu' }, timeout: budget(110_000) }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
       resolve({ code, stdout, stderr });
     });

@@ -189,6 +189,50 @@ describe('readConfig', () => {
   });
 });
 
+describe('config.json field validation (issue 14: every field typed, named, in range)', () => {
+  it('rope_theta too small to give finite RoPE frequencies → ERR_CONFIG rope_theta', () => {
+    for (const v of [1e-300, 0.5, '10000', 1e300]) {
+      const e = expectCode(() => parseConfig({ ...baseLlama, rope_theta: v }), 'ERR_CONFIG', /rope_theta/);
+      expect(e.details?.field).toBe('rope_theta');
+    }
+    expect(parseConfig({ ...baseLlama, rope_theta: 500000 }).ropeTheta).toBe(500000);
+  });
+
+  it('rms_norm_eps / layer_norm_epsilon that underflow f32 → ERR_CONFIG (not a native ERR_INVALID_ARG)', () => {
+    expectCode(() => parseConfig({ ...baseLlama, rms_norm_eps: 1e-300 }), 'ERR_CONFIG', /"rms_norm_eps"/);
+    expectCode(() => parseConfig({ model_type: 'gpt2', n_embd: 64, n_layer: 2, n_head: 4, vocab_size: 100, n_positions: 64, layer_norm_epsilon: 1e-300 }), 'ERR_CONFIG', /layer_norm_epsilon/);
+    expect(parseConfig({ ...baseLlama, rms_norm_eps: 1e-12 }).rmsNormEps).toBe(1e-12);
+  });
+
+  it('boolean fields must be booleans: attention_bias "true" / 1 is not silently false', () => {
+    for (const v of ['true', 1, 'false', 0]) {
+      const e = expectCode(() => parseConfig({ ...baseLlama, attention_bias: v }), 'ERR_CONFIG', /"attention_bias" must be true or false/);
+      expect(e.details?.field).toBe('attention_bias');
+    }
+    expectCode(() => parseConfig({ ...baseLlama, mlp_bias: 'yes' }), 'ERR_CONFIG', /mlp_bias/);
+    expectCode(() => parseConfig({ ...baseLlama, tie_word_embeddings: 'true' }), 'ERR_CONFIG', /tie_word_embeddings/);
+    expectCode(() => parseConfig({ ...baseLlama, model_type: 'qwen2', use_sliding_window: 1 }), 'ERR_CONFIG', /use_sliding_window/);
+    expectCode(() => parseConfig({ ...baseLlama, model_type: 'mistral', sliding_window: 'big' }), 'ERR_CONFIG', /sliding_window/);
+    expect(parseConfig({ ...baseLlama, attention_bias: false }).qkvBias).toBe(false);
+  });
+
+  it('special token ids must be integer ids inside the vocabulary', () => {
+    expectCode(() => parseConfig({ ...baseLlama, eos_token_id: '2' }), 'ERR_CONFIG', /eos_token_id/);
+    expectCode(() => parseConfig({ ...baseLlama, eos_token_id: [2, 1.5] }), 'ERR_CONFIG', /eos_token_id/);
+    expectCode(() => parseConfig({ ...baseLlama, bos_token_id: 512 }), 'ERR_CONFIG', /"bos_token_id" 512 is outside the vocabulary/);
+    expectCode(() => parseConfig({ ...baseLlama, pad_token_id: {} }), 'ERR_CONFIG', /pad_token_id/);
+    expect(parseConfig({ ...baseLlama, pad_token_id: -1 }).padTokenId).toBeUndefined(); // the -1 some configs carry = none
+  });
+
+  it.skipIf(!haveStories)('num_hidden_layers smaller than the checkpoint\'s layers → ERR_CONFIG naming num_hidden_layers', () => {
+    const c = readConfig(STORIES);
+    const t = readSafetensorsDir(STORIES);
+    const e = expectCode(() => matchTensors({ ...c, numLayers: c.numLayers - 1 }, t), 'ERR_CONFIG', /"num_hidden_layers" is 4 but the checkpoint holds 5 layers/);
+    expect(e.details?.field).toBe('num_hidden_layers');
+    expect(matchTensors(c, t).length).toBe(47);
+  });
+});
+
 describe('RoPE inverse frequencies', () => {
   it('default: theta^(-2i/d)', () => {
     const f = computeInvFreq(16, 500000);

@@ -7,7 +7,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, readdirSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../lib/model.js';
-import { Editor, FAIL_SAVE_AFTER, type EditRequest } from '../lib/editor.js';
+import { Editor, FAIL_SAVE_AFTER, MEMORY_FORMAT_VERSION, type EditRequest } from '../lib/editor.js';
+import { memoryChecksum } from '../lib/memfile.js';
 import { RepairError } from '../lib/errors.js';
 import { packageRoot } from '../lib/paths.js';
 
@@ -323,9 +324,19 @@ describe('bad input leaves the editor unchanged', () => {
     // A newer format version, and a different base weight fingerprint.
     const hlen = Number(bytes.readBigUInt64LE(0));
     const header = JSON.parse(bytes.subarray(8, 8 + hlen).toString('utf8'));
-    const rewrite = (name: string, edit: (h: Record<string, { version?: string; editor?: string }>) => void) => {
+    const rewrite = (name: string, edit: (h: Record<string, { version?: string; editor?: string; checksum?: string; format?: string }>) => void) => {
       const h = structuredClone(header);
       edit(h);
+      const md = h.__metadata__!;
+      if (md.version === String(MEMORY_FORMAT_VERSION)) {
+        // re-seal the checksum, as a careful tamperer would: the fingerprint check behind it must still hold
+        const table = Object.entries(h)
+          .filter(([k]) => k !== '__metadata__')
+          .map(([k, t]) => ({ name: k, ...(t as unknown as { dtype: string; shape: number[]; data_offsets: [number, number] }) }))
+          .map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, begin: t.data_offsets[0], end: t.data_offsets[1] }))
+          .sort((a, b) => a.begin - b.begin);
+        md.checksum = memoryChecksum(md.format!, md.version!, md.editor!, table, bytes.subarray(8 + hlen));
+      }
       let s = JSON.stringify(h);
       s += ' '.repeat((8 - (Buffer.byteLength(s) % 8)) % 8);
       const hb = Buffer.from(s);

@@ -210,6 +210,57 @@ describe('parseSafetensorsHeader: hostile files', () => {
     expectSt(() => parseSafetensorsHeader(f), /overlaps/);
   });
 
+  it('a gap between tensors (issue 14: the data section must be covered without holes)', () => {
+    const f = writeST(
+      path(),
+      { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [12, 20] } },
+      20,
+    );
+    const e = expectSt(() => parseSafetensorsHeader(f), /tensor "b" starts at data offset 12/, /"a" ends at 8/, /without gaps/);
+    expect(e.details).toMatchObject({ tensor: 'b', field: 'data_offsets' });
+  });
+
+  it('a data section that does not start at offset 0', () => {
+    const f = writeST(path(), { a: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } }, 12);
+    expectSt(() => parseSafetensorsHeader(f), /tensor "a" starts at data offset 4/);
+  });
+
+  it('trailing bytes that belong to no tensor', () => {
+    const f = writeST(path(), ok, 33);
+    expectSt(() => parseSafetensorsHeader(f), /cover 32 bytes of the 33-byte data section/, /1 trailing bytes/);
+  });
+
+  it.skipIf(!haveStories)('a header length one byte short (JSON still parses thanks to its padding) is refused', () => {
+    const bytes = Buffer.from(readFileSync(join(STORIES, 'model.safetensors')));
+    const hl = Number(bytes.readBigUInt64LE(0));
+    expect(bytes[8 + hl - 1]).toBe(0x20); // the header ends with padding spaces: the shorter header is still JSON
+    bytes.writeBigUInt64LE(BigInt(hl - 1), 0);
+    const f = path();
+    writeFileSync(f, bytes);
+    expectSt(() => parseSafetensorsHeader(f), /cover|without gaps/);
+  });
+
+  it.skipIf(!haveStories)('F32 tensors relabelled BF16 with consistent offsets are refused', () => {
+    const bytes = readFileSync(join(STORIES, 'model.safetensors'));
+    const hl = Number(bytes.readBigUInt64LE(0));
+    const header = JSON.parse(bytes.subarray(8, 8 + hl).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+    let off = 0;
+    for (const [k, t] of Object.entries(header)) {
+      if (k === '__metadata__') continue;
+      t.dtype = 'BF16';
+    }
+    const names = Object.keys(header).filter((k) => k !== '__metadata__').sort((x, y) => header[x]!.data_offsets[0] - header[y]!.data_offsets[0]);
+    for (const k of names) {
+      const t = header[k]!;
+      const n = t.shape.reduce((a, b) => a * b, 1) * 2;
+      t.data_offsets = [off, off + n];
+      off += n;
+    }
+    const f = writeST(path(), header, 0, { raw: false });
+    writeFileSync(f, Buffer.concat([readFileSync(f), bytes.subarray(8 + hl)]));
+    expectSt(() => parseSafetensorsHeader(f), /trailing bytes/);
+  });
+
   it('bad __metadata__', () => {
     expectSt(() => parseSafetensorsHeader(writeST(path(), { __metadata__: [1], ...ok }, 32)), /__metadata__/);
     expectSt(() => parseSafetensorsHeader(writeST(path(), { __metadata__: { format: 1 }, ...ok }, 32)), /__metadata__\.format/);

@@ -60,6 +60,10 @@ struct CpuKernels {
   // WISE activation distance ‖act(a) − act(b)‖ over D (act: 0 identity, 1 SiLU, 2 GELU-tanh) and its gradient.
   double (*act_dist_row)(const float* a, const float* b, int D, int act);
   void (*act_dist_bwd_row)(float* o, const float* a, const float* b, int D, int act, float gd, bool acc);
+
+  // Load-time weight check: whether any of n elements (raw bits) has (bits & mask) >= thr.
+  bool (*any_exp_ge32)(const uint8_t* p, uint64_t n, uint32_t mask, uint32_t thr);
+  bool (*any_exp_ge16)(const uint8_t* p, uint64_t n, uint16_t mask, uint16_t thr);
 };
 
 const char* cpu_isa_name(CpuIsa isa);
