@@ -6,11 +6,11 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../lib/paths.js';
+import { TIME_FACTOR as factor } from './helpers/time.js';
 
 const ROOT = packageRoot();
 const CLI = join(ROOT, 'dist', 'cli.js');
 const ready = existsSync(CLI) && existsSync(join(ROOT, 'models', 'stories260K', 'config.json'));
-const factor = Number(process.env.REPAIR_TEST_TIME_FACTOR) || 1;
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {

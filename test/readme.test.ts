@@ -7,9 +7,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../lib/paths.js';
+import { budget as timeBudget } from './helpers/time.js';
 
-// time budgets scale with REPAIR_TEST_TIME_FACTOR (a slow or busy machine)
-const timeBudget = (ms: number) => ms * (Number(process.env.REPAIR_TEST_TIME_FACTOR) || 1);
 const root = packageRoot();
 const blocks = [...readFileSync(join(root, 'README.md'), 'utf8').matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]!);
 const built = existsSync(join(root, 'dist', 'index.js'));
