@@ -222,14 +222,14 @@ void Model::mlp_act(int l, const float* x, float* act, int BT) {
   if (gpt2()) {
     norm(xn, x, w.ln2, w.ln2b, BT);
     be_->linear(act, xn, w.up, w.upb, BT, a.F, a.D, false);
-    be_->gelu(act, act, BT * a.F);
+    be_->gelu(act, act, (size_t)BT * a.F);
     return;
   }
   float* up = ensure(up_, (size_t)BT * a.F * 4);
   be_->rmsnorm(xn, x, w.ln2, BT, a.D, a.eps);
   be_->linear(act, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
   be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
-  be_->swiglu(act, act, up, BT * a.F);
+  be_->swiglu(act, act, up, (size_t)BT * a.F);
 }
 
 std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens, int B, int T,
@@ -528,11 +528,11 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       // ---- forward: side output, suffix layers (kept), head at label rows ----
       be_->linear(os, A, WeightRef{Wp, DType::F32}, sbias, BT, N, K, false);  // GPT-2: + the matrix's bias
       if (key) {
-        be_->gelu(actL, os, BT * F);
+        be_->gelu(actL, os, (size_t)BT * F);
         be_->copy(x, hL, (size_t)BT * D * 4);
         be_->linear(x, actL, wl.down, wl.downb, BT, D, F, true);
       } else {
-        be_->add(x, hL, os, BT * D);
+        be_->add(x, hL, os, (size_t)BT * D);
       }
       for (int j = 0; j < nsuf; ++j) {
         const Layer& w = layers_[L + 1 + j];
@@ -550,11 +550,11 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
         norm(s.xn2, x, w.ln2, w.ln2b, BT);
         if (gpt2()) {
           be_->linear(s.up, s.xn2, w.up, w.upb, BT, F, D, false);
-          be_->gelu(s.act, s.up, BT * F);
+          be_->gelu(s.act, s.up, (size_t)BT * F);
         } else {
           be_->linear(s.gate, s.xn2, w.gate, WeightRef{}, BT, F, D, false);
           be_->linear(s.up, s.xn2, w.up, WeightRef{}, BT, F, D, false);
-          be_->swiglu(s.act, s.gate, s.up, BT * F);
+          be_->swiglu(s.act, s.gate, s.up, (size_t)BT * F);
         }
         be_->linear(x, s.act, w.down, w.downb, BT, D, F, true);
       }
@@ -696,10 +696,10 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
         // x_out = h + down(act)    (biases have no input gradient)
         be_->linear_dx(dact, dx, w.down, BT, D, F, false);
         if (gpt2()) {
-          be_->gelu_bwd(dup, dact, s.up, BT * F);
+          be_->gelu_bwd(dup, dact, s.up, (size_t)BT * F);
           be_->linear_dx(dxn, dup, w.up, BT, F, D, false);
         } else {
-          be_->swiglu_bwd(dgate, dup, dact, s.gate, s.up, BT * F);
+          be_->swiglu_bwd(dgate, dup, dact, s.gate, s.up, (size_t)BT * F);
           be_->linear_dx(dxn, dgate, w.gate, BT, F, D, false);
           be_->linear_dx(dxn, dup, w.up, BT, F, D, true);
         }
@@ -720,7 +720,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       float* G = dx;
       if (key) {
         be_->linear_dx(dact, dx, wl.down, BT, D, F, false);
-        be_->gelu_bwd(dup, dact, os, BT * F);
+        be_->gelu_bwd(dup, dact, os, (size_t)BT * F);
         G = dup;
       }
       if (h.margin) {
