@@ -180,7 +180,7 @@ void rope_forward(cudaStream_t st, float* x, const int32_t* pos, const float* in
 // attention.cu
 void kv_store_forward(cudaStream_t st, float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv,
                       int hd, int S, int P);
-void attention_forward(cudaStream_t st, float* out, const float* q, const float* kc, const float* vc,
+void attention_forward(cudaStream_t st, int sm_count, float* out, const float* q, const float* kc, const float* vc,
                        const int32_t* pad, int B, int Tn, int Hq, int Hkv, int hd, int S, int P, float scale);
 // elementwise.cu
 void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* up, size_t n);

@@ -209,7 +209,7 @@ class CudaBackend final : public Backend {
   void attention(float* out, const float* q, const float* kc, const float* vc, const int32_t* pad, int B, int Tn,
                  int Hq, int Hkv, int hd, int S, int P, float scale) override {
     enter("attention");
-    run("attention", [&] { attention_forward(stream_, out, q, kc, vc, pad, B, Tn, Hq, Hkv, hd, S, P, scale); });
+    run("attention", [&] { attention_forward(stream_, sm_count_, out, q, kc, vc, pad, B, Tn, Hq, Hkv, hd, S, P, scale); });
   }
   void swiglu(float* y, const float* gate, const float* up, size_t n) override {
     enter("swiglu");

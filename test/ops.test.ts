@@ -572,6 +572,11 @@ function gpuOnlyCases(): Case[] {
   out.push(attentionCase([2, 1, 16, 8, 128, 4096, 4000, [37, 0]], false));
   out.push(attentionCase([2, 120, 14, 2, 64, 128, 0, [0, 17]], false));
   out.push(attentionCase([1, 16, 8, 1, 256, 600, 500, [3]], false));
+  // decode shapes that take the flash-decoding split (few rows, long context): 8B-like heads at 4k context;
+  // a padded batch whose second row has 10 keys (most parts empty); an all-padding row split into parts
+  out.push(attentionCase([1, 1, 32, 8, 128, 4096, 4095, [0]], false));
+  out.push(attentionCase([2, 1, 4, 1, 64, 2000, 1999, [0, 1990]], false));
+  out.push(attentionCase([1, 1, 4, 2, 64, 600, 599, [600]], false));
   for (const n of [1 << 20, (1 << 20) + 3]) {
     const name = `swiglu n=${n}`;
     out.push({
