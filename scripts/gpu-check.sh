@@ -108,7 +108,7 @@ elif [ $dry -eq 0 ]; then
   stage_begin "build (cmake-js rebuild, architecture ${cc:-default})"
   # rebuild: a carried build/ may hold a CPU-only or foreign-path CMake cache. One architecture: minutes saved.
   [ -n "$cc" ] && export REPAIR_CUDA_ARCHS="${cc/./}"
-  if node node_modules/cmake-js/bin/cmake-js rebuild -j "$(nproc)" >"$logdir/build.log" 2>&1; then
+  if node node_modules/cmake-js/bin/cmake-js rebuild --parallel "$(nproc)" >"$logdir/build.log" 2>&1; then
     grep -m1 -E "repair-edit: backends" "$logdir/build.log"
     stage_end build "ok ($(grep -m1 -oE 'architectures [^)]*' "$logdir/build.log" || echo 'default architectures'))"
   else
