@@ -140,8 +140,10 @@ cat "$logdir/info.log"
 if [ $rc -eq 0 ]; then
   stage_end info "ok ($backend)"
 else
-  stage_end info "FAILED: CUDA not available (the CUDA tests below would compare nothing)"
+  stage_end info "FAILED: CUDA not available (later stages skipped: they would compare nothing)"
   overall=1
+  # save the device window: without CUDA the rest would only re-run CPU tests
+  export SKIP_TESTS=1 SKIP_E2E=1 SKIP_SCALE=1 SKIP_BENCH=1
 fi
 
 # ---- 4 tests --------------------------------------------------------------------------------------------
