@@ -38,24 +38,7 @@ namespace cuda {
 
 namespace {
 
-// Stream-ordered scratch: cudaMallocAsync on the backend's stream, cudaFreeAsync when the launcher
-// returns (also when it throws). Kernels enqueued before the free still see valid memory.
-class Scratch {
- public:
-  Scratch(cudaStream_t st, size_t bytes) : st_(st) {
-    if (bytes) RE_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st_));
-  }
-  ~Scratch() {
-    if (p_) cudaFreeAsync(p_, st_);  // errors here surface at the next sync
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <typename T> T* as() const { return (T*)p_; }
-
- private:
-  cudaStream_t st_;
-  void* p_ = nullptr;
-};
+// Stream-ordered scratch: Scratch in common.cuh (counted in the backend's memory figures).
 
 // ---- scatter_add_rows --------------------------------------------------------------------------
 
@@ -415,8 +398,8 @@ void launch_attention_bwd(cudaStream_t st, float* dq, float* dk, float* dv, floa
 
 // ---- swiglu_bwd -----------------------------------------------------------------------------------
 
-__global__ void swiglu_bwd_kernel(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n; i += (size_t)gridDim.x * blockDim.x) {
+__global__ void swiglu_bwd_kernel(float* dgate, float* dup, const float* dy, const float* gate, const float* up, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     const double g = gate[i], s = 1.0 / (1.0 + exp(-g)), silu = g * s;
     const double ds = s * (1.0 + g * (1.0 - s));
     const float u = up[i], d = dy[i];
@@ -590,10 +573,9 @@ void attention_bwd_backward(cudaStream_t st, float* dq, float* dk, float* dv, co
 }
 
 void swiglu_bwd_backward(cudaStream_t st, float* dgate, float* dup, const float* dy, const float* gate, const float* up,
-                         int n) {
-  check_arg(n >= 0, "swiglu_bwd", "n < 0");
+                         size_t n) {
   if (n == 0) return;
-  swiglu_bwd_kernel<<<grid_for((size_t)n, 256), 256, 0, st>>>(dgate, dup, dy, gate, up, n);
+  swiglu_bwd_kernel<<<grid_for(n, 256), 256, 0, st>>>(dgate, dup, dy, gate, up, n);
   RE_CUDA_LAUNCH("swiglu_bwd");
 }
 

@@ -133,6 +133,41 @@ __device__ __forceinline__ float warp_max(float v) {
 
 inline bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
+// ---- stream-ordered scratch ----------------------------------------------------------------------
+// Counts `delta` bytes of scratch on the backend that owns stream `st` (cuda_backend.cu), so bytes_in_use() and
+// peak_bytes() (memoryPeakBytes) include it. Unknown streams (none in practice) are ignored.
+void scratch_account(cudaStream_t st, long long delta);
+
+// cudaMallocAsync on the backend's stream, cudaFreeAsync when the launcher returns (also when it throws). Kernels
+// enqueued before the free still see valid memory. Counted in the backend's memory figures from the enqueue of
+// the allocation to the enqueue of the free: the stream runs them in that order, so the high-water mark taken
+// on the host is the device's.
+class Scratch {
+ public:
+  Scratch(cudaStream_t st, size_t bytes) : st_(st) {
+    if (bytes) {
+      RE_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st_));
+      bytes_ = bytes;
+      scratch_account(st_, (long long)bytes_);
+    }
+  }
+  ~Scratch() {
+    if (p_) {
+      cudaFreeAsync(p_, st_);  // errors here surface at the next sync
+      scratch_account(st_, -(long long)bytes_);
+    }
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T> T* as() const { return (T*)p_; }
+  char* bytes() const { return (char*)p_; }
+
+ private:
+  cudaStream_t st_;
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // ---- launchers (one .cu per op family; all enqueue on `st`) ----------------------------------
 // matmul.cu
 void linear_forward(cudaStream_t st, int sm_count, float* y, const float* x, WeightRef W, WeightRef bias, int M,
@@ -145,11 +180,11 @@ void rope_forward(cudaStream_t st, float* x, const int32_t* pos, const float* in
 // attention.cu
 void kv_store_forward(cudaStream_t st, float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv,
                       int hd, int S, int P);
-void attention_forward(cudaStream_t st, float* out, const float* q, const float* kc, const float* vc,
+void attention_forward(cudaStream_t st, int sm_count, float* out, const float* q, const float* kc, const float* vc,
                        const int32_t* pad, int B, int Tn, int Hq, int Hkv, int hd, int S, int P, float scale);
 // elementwise.cu
-void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* up, int n);
-void add_forward(cudaStream_t st, float* y, const float* a, const float* b, int n);
+void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* up, size_t n);
+void add_forward(cudaStream_t st, float* y, const float* a, const float* b, size_t n);
 void embedding_forward(cudaStream_t st, float* y, const int32_t* ids, WeightRef table, int n, int D);
 void gather_rows_forward(cudaStream_t st, float* y, const float* x, const int32_t* idx, int n, int D);
 

@@ -36,7 +36,7 @@ void attention_bwd_backward(cudaStream_t st, float* dq, float* dk, float* dv, co
                             const float* kc, const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd,
                             float scale);
 void swiglu_bwd_backward(cudaStream_t st, float* dgate, float* dup, const float* dy, const float* gate, const float* up,
-                         int n);
+                         size_t n);
 void cross_entropy_backward(cudaStream_t st, float* loss, float* dlogits, const float* logits, const int32_t* labels,
                             const float* weight, int R, int V);
 void act_dist_wise(cudaStream_t st, float* d, const float* os, const float* om, int n, int nm, int D, int act);
@@ -50,8 +50,8 @@ void ties_merge_wise(cudaStream_t st, int sm_count, float* out, WeightRef base, 
 void layernorm_forward(cudaStream_t st, float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps);
 void layernorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
                             float eps, bool accumulate);
-void gelu_forward(cudaStream_t st, float* y, const float* x, int n);
-void gelu_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, int n);
+void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n);
+void gelu_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
 void add_bias_forward(cudaStream_t st, float* y, WeightRef b, int M, int N);
 // repair.cu
 void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat, int b, int D, float lambda,
@@ -61,16 +61,40 @@ void kl_distill_repair(cudaStream_t st, float* loss, float* dlogits, const float
 void loss_aware_merge_repair(cudaStream_t st, float* out, WeightRef base, const float* const* shards,
                              const float* weights, int k, size_t n);
 
+class CudaBackend;
+
+// Stream -> backend, so the launchers' stream-ordered scratch (Scratch in common.cuh) is counted in the backend's
+// bytes_in_use()/peak_bytes() (memoryPeakBytes on CUDA would otherwise miss every cudaMallocAsync).
+std::mutex g_streams_mu;
+std::unordered_map<cudaStream_t, CudaBackend*> g_streams;
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
     RE_CUDA_CHECK(cudaSetDevice(device_));
     RE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     RE_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));
+    std::lock_guard<std::mutex> lk(g_streams_mu);
+    g_streams[stream_] = this;
+  }
+
+  // Scratch bytes enqueued (+) or released (−) on this backend's stream.
+  void account_scratch(long long delta) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (delta >= 0) {
+      in_use_ += (size_t)delta;
+      peak_ = std::max(peak_, in_use_);
+    } else {
+      in_use_ -= std::min(in_use_, (size_t)(-delta));
+    }
   }
 
   ~CudaBackend() override {
     // Never throws: frees what is left, ignores errors (a broken context cannot free anyway).
+    {
+      std::lock_guard<std::mutex> lk(g_streams_mu);
+      g_streams.erase(stream_);
+    }
     cudaSetDevice(device_);
     if (stream_) cudaStreamSynchronize(stream_);
     for (auto& kv : sizes_) cudaFree(kv.first);
@@ -185,13 +209,13 @@ class CudaBackend final : public Backend {
   void attention(float* out, const float* q, const float* kc, const float* vc, const int32_t* pad, int B, int Tn,
                  int Hq, int Hkv, int hd, int S, int P, float scale) override {
     enter("attention");
-    run("attention", [&] { attention_forward(stream_, out, q, kc, vc, pad, B, Tn, Hq, Hkv, hd, S, P, scale); });
+    run("attention", [&] { attention_forward(stream_, sm_count_, out, q, kc, vc, pad, B, Tn, Hq, Hkv, hd, S, P, scale); });
   }
-  void swiglu(float* y, const float* gate, const float* up, int n) override {
+  void swiglu(float* y, const float* gate, const float* up, size_t n) override {
     enter("swiglu");
     run("swiglu", [&] { swiglu_forward(stream_, y, gate, up, n); });
   }
-  void add(float* y, const float* a, const float* b, int n) override {
+  void add(float* y, const float* a, const float* b, size_t n) override {
     enter("add");
     run("add", [&] { add_forward(stream_, y, a, b, n); });
   }
@@ -205,7 +229,7 @@ class CudaBackend final : public Backend {
     enter("layernorm");
     run("layernorm", [&] { layernorm_forward(stream_, y, x, w, b, M, D, eps); });
   }
-  void gelu(float* y, const float* x, int n) override {
+  void gelu(float* y, const float* x, size_t n) override {
     enter("gelu");
     run("gelu", [&] { gelu_forward(stream_, y, x, n); });
   }
@@ -218,7 +242,7 @@ class CudaBackend final : public Backend {
     enter("layernorm_bwd");
     run("layernorm_bwd", [&] { layernorm_bwd_backward(stream_, dx, dy, x, w, M, D, eps, accumulate); });
   }
-  void gelu_bwd(float* dx, const float* dy, const float* x, int n) override {
+  void gelu_bwd(float* dx, const float* dy, const float* x, size_t n) override {
     enter("gelu_bwd");
     run("gelu_bwd", [&] { gelu_bwd_backward(stream_, dx, dy, x, n); });
   }
@@ -247,7 +271,7 @@ class CudaBackend final : public Backend {
     run("attention_bwd",
         [&] { attention_bwd_backward(stream_, dq, dk, dv, dout, q, kc, vc, pad, B, T, Hq, Hkv, hd, scale); });
   }
-  void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) override {
+  void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, size_t n) override {
     enter("swiglu_bwd");
     run("swiglu_bwd", [&] { swiglu_bwd_backward(stream_, dgate, dup, dy, gate, up, n); });
   }
@@ -341,13 +365,77 @@ class CudaBackend final : public Backend {
   std::string sticky_msg_;
 };
 
+void scratch_account(cudaStream_t st, long long delta) {
+  std::lock_guard<std::mutex> lk(g_streams_mu);
+  auto it = g_streams.find(st);
+  if (it != g_streams.end()) it->second->account_scratch(delta);
+}
+
+namespace {
+// The kernel-image probe: cudaFuncGetAttributes on a kernel of this module fails with
+// cudaErrorNoKernelImageForDevice (or InvalidDeviceFunction) when neither a cubin for the device's
+// architecture nor PTX it can JIT was compiled in (e.g. an sm_75 card with the default 80/90 build).
+__global__ void kernel_image_probe(int* p) {
+  if (p) *p = 1;
+}
+}  // namespace
+
+// Whether device `d` (made current) can run this build's kernels; `why` gets the reason when not.
+bool has_kernel_image(int d, std::string& why) {
+  if (cudaSetDevice(d) != cudaSuccess) {
+    cudaGetLastError();
+    why = "cudaSetDevice failed";
+    return false;
+  }
+  cudaFuncAttributes a;
+  cudaError_t e = cudaFuncGetAttributes(&a, kernel_image_probe);
+  if (e == cudaSuccess) return true;
+  cudaGetLastError();
+  why = std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
+  return false;
+}
+
 }  // namespace cuda
+
+#ifndef REPAIR_CUDA_ARCH_LIST
+#define REPAIR_CUDA_ARCH_LIST ""
+#endif
+
+// "80-real,90-real,90-virtual" -> "sm_80, sm_90 and PTX compute_90"
+static std::string describe_archs(const std::string& list) {
+  std::string out, cur;
+  auto flush = [&](const std::string& a) {
+    if (a.empty()) return;
+    const size_t dash = a.find('-');
+    const std::string num = a.substr(0, dash), kind = dash == std::string::npos ? "real" : a.substr(dash + 1);
+    if (!out.empty()) out += ", ";
+    out += kind == "virtual" ? "PTX compute_" + num : "sm_" + num;
+  };
+  for (char c : list) {
+    if (c == ',') {
+      flush(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  flush(cur);
+  return out.empty() ? "(unknown architectures)" : out;
+}
+
+static std::string no_image_reason(const CudaDeviceInfo& di) {
+  return "device " + std::to_string(di.index) + " (" + di.name + ", compute capability " + std::to_string(di.cc_major) +
+         "." + std::to_string(di.cc_minor) + ") has no kernel image in this build (built for " +
+         describe_archs(REPAIR_CUDA_ARCH_LIST) + "; " + di.kernel_image_error +
+         "): rebuild with REPAIR_CUDA_ARCHS=" + std::to_string(di.cc_major * 10 + di.cc_minor);
+}
 
 // ---- info / factory --------------------------------------------------------------------------
 
 CudaInfo cuda_info() {
   CudaInfo info;
   info.built = true;
+  info.archs = REPAIR_CUDA_ARCH_LIST;
   int v = 0;
   if (cudaRuntimeGetVersion(&v) == cudaSuccess) info.runtime_version = v;
   v = 0;
@@ -390,10 +478,15 @@ CudaInfo cuda_info() {
     } else {
       cudaGetLastError();
     }
+    di.kernel_image = cuda::has_kernel_image(d, di.kernel_image_error);
     info.devices.push_back(std::move(di));
   }
   if (have_prev) cudaSetDevice(prev);
-  info.available = true;
+  info.available = false;
+  for (const auto& di : info.devices) info.available = info.available || di.kernel_image;
+  if (!info.available) {
+    for (const auto& di : info.devices) info.reason += (info.reason.empty() ? "" : "; ") + no_image_reason(di);
+  }
   return info;
 }
 
@@ -409,6 +502,19 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
   if (device < 0 || device >= count)
     throw Error(RE_ERR_CUDA_UNAVAILABLE, "CUDA device " + std::to_string(device) + " does not exist (" +
                                              std::to_string(count) + " device(s) present)");
+  CudaDeviceInfo di;
+  di.index = device;
+  if (!cuda::has_kernel_image(device, di.kernel_image_error)) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device) == cudaSuccess) {
+      di.name = prop.name;
+      di.cc_major = prop.major;
+      di.cc_minor = prop.minor;
+    } else {
+      cudaGetLastError();
+    }
+    throw Error(RE_ERR_CUDA_UNAVAILABLE, no_image_reason(di));
+  }
   return std::unique_ptr<Backend>(new cuda::CudaBackend(device));
 }
 

@@ -69,8 +69,7 @@ __global__ void gather_rows_kernel4(float4* y, const float4* x, const int32_t* i
 
 static constexpr int kBlock = 256;
 
-void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* up, int n) {
-  check_arg(n >= 0, "swiglu", "n < 0");
+void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* up, size_t n) {
   if (n == 0) return;
   if (aligned16(y) && aligned16(gate) && aligned16(up)) {
     size_t n4 = (size_t)n / 4;
@@ -83,8 +82,7 @@ void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* u
   RE_CUDA_LAUNCH("swiglu");
 }
 
-void add_forward(cudaStream_t st, float* y, const float* a, const float* b, int n) {
-  check_arg(n >= 0, "add", "n < 0");
+void add_forward(cudaStream_t st, float* y, const float* a, const float* b, size_t n) {
   if (n == 0) return;
   if (aligned16(y) && aligned16(a) && aligned16(b)) {
     size_t n4 = (size_t)n / 4;

@@ -150,15 +150,13 @@ void layernorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const f
   RE_CUDA_LAUNCH("layernorm_bwd");
 }
 
-void gelu_forward(cudaStream_t st, float* y, const float* x, int n) {
-  check_arg(n >= 0, "gelu", "n < 0");
+void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n) {
   if (n == 0) return;
   gelu_kernel<<<grid_for((size_t)n, 256), 256, 0, st>>>(y, x, (size_t)n);
   RE_CUDA_LAUNCH("gelu");
 }
 
-void gelu_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, int n) {
-  check_arg(n >= 0, "gelu_bwd", "n < 0");
+void gelu_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n) {
   if (n == 0) return;
   gelu_bwd_kernel<<<grid_for((size_t)n, 256), 256, 0, st>>>(dx, dy, x, (size_t)n);
   RE_CUDA_LAUNCH("gelu_bwd");

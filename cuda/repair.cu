@@ -48,23 +48,7 @@ namespace cuda {
 
 namespace {
 
-// Stream-ordered scratch (as in wise.cu / backward.cu).
-class Scratch {
- public:
-  Scratch(cudaStream_t st, size_t bytes) : st_(st) {
-    if (bytes) RE_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st_));
-  }
-  ~Scratch() {
-    if (p_) cudaFreeAsync(p_, st_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  char* bytes() const { return (char*)p_; }
-
- private:
-  cudaStream_t st_;
-  void* p_ = nullptr;
-};
+// Stream-ordered scratch: Scratch in common.cuh (counted in the backend's memory figures).
 
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 

@@ -41,23 +41,7 @@ namespace cuda {
 
 namespace {
 
-// Stream-ordered scratch (see backward.cu).
-class Scratch {
- public:
-  Scratch(cudaStream_t st, size_t bytes) : st_(st) {
-    if (bytes) RE_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st_));
-  }
-  ~Scratch() {
-    if (p_) cudaFreeAsync(p_, st_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  char* bytes() const { return (char*)p_; }
-
- private:
-  cudaStream_t st_;
-  void* p_ = nullptr;
-};
+// Stream-ordered scratch: Scratch in common.cuh (counted in the backend's memory figures).
 
 __device__ __forceinline__ double warp_sum_d(double v) {
 #pragma unroll

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { callNativeSync, RepairError } from './errors.js';
-import { native, type BackendName, type NativeCudaDevice } from './native.js';
+import { native, type BackendName, type NativeCudaDevice, type NativeInfo } from './native.js';
 import { packageRoot } from './paths.js';
 
 export type CudaDevice = NativeCudaDevice;
@@ -39,6 +39,8 @@ export interface Info {
     /** "12.4" style versions ('' when 0). */
     driver: string;
     runtime: string;
+    /** CUDA architectures compiled in ("80-real,90-real,90-virtual"; '' when not built). */
+    archs: string;
     devices: CudaDevice[];
   };
 }
@@ -60,6 +62,57 @@ export function packageVersion(): string {
 export function formatCudaVersion(v: number): string {
   if (!v) return '';
   return `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}`;
+}
+
+/**
+ * Which kernel image of a build a device of compute capability `cc` ("8.6") runs, from the build's architecture
+ * list (CMake CUDA_ARCHITECTURES entries, comma- or semicolon-separated: "80-real,90-real,90-virtual"):
+ *   'sass' — a cubin sm_XY runs on the same major with minor >= Y (arch-specific "90a" cubins only on 9.0 itself);
+ *   'ptx'  — PTX compute_XY is JIT-compiled by the driver for any cc >= X.Y;
+ *   null   — nothing runs there (every launch would fail with cudaErrorNoKernelImageForDevice).
+ * A bare entry ("90") means both, as in CMake.
+ */
+export function cudaKernelImage(cc: string, archs: string): 'sass' | 'ptx' | null {
+  const m = /^(\d+)\.(\d+)$/.exec(cc.trim());
+  if (!m) return null;
+  const major = Number(m[1]), minor = Number(m[2]);
+  const dev = major * 10 + minor;
+  let ptx = false;
+  for (const raw of archs.split(/[,;\s]+/)) {
+    const e = /^(\d+)([a-z]?)(?:-(real|virtual))?$/.exec(raw.trim());
+    if (!e) continue;
+    const n = Number(e[1]), specific = e[2] !== '', kind = e[3];
+    if (kind !== 'virtual') {
+      if (specific ? n === dev : Math.floor(n / 10) === major && n % 10 <= minor) return 'sass';
+    }
+    if (kind !== 'real' && !specific && n <= dev) ptx = true;
+  }
+  return ptx ? 'ptx' : null;
+}
+
+/** "80-real,90-real,90-virtual" → "sm_80, sm_90, PTX compute_90". */
+export function describeCudaArchs(archs: string): string {
+  const parts = archs.split(/[,;\s]+/).filter(Boolean).map((a) => {
+    const [n, kind] = a.split('-');
+    return kind === 'virtual' ? `PTX compute_${n}` : kind === 'real' ? `sm_${n}` : `sm_${n} + PTX compute_${n}`;
+  });
+  return parts.length ? parts.join(', ') : '(unknown architectures)';
+}
+
+/**
+ * CUDA's availability from the addon's report: usable only when some device has a kernel image in this build.
+ * The native probe (cudaFuncGetAttributes on a kernel, cuda/cuda_backend.cu) is authoritative; the architecture
+ * list decides where no probe result exists, and words the reason.
+ */
+export function cudaVerdict(c: NativeInfo['cuda']): { available: boolean; reason: string; kernelImage: boolean[] } {
+  const image = c.devices.map((d) => (typeof d.kernelImage === 'boolean' ? d.kernelImage : c.archs ? cudaKernelImage(d.computeCapability, c.archs) !== null : true));
+  if (!c.built) return { available: false, reason: c.reason || 'the CUDA backend was not built (nvcc not found at build time)', kernelImage: image };
+  if (c.devices.length === 0) return { available: false, reason: c.reason || 'no CUDA device', kernelImage: image };
+  if (image.some(Boolean)) return { available: c.available, reason: c.available ? '' : c.reason || 'no usable CUDA device', kernelImage: image };
+  const why = c.devices
+    .map((d) => `device ${d.index} (${d.name}, compute capability ${d.computeCapability}) has no kernel image in this build (built for ${describeCudaArchs(c.archs)}${d.kernelImageError ? `; ${d.kernelImageError}` : ''}): rebuild with REPAIR_CUDA_ARCHS=${d.computeCapability.replace('.', '')}`)
+    .join('; ');
+  return { available: false, reason: c.reason || why, kernelImage: image };
 }
 
 /** Load the addon, turning a missing/broken build into a typed error. */
@@ -90,11 +143,12 @@ export function resolveAutoBackend(cudaAvailable: boolean): BackendName {
 
 export function info(): Info {
   const n = callNativeSync(() => loadNative().info());
+  const verdict = cudaVerdict(n.cuda);
   let defaultBackend: BackendName;
   try {
-    defaultBackend = resolveAutoBackend(n.cuda.available);
+    defaultBackend = resolveAutoBackend(verdict.available);
   } catch {
-    defaultBackend = n.cuda.available ? 'cuda' : 'cpu';
+    defaultBackend = verdict.available ? 'cuda' : 'cpu';
   }
   return {
     version: packageVersion(),
@@ -103,13 +157,14 @@ export function info(): Info {
     cpu: { threads: n.cpuThreads, ...n.cpu, isaSupported: [...n.cpu.isaSupported], kernels: { ...n.cpu.kernels } },
     cuda: {
       built: n.cuda.built,
-      available: n.cuda.available,
-      reason: n.cuda.available ? '' : n.cuda.reason || (n.cuda.built ? 'no CUDA device' : 'the CUDA backend was not built (nvcc not found at build time)'),
+      available: verdict.available,
+      reason: verdict.reason,
       driverVersion: n.cuda.driverVersion,
       runtimeVersion: n.cuda.runtimeVersion,
       driver: formatCudaVersion(n.cuda.driverVersion),
       runtime: formatCudaVersion(n.cuda.runtimeVersion),
-      devices: n.cuda.devices.map((d) => ({ ...d })),
+      archs: n.cuda.archs ?? '',
+      devices: n.cuda.devices.map((d, i) => ({ ...d, kernelImage: verdict.kernelImage[i]!, kernelImageError: d.kernelImageError ?? '' })),
     },
   };
 }

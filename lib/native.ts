@@ -13,6 +13,10 @@ export interface NativeCudaDevice {
   totalMemory: number; // bytes
   freeMemory: number; // bytes
   multiprocessors: number;
+  /** This build has a kernel image the device can run (probed with cudaFuncGetAttributes on a kernel). */
+  kernelImage: boolean;
+  /** The probe's CUDA error when it has none ('' otherwise). */
+  kernelImageError: string;
 }
 
 /** The CPU kernels' ISA level (native/cpu/isa.h). */
@@ -35,6 +39,8 @@ export interface NativeInfo {
     reason: string; // why CUDA is unavailable ('' when available)
     driverVersion: number; // e.g. 13000 (0 when there is no driver)
     runtimeVersion: number;
+    /** CUDA architectures compiled in, CMake style: "80-real,90-real,90-virtual" ('' when CUDA is not built). */
+    archs: string;
     devices: NativeCudaDevice[];
   };
 }

@@ -83,11 +83,13 @@ class Backend {
                          const int32_t* pad, int B, int Tn, int Hq, int Hkv, int hd, int S, int P,
                          float scale) = 0;
 
+  // Elementwise ops take size_t element counts: a [tokens, d_ff] activation passes 2^31 elements at about
+  // 150k tokens for d_ff 14336 (callers form the count in size_t too).
   // y[n] = silu(gate[n]) * up[n]      (y may alias gate or up)
-  virtual void swiglu(float* y, const float* gate, const float* up, int n) = 0;
+  virtual void swiglu(float* y, const float* gate, const float* up, size_t n) = 0;
 
   // y[n] = a[n] + b[n]                (y may alias a or b)
-  virtual void add(float* y, const float* a, const float* b, int n) = 0;
+  virtual void add(float* y, const float* a, const float* b, size_t n) = 0;
 
   // y[n, D] = x[idx[i], :]             (idx backend int32 [n]; gather rows before the lm_head)
   virtual void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) = 0;
@@ -98,7 +100,7 @@ class Backend {
   virtual void layernorm(float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) = 0;
 
   // y[n] = gelu_tanh(x[n]) = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))   (HF gelu_new; y may alias x)
-  virtual void gelu(float* y, const float* x, int n) = 0;
+  virtual void gelu(float* y, const float* x, size_t n) = 0;
 
   // y[M,N] += b[N]  (b in its stored dtype; the bias of M stacked rows, e.g. of every side-memory slot)
   virtual void add_bias(float* y, WeightRef b, int M, int N) = 0;
@@ -135,10 +137,10 @@ class Backend {
                              bool accumulate) = 0;
 
   // GELU (tanh form) input gradient: dx[n] = dy[n]·gelu'(x[n])   (dx may alias dy)
-  virtual void gelu_bwd(float* dx, const float* dy, const float* x, int n) = 0;
+  virtual void gelu_bwd(float* dx, const float* dy, const float* x, size_t n) = 0;
 
   // SwiGLU backward, y = silu(g)·u:  dg = dy·u·silu'(g),  du = dy·silu(g),  silu'(g) = σ(g)(1 + g(1 − σ(g)))
-  virtual void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) = 0;
+  virtual void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, size_t n) = 0;
 
   // Cross-entropy over R rows of logits[R, V]:
   //   loss[r] = −log softmax(logits[r])[labels[r]]·weight[r],  dlogits[r] = (softmax(logits[r]) − onehot)·weight[r]
@@ -209,13 +211,16 @@ struct CudaDeviceInfo {
   int cc_major = 0, cc_minor = 0;
   size_t total_mem = 0, free_mem = 0;
   int sm_count = 0;
+  bool kernel_image = false;  // this build has a kernel image (cubin or JIT-able PTX) for the device
+  std::string kernel_image_error;  // why not (the probe's CUDA error), empty when it has one
 };
 struct CudaInfo {
   bool built = false;          // the CUDA backend was compiled into this binary
-  bool available = false;      // at least one usable device
+  bool available = false;      // at least one usable device (present, and with a kernel image in this build)
   std::string reason;          // why it is unavailable (empty when available)
   int driver_version = 0;      // cudaDriverGetVersion (0 when no driver)
   int runtime_version = 0;     // cudaRuntimeGetVersion
+  std::string archs;           // CUDA architectures compiled in, e.g. "80-real,90-real,90-virtual" ("" when not built)
   std::vector<CudaDeviceInfo> devices;
 };
 CudaInfo cuda_info();

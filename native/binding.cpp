@@ -760,6 +760,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   c.Set("reason", Napi::String::New(env, ci.reason));
   c.Set("driverVersion", Napi::Number::New(env, ci.driver_version));
   c.Set("runtimeVersion", Napi::Number::New(env, ci.runtime_version));
+  c.Set("archs", Napi::String::New(env, ci.archs));
   Napi::Array devs = Napi::Array::New(env);
   for (size_t i = 0; i < ci.devices.size(); ++i) {
     const auto& d = ci.devices[i];
@@ -770,6 +771,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     dv.Set("totalMemory", Napi::Number::New(env, (double)d.total_mem));
     dv.Set("freeMemory", Napi::Number::New(env, (double)d.free_mem));
     dv.Set("multiprocessors", Napi::Number::New(env, d.sm_count));
+    dv.Set("kernelImage", Napi::Boolean::New(env, d.kernel_image));
+    dv.Set("kernelImageError", Napi::String::New(env, d.kernel_image_error));
     devs.Set((uint32_t)i, dv);
   }
   c.Set("devices", devs);

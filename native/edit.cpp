@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "cpu/cpu_backend.h"  // weight_row_to_f32 for host-side conversions of the base weight
 #include "model.h"
 
 namespace re {
@@ -62,14 +61,22 @@ void Model::side_free(int id) {
 int Model::side_slots(int id) const { return store(id).count; }
 int Model::side_layer(int id) const { return store(id).layer; }
 
-// The base down_proj of `layer`, widened to f32 on the host.
-static std::vector<float> base_f32(Backend& be, WeightRef w, size_t n) {
-  std::vector<uint8_t> raw(n * dtype_size(w.dt));
-  be.download(raw.data(), w.p, raw.size());
-  be.sync();
-  std::vector<float> out(n);
-  weight_row_to_f32(out.data(), WeightRef{raw.data(), w.dt}, 0, n);
-  return out;
+// dst [rows·cols] f32 <- the base matrix w (stored dtype) widened, on the backend: embedding() with ids 0..rows-1
+// copies its contiguous rows with the exact widening every backend uses for weights (as weight_row_to_f32), so
+// nothing crosses the host link — before, a new memory of an 8B model downloaded 117 MB and uploaded 235 MB.
+static void widen_base(Backend& be, float* dst, WeightRef w, int rows, int cols) {
+  std::vector<int32_t> ids(rows);
+  for (int i = 0; i < rows; ++i) ids[i] = i;
+  int32_t* d_ids = static_cast<int32_t*>(be.alloc((size_t)rows * sizeof(int32_t)));
+  try {
+    be.upload(d_ids, ids.data(), (size_t)rows * sizeof(int32_t));
+    be.embedding(dst, d_ids, w, rows, cols);
+    be.sync();
+  } catch (...) {
+    be.free(d_ids);
+    throw;
+  }
+  be.free(d_ids);
 }
 
 int Model::side_add(int id, int from) {
@@ -86,8 +93,7 @@ int Model::side_add(int id, int from) {
   }
   float* dst = st.buf + (size_t)st.count * DF;
   if (from == -1) {
-    std::vector<float> b = base_f32(*be_, side_base(st), DF);
-    be_->upload(dst, b.data(), DF * 4);
+    widen_base(*be_, dst, side_base(st), arch_.D, arch_.F);  // [D, F] or GPT-2's c_fc [F, D]: D·F contiguous values
   } else {
     be_->copy(dst, st.buf + (size_t)from * DF, DF * 4);
   }
@@ -116,11 +122,7 @@ void Model::side_remove(int id, std::vector<int32_t> slots) {
 }
 
 void Model::side_reset(int id, int slot) {
-  float* p = slot_ptr(id, slot);
-  const size_t DF = (size_t)arch_.D * arch_.F;
-  std::vector<float> b = base_f32(*be_, side_base(store(id)), DF);
-  be_->upload(p, b.data(), DF * 4);
-  be_->sync();
+  widen_base(*be_, slot_ptr(id, slot), side_base(store(id)), arch_.D, arch_.F);
 }
 
 std::vector<float> Model::side_read(int id, int slot) {
@@ -222,14 +224,14 @@ void Model::mlp_act(int l, const float* x, float* act, int BT) {
   if (gpt2()) {
     norm(xn, x, w.ln2, w.ln2b, BT);
     be_->linear(act, xn, w.up, w.upb, BT, a.F, a.D, false);
-    be_->gelu(act, act, BT * a.F);
+    be_->gelu(act, act, (size_t)BT * a.F);
     return;
   }
   float* up = ensure(up_, (size_t)BT * a.F * 4);
   be_->rmsnorm(xn, x, w.ln2, BT, a.D, a.eps);
   be_->linear(act, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
   be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
-  be_->swiglu(act, act, up, BT * a.F);
+  be_->swiglu(act, act, up, (size_t)BT * a.F);
 }
 
 std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens, int B, int T,
@@ -532,11 +534,11 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       // ---- forward: side output, suffix layers (kept), head at label rows ----
       be_->linear(os, A, WeightRef{Wp, DType::F32}, sbias, BT, N, K, false);  // GPT-2: + the matrix's bias
       if (key) {
-        be_->gelu(actL, os, BT * F);
+        be_->gelu(actL, os, (size_t)BT * F);
         be_->copy(x, hL, (size_t)BT * D * 4);
         be_->linear(x, actL, wl.down, wl.downb, BT, D, F, true);
       } else {
-        be_->add(x, hL, os, BT * D);
+        be_->add(x, hL, os, (size_t)BT * D);
       }
       for (int j = 0; j < nsuf; ++j) {
         const Layer& w = layers_[L + 1 + j];
@@ -554,11 +556,11 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
         norm(s.xn2, x, w.ln2, w.ln2b, BT);
         if (gpt2()) {
           be_->linear(s.up, s.xn2, w.up, w.upb, BT, F, D, false);
-          be_->gelu(s.act, s.up, BT * F);
+          be_->gelu(s.act, s.up, (size_t)BT * F);
         } else {
           be_->linear(s.gate, s.xn2, w.gate, WeightRef{}, BT, F, D, false);
           be_->linear(s.up, s.xn2, w.up, WeightRef{}, BT, F, D, false);
-          be_->swiglu(s.act, s.gate, s.up, BT * F);
+          be_->swiglu(s.act, s.gate, s.up, (size_t)BT * F);
         }
         be_->linear(x, s.act, w.down, w.downb, BT, D, F, true);
       }
@@ -700,10 +702,10 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
         // x_out = h + down(act)    (biases have no input gradient)
         be_->linear_dx(dact, dx, w.down, BT, D, F, false);
         if (gpt2()) {
-          be_->gelu_bwd(dup, dact, s.up, BT * F);
+          be_->gelu_bwd(dup, dact, s.up, (size_t)BT * F);
           be_->linear_dx(dxn, dup, w.up, BT, F, D, false);
         } else {
-          be_->swiglu_bwd(dgate, dup, dact, s.gate, s.up, BT * F);
+          be_->swiglu_bwd(dgate, dup, dact, s.gate, s.up, (size_t)BT * F);
           be_->linear_dx(dxn, dgate, w.gate, BT, F, D, false);
           be_->linear_dx(dxn, dup, w.up, BT, F, D, true);
         }
@@ -724,7 +726,7 @@ EditResult Model::side_edit(int id, int slot, const EditBatch& eb, const EditHyp
       float* G = dx;
       if (key) {
         be_->linear_dx(dact, dx, wl.down, BT, D, F, false);
-        be_->gelu_bwd(dup, dact, os, BT * F);
+        be_->gelu_bwd(dup, dact, os, (size_t)BT * F);
         G = dup;
       }
       if (h.margin) {

@@ -382,7 +382,7 @@ void Model::embed(float* x, const int32_t* d_ids, const int32_t* d_pos, int n, f
   be_->embedding(x, d_ids, embed_, n, arch_.D);
   if (gpt2()) {
     be_->embedding(tmp, d_pos, pos_embed_, n, arch_.D);
-    be_->add(x, x, tmp, n * arch_.D);
+    be_->add(x, x, tmp, (size_t)n * arch_.D);
   }
 }
 
@@ -464,11 +464,11 @@ void Model::run_layers(int l0, int l1, float* x, int B, int T, int P, int S, con
       } else {
         be_->linear(gate, xn, w.up, w.upb, BT, a.F, a.D, false);
       }
-      be_->gelu(gate, gate, BT * a.F);
+      be_->gelu(gate, gate, (size_t)BT * a.F);
     } else {
       be_->linear(gate, xn, w.gate, WeightRef{}, BT, a.F, a.D, false);
       be_->linear(up, xn, w.up, WeightRef{}, BT, a.F, a.D, false);
-      be_->swiglu(gate, gate, up, BT * a.F);
+      be_->swiglu(gate, gate, up, (size_t)BT * a.F);
     }
     if (routed && !route_key) {
       by_rows(w.down, [&](int b0, int b1, WeightRef W) {

@@ -880,6 +880,76 @@ OpResult op_loss_aware_merge(Backend& be, const Args& A) {
   return s.finish();
 }
 
+// elementwise_big: the size_t element-count path of the elementwise ops past 2^31 elements, without host copies
+// of the whole tensor (test/elementwise_big.test.ts). One backend buffer of n floats (two for swiglu_bwd) is
+// filled with x = 1 + (i mod 7)/8 in 56 MiB uploads; the op runs in place (every input aliased to it, which each
+// op allows); 16 elements are read back at the start, just below and above each multiple of 2^31 below n, and at
+// the end, with their indices. An int count would wrap negative (the CPU loop then does nothing, a CUDA launch
+// covers nothing or fails), leaving those samples at their inputs.
+//   num n (elements, >= 16), str kind: add | swiglu | gelu | gelu_bwd | swiglu_bwd
+//   out: "index" (as floats, exact below 2^24 only: also "index_hi"/"index_lo" = index / 2^16 and index mod 2^16),
+//        "x" (the input there), "y" (the output there; swiglu_bwd: dgate then, in "y2", dup)
+OpResult op_elementwise_big(Backend& be, const Args& A) {
+  const double nd = A.num("n");
+  if (nd != std::floor(nd) || nd < 16 || nd > 1e12) bad(A.op, "'n' must be an integer in [16, 1e12]");
+  const size_t n = (size_t)nd;
+  auto it = A.a.str.find("kind");
+  if (it == A.a.str.end()) bad(A.op, "missing string 'kind'");
+  const std::string kind = it->second;
+  if (kind != "add" && kind != "swiglu" && kind != "gelu" && kind != "gelu_bwd" && kind != "swiglu_bwd")
+    bad(A.op, "kind must be add, swiglu, gelu, gelu_bwd or swiglu_bwd");
+  const bool two = kind == "swiglu_bwd";
+  float* buf = (float*)be.alloc(n * sizeof(float));
+  float* buf2 = nullptr;
+  OpResult r;
+  try {
+    if (two) buf2 = (float*)be.alloc(n * sizeof(float));
+    const size_t chunk = (size_t)7 << 21;  // 56 MiB of floats, a multiple of 7: one host pattern serves every chunk
+    std::vector<float> host(chunk);
+    for (size_t j = 0; j < chunk; ++j) host[j] = 1.0f + (float)(j % 7) / 8.0f;
+    for (size_t i0 = 0; i0 < n; i0 += chunk) be.upload(buf + i0, host.data(), std::min(chunk, n - i0) * sizeof(float));
+    if (kind == "add") be.add(buf, buf, buf, n);
+    else if (kind == "swiglu") be.swiglu(buf, buf, buf, n);
+    else if (kind == "gelu") be.gelu(buf, buf, n);
+    else if (kind == "gelu_bwd") be.gelu_bwd(buf, buf, buf, n);
+    else be.swiglu_bwd(buf, buf2, buf, buf, buf, n);  // dgate written in place over dy = gate = up; dup separately
+    be.sync();
+    std::vector<size_t> idx;
+    auto span = [&](size_t a, size_t b) {
+      for (size_t i = a; i < b && i < n; ++i)
+        if (idx.empty() || i > idx.back()) idx.push_back(i);
+    };
+    span(0, 16);
+    for (size_t b = (size_t)1 << 31; b < n; b += (size_t)1 << 31) span(b - 8, b + 8);
+    span(n - 16, n);
+    auto& oi = r.out["index"];
+    auto& hi = r.out["index_hi"];
+    auto& lo = r.out["index_lo"];
+    auto& ox = r.out["x"];
+    auto& oy = r.out["y"];
+    for (size_t i : idx) {
+      float v = 0, v2 = 0;
+      be.download(&v, buf + i, sizeof(float));
+      oi.push_back((float)i);
+      hi.push_back((float)(i >> 16));
+      lo.push_back((float)(i & 0xffff));
+      ox.push_back(1.0f + (float)(i % 7) / 8.0f);
+      oy.push_back(v);
+      if (two) {
+        be.download(&v2, buf2 + i, sizeof(float));
+        r.out["y2"].push_back(v2);
+      }
+    }
+  } catch (...) {
+    be.free(buf);
+    be.free(buf2);
+    throw;
+  }
+  be.free(buf);
+  be.free(buf2);
+  return r;
+}
+
 }  // namespace
 
 std::vector<std::string> op_names() {
@@ -922,6 +992,7 @@ OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
   if (op == "gelu") return op_gelu(be, A);
   if (op == "gelu_bwd") return op_gelu_bwd(be, A);
   if (op == "add_bias") return op_add_bias(be, A);
+  if (op == "elementwise_big") return op_elementwise_big(be, A);  // a test harness op, not a backend.h op
   std::string known;
   for (const auto& n : op_names()) known += (known.empty() ? "" : ", ") + n;
   fail(RE_ERR_ARG, "runOp: unknown op '" + op + "' (known: " + known + ")");

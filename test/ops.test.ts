@@ -17,6 +17,7 @@
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
 import { cpuIsas, cpuBackend } from './helpers/isa.js';
+import { TOL_CUDA } from './helpers/tolerances.js';
 
 const VERBOSE = !!process.env.OPS_VERBOSE; // print every measured error (scripts/gpu-check.sh sets it)
 
@@ -34,20 +35,7 @@ const TOL_CPU: Record<string, number> = {
   attention: 1e-6, // f64 softmax/accumulation, one f32 rounding of the output
   swiglu: 1e-6,
 };
-// CUDA vs CPU.
-const TOL_CUDA: Record<string, number> = {
-  // F32 weights: SIMT / GEMV f32 FMA chains in another order than the CPU: ~1e-6 in practice.
-  linear_F32: 2e-5,
-  // F16/BF16 weights: GEMV (M <= 8) is plain f32; the tensor-core path (M > 8) runs TF32 MMAs with the
-  // activations split hi+lo (~2⁻²² relative per activation; weights exact in TF32) and f32
-  // accumulation whose per-step alignment truncates (Fasi et al., 2021): ~1e-6..1e-5. A path that
-  // rounded activations to bf16 would land near 4e-3 and fail this bound on purpose.
-  linear_16: 5e-5,
-  rmsnorm: 5e-6, // f32 tree sum of squares vs the CPU's f64 sum
-  rope: 4e-6, // device sincosf (<= 2 ulp incl. large θ) vs f64 cos/sin rounded
-  attention: 2e-5, // f32 online softmax (expf, f32 accumulation over up to S keys) vs f64 two-pass
-  swiglu: 4e-6, // expf vs f64 exp
-};
+// CUDA vs CPU: test/helpers/tolerances.ts (test/parity.test.ts derives its logit tolerance from the same bounds).
 
 // ---- seeded PRNG and data --------------------------------------------------------------------------
 
@@ -584,6 +572,11 @@ function gpuOnlyCases(): Case[] {
   out.push(attentionCase([2, 1, 16, 8, 128, 4096, 4000, [37, 0]], false));
   out.push(attentionCase([2, 120, 14, 2, 64, 128, 0, [0, 17]], false));
   out.push(attentionCase([1, 16, 8, 1, 256, 600, 500, [3]], false));
+  // decode shapes that take the flash-decoding split (few rows, long context): 8B-like heads at 4k context;
+  // a padded batch whose second row has 10 keys (most parts empty); an all-padding row split into parts
+  out.push(attentionCase([1, 1, 32, 8, 128, 4096, 4095, [0]], false));
+  out.push(attentionCase([2, 1, 4, 1, 64, 2000, 1999, [0, 1990]], false));
+  out.push(attentionCase([1, 1, 4, 2, 64, 600, 599, [600]], false));
   for (const n of [1 << 20, (1 << 20) + 3]) {
     const name = `swiglu n=${n}`;
     out.push({

@@ -69,11 +69,11 @@ void CpuBackend::attention_bwd(float* dq, float* dk, float* dv, const float* dou
   }, (double)B * Hq * T * T * hd * 3);
 }
 
-void CpuBackend::swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) {
-  const int chunk = 16384;
-  pool_.parallel_for((n + chunk - 1) / chunk, [&](int c) {
+void CpuBackend::swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, size_t n) {
+  const size_t chunk = 16384;
+  pool_.parallel_for(chunk_count(n, chunk), [&](int c) {
     const size_t i0 = (size_t)c * chunk;
-    k_->swiglu_bwd(dgate + i0, dup + i0, dy + i0, gate + i0, up + i0, std::min((size_t)chunk, (size_t)n - i0));
+    k_->swiglu_bwd(dgate + i0, dup + i0, dy + i0, gate + i0, up + i0, std::min(chunk, n - i0));
   }, (double)n * 40);
 }
 

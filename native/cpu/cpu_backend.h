@@ -17,6 +17,14 @@
 
 namespace re {
 
+// Chunks of `chunk` elements covering n (size_t) elements, as the int count parallel_for takes; n past
+// chunk·INT_MAX (3.5e13 elements at the smallest chunk used) is refused rather than wrapped.
+inline int chunk_count(size_t n, size_t chunk) {
+  const size_t c = (n + chunk - 1) / chunk;
+  if (c > (size_t)0x7fffffff) fail(RE_ERR_ARG, "elementwise op: " + std::to_string(n) + " elements is too many");
+  return (int)c;
+}
+
 // Exact f16/bf16 -> f32 conversions (table for f16, shift for bf16).
 float f16_to_f32(uint16_t h);
 inline float bf16_to_f32(uint16_t b) {
@@ -61,16 +69,16 @@ class CpuBackend final : public Backend {
   void kv_store(float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv, int hd, int S, int P) override;
   void attention(float* out, const float* q, const float* kc, const float* vc, const int32_t* pad, int B, int Tn,
                  int Hq, int Hkv, int hd, int S, int P, float scale) override;
-  void swiglu(float* y, const float* gate, const float* up, int n) override;
-  void add(float* y, const float* a, const float* b, int n) override;
+  void swiglu(float* y, const float* gate, const float* up, size_t n) override;
+  void add(float* y, const float* a, const float* b, size_t n) override;
   void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;
   // GPT-2 family ops (cpu/gpt2.cpp)
   void layernorm(float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) override;
-  void gelu(float* y, const float* x, int n) override;
+  void gelu(float* y, const float* x, size_t n) override;
   void add_bias(float* y, WeightRef b, int M, int N) override;
   void layernorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
                      bool accumulate) override;
-  void gelu_bwd(float* dx, const float* dy, const float* x, int n) override;
+  void gelu_bwd(float* dx, const float* dy, const float* x, size_t n) override;
 
   // editing ops (cpu/backward.cpp, cpu/wise.cpp)
   void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;
@@ -80,7 +88,7 @@ class CpuBackend final : public Backend {
   void rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override;
   void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kc,
                      const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd, float scale) override;
-  void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int n) override;
+  void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, size_t n) override;
   void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* labels, const float* weight,
                      int R, int V) override;
   void act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) override;

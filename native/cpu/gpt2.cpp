@@ -76,17 +76,19 @@ void CpuBackend::layernorm_bwd(float* dx, const float* dy, const float* x, Weigh
   }, (double)M * D * 12);
 }
 
-void CpuBackend::gelu(float* y, const float* x, int n) {
-  const int chunk = 4096;
-  pool_.parallel_for((n + chunk - 1) / chunk, [&](int c) {
-    for (int i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) y[i] = (float)gelu_d((double)x[i]);
+void CpuBackend::gelu(float* y, const float* x, size_t n) {
+  const size_t chunk = 4096;
+  pool_.parallel_for(chunk_count(n, chunk), [&](int c) {
+    const size_t i1 = std::min(n, (size_t)(c + 1) * chunk);
+    for (size_t i = (size_t)c * chunk; i < i1; ++i) y[i] = (float)gelu_d((double)x[i]);
   }, (double)n * 30);
 }
 
-void CpuBackend::gelu_bwd(float* dx, const float* dy, const float* x, int n) {
-  const int chunk = 4096;
-  pool_.parallel_for((n + chunk - 1) / chunk, [&](int c) {
-    for (int i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) dx[i] = (float)((double)dy[i] * gelu_grad_d((double)x[i]));
+void CpuBackend::gelu_bwd(float* dx, const float* dy, const float* x, size_t n) {
+  const size_t chunk = 4096;
+  pool_.parallel_for(chunk_count(n, chunk), [&](int c) {
+    const size_t i1 = std::min(n, (size_t)(c + 1) * chunk);
+    for (size_t i = (size_t)c * chunk; i < i1; ++i) dx[i] = (float)((double)dy[i] * gelu_grad_d((double)x[i]));
   }, (double)n * 40);
 }
 

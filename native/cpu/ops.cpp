@@ -123,16 +123,16 @@ void CpuBackend::attention(float* out, const float* q, const float* kc, const fl
 }
 
 // y = silu(g) * u,  silu(g) = g / (1 + e^-g)
-void CpuBackend::swiglu(float* y, const float* gate, const float* up, int n) {
-  const int chunk = 16384;
-  pool_.parallel_for((n + chunk - 1) / chunk, [&](int c) {
+void CpuBackend::swiglu(float* y, const float* gate, const float* up, size_t n) {
+  const size_t chunk = 16384;
+  pool_.parallel_for(chunk_count(n, chunk), [&](int c) {
     const size_t i0 = (size_t)c * chunk;
-    k_->swiglu(y + i0, gate + i0, up + i0, std::min((size_t)chunk, (size_t)n - i0));
+    k_->swiglu(y + i0, gate + i0, up + i0, std::min(chunk, n - i0));
   }, (double)n * 30);
 }
 
-void CpuBackend::add(float* y, const float* a, const float* b, int n) {
-  for (int i = 0; i < n; ++i) y[i] = a[i] + b[i];
+void CpuBackend::add(float* y, const float* a, const float* b, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
 }
 
 void CpuBackend::gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) {
