@@ -14,7 +14,7 @@ import cliProgress from 'cli-progress';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { RepairError } from '../errors.js';
 import type { EditMethod, EditorOptions } from '../editor.js';
-import type { RepairOptions } from '../repair.js';
+import { REPAIR_PAPER, type RepairOptions } from '../repair.js';
 import { DATASET_FORMATS, editSlice, loadDataset, namedDatasetPath, NAMED_DATASETS, type Dataset, type DatasetFormat } from '../datasets.js';
 import {
   defaultMetrics,
@@ -36,7 +36,7 @@ import { loadModel, type BackendChoice } from '../model.js';
 import { packageVersion } from '../info.js';
 import { choiceOption, floatOption, formatTable, intOption, interruptSignal, resolveModelDir, usageError, writeOut, type CliCommand } from './common.js';
 
-export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound'] as const;
+export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact'] as const;
 export type Ablation = (typeof ABLATIONS)[number];
 /** The REPAIR options of each ablation: a mechanism off, or ('bound') no bound on retraining (retrainShare). */
 const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
@@ -45,8 +45,16 @@ const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
   kd: { kd: false },
   merge: { lossAwareMerge: false },
   bound: { retrainShare: 1e9 },
+  // issue 12's mechanisms, each off in turn (exact = the monitor back on teacher-forced token accuracy)
+  recalibrate: { recalibrate: false },
+  content: { routeContent: false },
+  replay: { replay: 0 },
+  negatives: { negatives: 0 },
+  exact: { correctness: 'token' },
 };
-const METHODS = ['wise', 'repair', 'ft'] as const;
+/** 'repair-paper' = method 'repair' as the REPAIR paper specifies it (REPAIR_PAPER: every issue-12 mechanism off). */
+const METHODS = ['wise', 'repair', 'repair-paper', 'ft'] as const;
+type CliMethod = (typeof METHODS)[number];
 const ROUTING_OF: Record<'tf' | 'prompt' | 'off', RoutingBasis | false> = { tf: 'teacher-forced', prompt: 'prompt-only', off: false };
 
 interface EvalCliOptions {
@@ -55,7 +63,7 @@ interface EvalCliOptions {
   format?: DatasetFormat;
   skipInvalid?: boolean;
   n: number[];
-  method: EditMethod[];
+  method: CliMethod[];
   ablate: Ablation[];
   protocol: Protocol;
   restore: RestoreMode;
@@ -100,8 +108,10 @@ const positiveInt = (s: string): number => {
 };
 
 /** The rows of the results table: the methods, then one 'repair -X' per ablation. */
-export function variantsOf(methods: readonly EditMethod[], ablate: readonly Ablation[], base: EditorOptions): EvalVariant[] {
-  const v: EvalVariant[] = methods.map((m) => ({ label: m, method: m, editorOptions: { ...base } }));
+export function variantsOf(methods: readonly (EditMethod | 'repair-paper')[], ablate: readonly Ablation[], base: EditorOptions): EvalVariant[] {
+  const v: EvalVariant[] = methods.map((m) =>
+    m === 'repair-paper' ? { label: m, method: 'repair' as const, editorOptions: { ...base, repair: { ...REPAIR_PAPER } } } : { label: m, method: m, editorOptions: { ...base } },
+  );
   for (const a of ablate) v.push({ label: `repair -${a}`, method: 'repair', editorOptions: { ...base, repair: { ...ABLATION_OPTIONS[a] } } });
   return v;
 }
@@ -573,7 +583,7 @@ export const evalCommand: CliCommand = {
       .addOption(
         new Option('--n <list>', 'numbers of edits, comma-separated: each N edits the first N records with a fresh editor').argParser(listOption(positiveInt, 'positive integers')).default([1, 30, 120], '1,30,120'),
       )
-      .addOption(new Option('--method <list>', 'methods, comma-separated: wise, repair, ft').argParser(listOption(choiceItem(METHODS), 'methods')).default(['wise'], 'wise'))
+      .addOption(new Option('--method <list>', "methods, comma-separated: wise, repair, repair-paper (repair with every issue-12 mechanism off: the paper's REPAIR), ft").argParser(listOption(choiceItem(METHODS), 'methods')).default(['wise'], 'wise'))
       .addOption(
         new Option('--ablate <list>', `REPAIR ablations, comma-separated (${ABLATIONS.join(', ')}): each adds a 'repair -X' row with that mechanism off (merge = the loss-aware merge; bound = no bound on retraining, retrainShare unlimited)`)
           .argParser(listOption(choiceItem(ABLATIONS), 'ablations'))
