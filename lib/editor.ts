@@ -804,6 +804,8 @@ export class Editor {
     const now = this.#editCount;
     if (Math.floor(now / c.saveFreq) === Math.floor(prev / c.saveFreq)) return;
     await this.#saveWorking();
+    // repair `keepShards` (issue 12): route over the shards, never merge them
+    if (c.method === 'repair' && c.repair!.keepShards) return;
     if (Math.floor(now / c.mergeFreq) !== Math.floor(prev / c.mergeFreq)) await this.#merge();
   }
 

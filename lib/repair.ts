@@ -126,6 +126,17 @@ export interface RepairOptions {
    * 0 = off. Default 4.
    */
   negatives: number;
+  /**
+   * Keep shards [ours]: route over the saved shards themselves and never TIES-merge them (mergeFreq then
+   * only paces nothing). A merge of near-disjoint masks adds the shard deltas, so a merged memory answers
+   * every input with the sum of its shards' background while each edit keeps only its own shard's signal:
+   * on facts-llama (N = 30, scratch measurement) merged memories separated their edit prompts from
+   * unrelated questions poorly (thresholds between overlapping distributions) and sent edit prompts to
+   * the memory holding them 70 % of the time; kept shards did so 100 %, with 1 / 30 unrelated prompts
+   * routed. The cost: N / saveFreq memories instead of N / mergeFreq (memory and routing GEMM width).
+   * Off = the cadence of §1.7 with REPAIR's loss-aware merge. Default on.
+   */
+  keepShards: boolean;
 }
 
 /**
@@ -133,6 +144,7 @@ export interface RepairOptions {
  * the monitor judging teacher-forced token accuracy. `{ method: 'repair', repair: REPAIR_PAPER }`.
  */
 export const REPAIR_PAPER: Readonly<Partial<RepairOptions>> = Object.freeze({
+  keepShards: false,
   recalibrate: false,
   routeContent: false,
   replay: 0,
@@ -174,6 +186,7 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   replay: 4,
   replayRows: 2,
   negatives: 4,
+  keepShards: true,
 };
 
 /** Fill the defaults and validate every field (typed errors naming the field). */
@@ -182,7 +195,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   if (o && o.batchSize !== undefined && o.window === undefined) r.window = 2 * o.batchSize;
   const bad = (k: string, what: string) => new RepairError('ERR_INVALID_ARG', `repair option ${k} must be ${what}, got ${JSON.stringify((r as unknown as Record<string, unknown>)[k])}`, { field: k });
   for (const k of Object.keys(o ?? {})) if (!(k in REPAIR_DEFAULTS) && k !== 'tauE') throw new RepairError('ERR_INVALID_ARG', `unknown repair option '${k}'`, { field: k });
-  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge', 'kdLogits', 'recalibrate', 'routeContent'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
+  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge', 'kdLogits', 'recalibrate', 'routeContent', 'keepShards'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
   const int = (k: keyof RepairOptions, lo: number, hi: number) => {
     const v = r[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) throw bad(k, `an integer in [${lo}, ${hi}]`);

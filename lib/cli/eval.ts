@@ -36,7 +36,7 @@ import { loadModel, type BackendChoice } from '../model.js';
 import { packageVersion } from '../info.js';
 import { choiceOption, floatOption, formatTable, intOption, interruptSignal, resolveModelDir, usageError, writeOut, type CliCommand } from './common.js';
 
-export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact'] as const;
+export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact', 'shards'] as const;
 export type Ablation = (typeof ABLATIONS)[number];
 /** The REPAIR options of each ablation: a mechanism off, or ('bound') no bound on retraining (retrainShare). */
 const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
@@ -51,6 +51,7 @@ const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
   replay: { replay: 0 },
   negatives: { negatives: 0 },
   exact: { correctness: 'token' },
+  shards: { keepShards: false },
 };
 /** 'repair-paper' = method 'repair' as the REPAIR paper specifies it (REPAIR_PAPER: every issue-12 mechanism off). */
 const METHODS = ['wise', 'repair', 'repair-paper', 'ft'] as const;
@@ -143,10 +144,36 @@ export function resultsTable(reports: readonly EvalReport[]): TableShape {
   const ppl = runs.some((r) => r.summary.ppl !== null);
   const ood = runs.some((r) => r.summary.metricOf.gen === 'ood');
   const em = runs.some((r) => r.summary.counts.em > 0);
-  const header = ['method', 'N', 'Rel', ood ? 'Gen(OOD)' : 'Gen', 'Loc', 'OP', ...(ppl ? ['PPL'] : []), '|', ...(em ? ['EM-Rel', 'EM-Gen', '|'] : []), 's/edit'];
+  const rt = runs.some((r) => r.routing);
+  const header = [
+    'method',
+    'N',
+    'Rel',
+    ood ? 'Gen(OOD)' : 'Gen',
+    'Loc',
+    'OP',
+    ...(ppl ? ['PPL'] : []),
+    '|',
+    ...(em ? ['EM-Rel', 'EM-Gen', '|'] : []),
+    ...(rt ? ['unrel→mem', 'route-acc', '|'] : []),
+    's/edit',
+  ];
   const rows = runs.map((r) => {
     const s = r.summary;
-    return [r.label, String(r.n), f2(s.rel), f2(s.gen), f2(s.loc), f2(s.op), ...(ppl ? [f2(s.ppl)] : []), '|', ...(em ? [f2(s.emRel), f2(s.emGen), '|'] : []), f2(r.timings.secondsPerEdit, 3)];
+    const g = r.routing?.summary;
+    return [
+      r.label,
+      String(r.n),
+      f2(s.rel),
+      f2(s.gen),
+      f2(s.loc),
+      f2(s.op),
+      ...(ppl ? [f2(s.ppl)] : []),
+      '|',
+      ...(em ? [f2(s.emRel), f2(s.emGen), '|'] : []),
+      ...(rt ? [f2(g?.unrelated.fraction), f2(g?.accuracy?.edit), '|'] : []),
+      f2(r.timings.secondsPerEdit, 3),
+    ];
   });
   return { header, rows, align: header.map((_, i) => (i === 0 ? 'l' : 'r')) };
 }
@@ -161,6 +188,8 @@ function legend(reports: readonly EvalReport[]): string[] {
   if (runs.some((r) => r.summary.counts.em > 0)) out.push(`EM-Rel, EM-Gen: exact match of the greedy generation through the editor (beyond the reference), same protocol`);
   if (runs.some((r) => r.summary.metricOf.gen === 'ood')) out.push('Gen(OOD): fraction of ood_rephrase tokens with probability > 0.8 (the reference ood_acc)');
   if (runs.some((r) => r.summary.ppl !== null)) out.push('PPL: exp(mean NLL of the target given the prompt), lower is better (the reference Rel for hallucination)');
+  const basis = runs.find((r) => r.routing)?.routing?.basis;
+  if (basis) out.push(`unrel→mem: share of unrelated (locality) prompts routed to a side memory; route-acc: share of edit prompts routed to the memory that holds their edit (${basis} inputs)`);
   const pre = runs[0]!.summary.pre;
   out.push(`unedited model (first ${runs.reduce((m, r) => Math.max(m, r.n), 0)} records): Rel ${f2(pre.rel)}, Gen ${f2(pre.gen)}${pre.ppl !== null ? `, PPL ${f2(pre.ppl)}` : ''}${pre.ood !== null ? `, OOD ${f2(pre.ood)}` : ''}`);
   return out;
@@ -413,7 +442,8 @@ export function routingLines(reports: readonly EvalReport[]): string[] {
     if (!run) continue;
     const s = run.routing!.summary;
     const c = (x: RoutedCount) => `${x.routed}/${x.prompts}`;
-    out.push(`routed to a side memory (${run.routing!.basis}), ${run.label} N=${run.n}: edit ${c(s.edit)}, rephrase ${c(s.rephrase)}, unrelated ${c(s.unrelated)}`);
+    const acc = s.accuracy?.edit !== null && s.accuracy?.edit !== undefined ? `; to the memory holding the edit: edit ${f2(s.accuracy.edit)}, rephrase ${f2(s.accuracy.rephrase)}` : '';
+    out.push(`routed to a side memory (${run.routing!.basis}), ${run.label} N=${run.n}: edit ${c(s.edit)}, rephrase ${c(s.rephrase)}, unrelated ${c(s.unrelated)}${acc}`);
   }
   return out;
 }
