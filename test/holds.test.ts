@@ -15,6 +15,8 @@ import { packageRoot } from '../lib/paths.js';
 
 const FACTS = join(packageRoot(), '..', 'shared', 'models', 'facts-llama');
 const ZSRE = join(packageRoot(), '..', 'shared', 'data', 'zsre', 'zsre_mend_train-1k.json');
+/** Each facts-model test trains 8–20 edits: minutes on a loaded 2-core machine. */
+const SLOW = 900_000;
 const haveFacts = existsSync(join(FACTS, 'config.json')) && existsSync(ZSRE);
 if (!haveFacts) console.warn('[holds.test] ../shared/models/facts-llama or the ZsRE file is absent: the issue-12 behaviour tests are skipped');
 
@@ -78,7 +80,7 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
   });
   afterAll(async () => {
     await model?.dispose();
-  });
+  }, SLOW);
 
   it('shard replay: after 5 edits in one shard every edit is still recalled (teacher-forced, every answer token); without replay some are not', async () => {
     const recs = Array.from({ length: 5 }, (_, i) => rec(i));
@@ -93,7 +95,7 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     };
     expect(await accs(4)).toEqual([1, 1, 1, 1, 1]);
     expect((await accs(0)).some((a) => a < 1)).toBe(true);
-  });
+  }, SLOW);
 
   it('recalibration: where the paper would merge (10 edits, save 5 / merge 10), the locality prompts of the edited records stay on the main weight; without it most route', async () => {
     const recs = Array.from({ length: 10 }, (_, i) => rec(i));
@@ -114,7 +116,7 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     expect(on.n).toBeLessThanOrEqual(3); // of 20 (teacher-forced rows and bare prompts)
     expect(on.own).toBe(10);
     expect((await routed(false)).n).toBeGreaterThanOrEqual(6);
-  });
+  }, SLOW);
 
   it('recalibration after a merge (keepShards off): the merged memory gets a threshold set on its own weights, shown by explain() with both distributions', async () => {
     const recs = Array.from({ length: 10 }, (_, i) => rec(i));
@@ -141,7 +143,7 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     expect(m.calibration!.negatives.filter((x) => x > thrOff).length).toBeGreaterThanOrEqual(5);
     await on.dispose();
     await off.dispose();
-  });
+  }, SLOW);
 
   it('routing on content tokens: a long unrelated row does not route (the reference switches to the max past 100 tokens and routes it)', async () => {
     const recs = Array.from({ length: 5 }, (_, i) => rec(i));
@@ -163,7 +165,7 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     expect(on.r).toBe('main');
     expect(on.own).toBe(0);
     expect((await route(false)).r).not.toBe('main');
-  });
+  }, SLOW);
 
   it("with every new mechanism off, 'repair' reproduces its pre-issue-12 outputs (golden fixture)", async () => {
     const golden = JSON.parse(readFileSync(join(packageRoot(), 'test', 'fixtures', 'repair-paper-golden.json'), 'utf8'));
@@ -191,5 +193,5 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     }
     for (let i = 0; i < 4; i++) expect((await ed.generate(recs[i]!.prompt, { maxNewTokens: 6 })).tokens).toEqual(golden.gen[i]);
     await ed.dispose();
-  });
+  }, SLOW);
 });
