@@ -8,7 +8,7 @@ import { RepairError, abortedError, disposedError, toRepairError } from './error
 import { modelInternals, type GenerateOptions, type GenerateResult, type LogitsOptions, type LogitsResult, type Model, type Prompt } from './model.js';
 import type { ModelConfig } from './config.js';
 import type { NativeEditBatch, NativeEditHyper, NativeEditResult, NativeModel } from './native.js';
-import { errorRates, formBatches, lossAwareWeights, resolveRepairOptions, type RepairOptions } from './repair.js';
+import { calibrateThreshold, errorRates, formBatches, lossAwareWeights, resolveRepairOptions, topKMean, type RepairOptions } from './repair.js';
 
 export { MEMORY_FORMAT, MEMORY_FORMAT_VERSION };
 
@@ -151,6 +151,17 @@ export interface RouteScore {
   score: number;
   threshold: number;
   edits: number;
+  /**
+   * With repair's `recalibrate` (issue 12): the routing scores, on this memory's current weights, of its own
+   * edit prompts (positives) and of the negatives its threshold was set between.
+   */
+  calibration?: Calibration;
+}
+
+/** The two score distributions a recalibrated threshold lies between (repair `recalibrate`). */
+export interface Calibration {
+  positives: number[];
+  negatives: number[];
 }
 
 export interface Explanation {
@@ -170,6 +181,9 @@ interface MemoryState {
   /** Stable name (survives slot moves; a merge makes a new one): what events and error rates refer to. */
   uid: string;
   kind: 'shard' | 'merged';
+  /** repair `recalibrate`: the threshold recalibrated on the current weights, and its two distributions. */
+  thr?: number;
+  cal?: Calibration;
   minAct: number;
   /** min over its edits of the prompt-only score: the threshold base for routing bare prompts. */
   minPrompt: number;
@@ -182,6 +196,8 @@ interface MemoryState {
 interface WorkingState {
   uid: string;
   seed: number;
+  thr?: number;
+  cal?: Calibration;
   minAct: number;
   minPrompt: number;
   edits: string[];
@@ -440,6 +456,11 @@ export class Editor {
   #nextId = 1;
   #irrCursor = 0;
   #loop: LoopState = { queue: [], residual: [], feedback: [], status: {}, attempts: {}, gaveUp: [], uidCounter: 1 };
+  /** repair `recalibrate`: memories (uids) whose weights changed since their threshold was set. */
+  #dirty = new Set<string>();
+  /** Token ids of texts scored for recalibration (negatives recur across calls). */
+  #tokCache = new Map<string, number[]>();
+  #nonContent: Set<number> | undefined;
 
   private constructor(model: Model, config: EditorConfig) {
     this.model = model;
@@ -494,10 +515,14 @@ export class Editor {
     return this.#templates;
   }
   /** Summary of the working memory and every side memory. */
-  memories(): { working: { name: string; edits: string[]; threshold: number }; memories: { name: string; kind: string; edits: string[]; threshold: number }[] } {
+  memories(): {
+    working: { name: string; edits: string[]; threshold: number; calibration?: Calibration };
+    memories: { name: string; kind: string; edits: string[]; threshold: number; calibration?: Calibration }[];
+  } {
+    const cal = (x: { cal?: Calibration }) => (this.#recal && x.cal ? { calibration: { positives: [...x.cal.positives], negatives: [...x.cal.negatives] } } : {});
     return {
-      working: { name: this.#working.uid, edits: [...this.#working.edits], threshold: this.#threshold(this.#working.minAct) },
-      memories: this.#memories.map((m) => ({ name: m.uid, kind: m.kind, edits: [...m.edits], threshold: this.#threshold(m.minAct) })),
+      working: { name: this.#working.uid, edits: [...this.#working.edits], threshold: this.#thrOf(this.#working, 'full'), ...cal(this.#working) },
+      memories: this.#memories.map((m) => ({ name: m.uid, kind: m.kind, edits: [...m.edits], threshold: this.#thrOf(m, 'full'), ...cal(m) })),
     };
   }
   /** The ids of the edits currently in effect, in order. */
@@ -529,6 +554,16 @@ export class Editor {
   #threshold(minAct: number): number {
     return this.config.actRatio * minAct;
   }
+  /** repair `recalibrate` (issue 12) is on (retrieve mode only: WISE-Merge keeps the reference thresholds). */
+  get #recal(): boolean {
+    return this.config.method === 'repair' && this.config.repair!.recalibrate && this.config.retrieve;
+  }
+  /** A memory's routing threshold: the recalibrated one (repair `recalibrate`), else act_ratio × its min statistic. */
+  #thrOf(x: { minAct: number; minPrompt: number; thr?: number; edits: string[] }, basis: 'full' | 'prompt'): number {
+    if (this.#recal && x.thr !== undefined) return x.thr;
+    if (this.#recal && x.edits.length === 0) return this.#threshold(NO_ACT);
+    return this.#threshold(basis === 'full' ? x.minAct : x.minPrompt);
+  }
 
   // ---- rows (§1.3) ----
   /** The prompt text of a request as the model sees it (chat template when enabled). */
@@ -549,11 +584,12 @@ export class Editor {
    * Σ CE / (#target + 1)) [ours: a sum, not a mean, so each sample gets the gradient of a single edit at
    * the same lr — with a mean, a batch of b trains each edit b× more weakly in the same n_iter steps].
    */
-  #buildRows(samples: readonly { request: EditRequest; irrelevant: readonly string[] }[]): NativeEditBatch {
+  #buildRows(samples: readonly { request: EditRequest; irrelevant: readonly string[]; templates?: readonly number[] }[], extraNegatives: readonly string[] = []): NativeEditBatch {
     const tok = this.model.tokenizer;
-    const edit: { ids: number[]; p: number; sample: number }[] = [];
-    samples.forEach(({ request: req }, si) => {
-      for (const t of this.#templates) {
+    const edit: { ids: number[]; p: number; sample: number; rows: number }[] = [];
+    samples.forEach(({ request: req, templates }, si) => {
+      const use = templates ? templates.map((i) => this.#templates[i]!) : this.#templates;
+      for (const t of use) {
         let promptIds: number[];
         let ids: number[];
         if (this.config.useChatTemplate) {
@@ -570,12 +606,13 @@ export class Editor {
         if (ids.length <= promptIds.length) {
           throw new RepairError('ERR_EDIT_REQUEST', `the target ${JSON.stringify(req.target)} adds no token to the prompt`, { field: 'target' });
         }
-        edit.push({ ids, p: promptIds.length, sample: si });
+        edit.push({ ids, p: promptIds.length, sample: si, rows: use.length });
       }
     });
     const rows = edit.map((e) => e.ids);
     const margin = this.config.method !== 'ft';
     if (margin) for (const s of samples) for (const t of s.irrelevant) rows.push(tok.encode(t));
+    if (margin) for (const t of extraNegatives) rows.push(tok.encode(t));
     const R = rows.length;
     const T = Math.max(...rows.map((r) => r.length));
     if (T > this.model.config.maxPositions) {
@@ -594,18 +631,67 @@ export class Editor {
       pad[i] = T - r.length;
       tokens.set(r, i * T + pad[i]!);
     });
-    const perSample = this.#templates.length;
     edit.forEach((e, i) => {
       const n = e.ids.length - e.p;
       for (let j = e.p; j < e.ids.length; j++) {
         const pos = i * T + pad[i]! + j - 1; // logits at j-1 predict token j
         labels[pos] = e.ids[j]!;
-        labelWeights[pos] = 1 / ((n + 1) * perSample);
+        labelWeights[pos] = 1 / ((n + 1) * e.rows);
       }
       sample[i] = e.sample;
     });
     for (let i = edit.length; i < R; i++) kind[i] = 1;
     return { tokens, R, T, pad, labels, labelWeights, kind, ...(samples.length > 1 ? { sample } : {}) };
+  }
+
+  /**
+   * Shard replay (repair `replay`, issue 12): up to `replay` edits the working memory already holds (newest
+   * first, not in this batch), each on `replayRows` template rows: the bare prompt, then context templates
+   * rotating with the edit counter.
+   */
+  #replaySamples(items: readonly Pending[]): { request: EditRequest; irrelevant: string[]; templates: number[] }[] {
+    const ro = this.config.repair;
+    if (!ro || ro.replay <= 0) return [];
+    const inBatch = new Set(items.map((p) => p.id));
+    const held = this.#working.edits.filter((id) => !inBatch.has(id) && this.#edits.has(id)).reverse().slice(0, ro.replay);
+    const nT = this.#templates.length;
+    return held.map((id, k) => {
+      const templates = [0];
+      for (let j = 1; j < Math.min(ro.replayRows, nT); j++) templates.push(1 + ((this.#editCount + k + j - 1) % Math.max(1, nT - 1)));
+      return { request: this.#edits.get(id)!.request, irrelevant: [], templates: [...new Set(templates)] };
+    });
+  }
+
+  /**
+   * Negatives that generalise (repair `negatives`, issue 12): half (rounded up) the prompt + target rows of
+   * edits held by other memories (memory separation), half earlier edits' irrelevant rows, each list walked
+   * from a position that moves with the edit counter; one source fills in for the other when it is short.
+   */
+  #extraNegatives(items: readonly Pending[]): string[] {
+    const ro = this.config.repair;
+    if (!ro || ro.negatives <= 0) return [];
+    const inBatch = new Set(items.map((p) => p.id));
+    const other = this.#memories.flatMap((m) => m.edits).filter((id) => !inBatch.has(id) && this.#edits.has(id));
+    const inWorking = new Set(this.#working.edits);
+    const seen = new Set(items.flatMap((p) => [p.request.irrelevant ?? '']));
+    const irr: string[] = [];
+    for (const [id, e] of this.#edits) {
+      if (inBatch.has(id) || inWorking.has(id)) continue;
+      for (const t of e.irrelevant) if (!seen.has(t)) (seen.add(t), irr.push(t));
+    }
+    const pick = <T>(xs: readonly T[], n: number): T[] => {
+      if (!xs.length || n <= 0) return [];
+      const start = (this.#editCount * 7) % xs.length;
+      return Array.from({ length: Math.min(n, xs.length) }, (_, i) => xs[(start + i) % xs.length]!);
+    };
+    let nSep = Math.min(Math.ceil(ro.negatives / 2), other.length);
+    const nIrr = Math.min(ro.negatives - nSep, irr.length);
+    nSep = Math.min(ro.negatives - nIrr, other.length);
+    const rowOf = (id: string): string => {
+      const r = this.#edits.get(id)!.request;
+      return this.config.useChatTemplate ? `${this.#promptText('{}', r.prompt)} ${r.target}` : `${r.prompt} ${r.target}`;
+    };
+    return [...pick(other, nSep).map(rowOf), ...pick(irr, nIrr)];
   }
 
   #hyper(seed: number, kd = false): NativeEditHyper {
@@ -782,7 +868,7 @@ export class Editor {
     const samples = items.map((p) => ({ request: p.request, irrelevant: this.#irrelevantFor(p.request) }));
     let batch: NativeEditBatch;
     try {
-      batch = this.#buildRows(samples);
+      batch = this.#buildRows([...samples, ...this.#replaySamples(items)], this.#extraNegatives(items));
     } catch (e) {
       this.#irrCursor = cursor;
       throw e;
@@ -844,9 +930,11 @@ export class Editor {
       this.#globalMinPrompt = Math.min(this.#globalMinPrompt, promptScore);
     });
     const trainedInto = this.#working.uid;
+    this.#dirty.add(trainedInto);
     const prev = this.#editCount;
     this.#editCount += S;
     if (this.config.method !== 'ft') await this.#cadence(prev);
+    await this.#recalibrate();
     const results = items.map((p, i) => {
       const mi = this.#memories.findIndex((m) => m.edits.includes(p.id));
       return {
@@ -866,6 +954,8 @@ export class Editor {
     const now = this.#editCount;
     if (Math.floor(now / c.saveFreq) === Math.floor(prev / c.saveFreq)) return;
     await this.#saveWorking();
+    // repair `keepShards` (issue 12): route over the shards, never merge them
+    if (c.method === 'repair' && c.repair!.keepShards) return;
     if (Math.floor(now / c.mergeFreq) !== Math.floor(prev / c.mergeFreq)) await this.#merge();
   }
 
@@ -884,6 +974,8 @@ export class Editor {
       edits: [...this.#working.edits],
       parts: [{ seed: this.#working.seed, edits: [...this.#working.edits] }],
       weights: [1],
+      ...(this.#working.thr !== undefined ? { thr: this.#working.thr } : {}),
+      ...(this.#working.cal ? { cal: this.#working.cal } : {}),
     });
     this.#working = {
       uid: this.#uid('w'),
@@ -920,6 +1012,7 @@ export class Editor {
         await nm.sideRemove(this.#side, slots.slice(1));
       });
       const uid = this.#uid('m');
+      this.#dirty.add(uid);
       this.#memories.splice(first, k, {
         uid,
         kind: 'merged',
@@ -1275,12 +1368,115 @@ export class Editor {
     return requeue.length || (target !== undefined ? 1 : 0);
   }
 
+  // ---- threshold recalibration (repair `recalibrate`, issue 12) ----
+  #tokens(text: string): number[] {
+    let ids = this.#tokCache.get(text);
+    if (!ids) {
+      ids = this.model.tokenizer.encode(text);
+      if (this.#tokCache.size > 4096) this.#tokCache.clear();
+      this.#tokCache.set(text, ids);
+    }
+    return ids;
+  }
+
+  /**
+   * Set the threshold of every memory whose weights changed (the dirty set) from its routing scores on its
+   * current weights: positives = its own edit prompts (bare, as generation routes them — they score below
+   * the teacher-forced prompt + answer rows); negatives = up to calibrationNegatives unrelated texts, the
+   * irrelevant rows of the stored edits, newest first. Not the context-template texts: every edit row
+   * starts with one, so a memory is trained to fire on them. Not other memories' edit prompts: those decide
+   * between memories (the highest score / threshold wins), not between a memory and the main weight. A
+   * memory calibrated while fewer negatives existed is recalibrated as the pool grows (until it holds
+   * calibrationNegatives: a bounded number of times). One batched scoring call (every slot is scored at once).
+   */
+  async #recalibrate(): Promise<void> {
+    if (!this.#recal) {
+      this.#dirty.clear();
+      return;
+    }
+    const ro = this.config.repair!;
+    const all: { slot: number; x: MemoryState | WorkingState }[] = [{ slot: 0, x: this.#working }, ...this.#memories.map((m, i) => ({ slot: i + 1, x: m }))];
+    const K = ro.calibrationNegatives;
+    const avail = Math.min(K, new Set([...this.#edits.values()].flatMap((e) => e.irrelevant)).size);
+    const todo = all.filter(({ x }) => this.#dirty.has(x.uid) || (x.edits.length > 0 && x.cal !== undefined && x.cal.negatives.length < avail));
+    this.#dirty.clear();
+    for (const { x } of todo) if (x.edits.length === 0) (x.thr = this.#threshold(NO_ACT), (x.cal = { positives: [], negatives: [] }));
+    const work = todo.filter(({ x }) => x.edits.length > 0);
+    if (!work.length) return;
+    // negatives: irrelevant rows of the stored edits (newest first)
+    const pool: string[] = [];
+    const seen = new Set<string>();
+    for (const e of [...this.#edits.values()].reverse()) for (const t of e.irrelevant) if (pool.length < K && !seen.has(t)) (seen.add(t), pool.push(t));
+    const prompts = new Set<string>();
+    for (const { x } of work) for (const id of x.edits) if (this.#edits.has(id)) prompts.add(id);
+    const promptIds = [...prompts];
+    const rows = [...promptIds.map((id) => this.#tokens(this.#promptText('{}', this.#edits.get(id)!.request.prompt))), ...pool.map((t) => this.#tokens(t))];
+    const B = rows.length;
+    const T = Math.max(...rows.map((r) => r.length));
+    const tokens = new Int32Array(B * T);
+    const pad = new Int32Array(B);
+    rows.forEach((r, b) => {
+      pad[b] = T - r.length;
+      tokens.set(r, b * T + pad[b]!);
+    });
+    const sc = await modelInternals(this.model).enqueue((nm) => this.#scores(nm, tokens, B, T, pad));
+    const rowOf = new Map(promptIds.map((id, i) => [id, i]));
+    for (const { slot, x } of work) {
+      const positives = x.edits.filter((id) => rowOf.has(id)).map((id) => sc[slot]![rowOf.get(id)!]!);
+      const negatives = pool.map((_, i) => sc[slot]![promptIds.length + i]!);
+      const thr = calibrateThreshold(positives, negatives, ro.calibrationPoint);
+      x.thr = Number.isFinite(thr) ? thr : this.#threshold(NO_ACT);
+      x.cal = { positives, negatives };
+    }
+  }
+
   // ---- routing (§1.9) ----
-  /** Per-slot scores of each row (mean over valid tokens; max past maxMeanTokens). slot-major [slots][B]. */
+  /**
+   * Token ids that are not content for repair `routeContent`: the tokenizer's special tokens (BOS, EOS, pad,
+   * added specials: decoded to nothing when specials are skipped) and, with the chat template, every token
+   * of the template's scaffold around an empty user turn.
+   */
+  #nonContentIds(): Set<number> {
+    if (this.#nonContent) return this.#nonContent;
+    const tok = this.model.tokenizer;
+    const out = new Set<number>();
+    for (const id of [tok.bosTokenId, tok.eosTokenId]) if (id !== undefined) out.add(id);
+    if (this.config.useChatTemplate) for (const id of tok.encode(this.#promptText('{}', ''))) out.add(id);
+    this.#nonContent = out;
+    return out;
+  }
+  #isContent(id: number): boolean {
+    if (this.#nonContentIds().has(id)) return false;
+    const tok = this.model.tokenizer;
+    // an added special token decodes to nothing once specials are skipped
+    if (tok.decode([id], { skipSpecialTokens: true }) === '' && tok.decode([id], { skipSpecialTokens: false }) !== '') {
+      this.#nonContent!.add(id);
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * Per-slot scores of each row, slot-major [slots][B]: the reference's mean over valid tokens (max past
+   * maxMeanTokens), or with repair `routeContent` the mean of the distances over the
+   * row's content tokens (every valid token when it has none).
+   */
   async #scores(nm: NativeModel, tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<number[][]> {
     const raw = await nm.sideScore(this.#side, tokens, B, T, pad, actCode(this.model, this.config.scoreMode));
     const slots = raw.length / (B * T);
     const out: number[][] = [];
+    const ro = this.config.method === 'repair' ? this.config.repair! : undefined;
+    if (ro?.routeContent) {
+      const content: number[][] = [];
+      for (let b = 0; b < B; b++) {
+        const c: number[] = [];
+        for (let t = pad[b]!; t < T; t++) if (this.#isContent(tokens[b * T + t]!)) c.push(t);
+        if (c.length === 0) for (let t = pad[b]!; t < T; t++) c.push(t);
+        content.push(c);
+      }
+      for (let s = 0; s < slots; s++) out.push(content.map((c, b) => topKMean(c.map((t) => raw[s * B * T + b * T + t]!), ro.routeTopK)));
+      return out;
+    }
     for (let s = 0; s < slots; s++) {
       const row: number[] = [];
       for (let b = 0; b < B; b++) {
@@ -1316,6 +1512,25 @@ export class Editor {
       if (s1 < thr && s2 < thr) return { slot: -1, score: Math.max(s1, s2), threshold: thr };
       return s1 > s2 ? { slot: merged, score: s1, threshold: thr } : { slot: 0, score: s2, threshold: thr };
     }
+    if (this.#recal) {
+      // recalibrated thresholds (issue 12): among the memories above their own threshold, the highest
+      // score / threshold — scores of different memories live on different scales (a merged memory's deltas
+      // add up), their thresholds carry that scale.
+      let out = { slot: -1, score: -Infinity, threshold: Infinity };
+      let bestRatio = -Infinity;
+      const all: { slot: number; x: MemoryState | WorkingState }[] = [{ slot: 0, x: this.#working }, ...this.#memories.map((m, i) => ({ slot: i + 1, x: m }))];
+      for (const { slot, x } of all) {
+        if (x.edits.length === 0) continue;
+        const s = score(slot);
+        const thr = this.#thrOf(x, basis);
+        const ratio = s / Math.max(thr, 1e-9);
+        if (s > thr && ratio > bestRatio) {
+          bestRatio = ratio;
+          out = { slot, score: s, threshold: thr };
+        }
+      }
+      return out;
+    }
     let best = score(0);
     const thrW = this.#threshold(minOf(this.#working));
     let out = best < thrW ? { slot: -1, score: best, threshold: thrW } : { slot: 0, score: best, threshold: thrW };
@@ -1339,14 +1554,17 @@ export class Editor {
     this.#check();
     const ids = this.model.promptTokens(prompt);
     const basis = opts.teacherForced ? 'full' : 'prompt';
-    const thrOf = (x: { minAct: number; minPrompt: number }) =>
-      this.#threshold(this.config.retrieve ? (basis === 'full' ? x.minAct : x.minPrompt) : basis === 'full' ? this.#globalMinAct : this.#globalMinPrompt);
+    const thrOf = (x: { minAct: number; minPrompt: number; thr?: number; edits: string[] }) =>
+      this.#recal
+        ? this.#thrOf(x, basis)
+        : this.#threshold(this.config.retrieve ? (basis === 'full' ? x.minAct : x.minPrompt) : basis === 'full' ? this.#globalMinAct : this.#globalMinPrompt);
+    const cal = (x: { cal?: Calibration }) => (this.#recal && x.cal ? { calibration: { positives: [...x.cal.positives], negatives: [...x.cal.negatives] } } : {});
     return modelInternals(this.model).enqueue(async (nm) => {
       const sc = await this.#scores(nm, Int32Array.from(ids), 1, ids.length, new Int32Array(1));
       const d = this.#decide((s) => sc[s]![0]!, basis);
       const scores: RouteScore[] = [
-        { memory: -1, kind: 'working', score: sc[0]![0]!, threshold: thrOf(this.#working), edits: this.#working.edits.length },
-        ...this.#memories.map((m, i) => ({ memory: i, kind: m.kind, score: sc[i + 1]![0]!, threshold: thrOf(m), edits: m.edits.length })),
+        { memory: -1, kind: 'working', score: sc[0]![0]!, threshold: thrOf(this.#working), edits: this.#working.edits.length, ...cal(this.#working) },
+        ...this.#memories.map((m, i) => ({ memory: i, kind: m.kind, score: sc[i + 1]![0]!, threshold: thrOf(m), edits: m.edits.length, ...cal(m) })),
       ];
       const best = d.slot === -1 ? scores.reduce((a, b) => (b.score > a.score ? b : a), scores[0]!) : undefined;
       return {
@@ -1357,6 +1575,17 @@ export class Editor {
         tokens: ids.length,
       };
     }, opts.signal);
+  }
+
+  /**
+   * Diagnostics: the per-token routing distance of every slot (0 = working, i + 1 = memory i) on one token
+   * row, and which tokens count as content for repair `routeContent`.
+   */
+  async routingTokens(ids: readonly number[]): Promise<{ slots: number[][]; content: boolean[] }> {
+    this.#check();
+    const raw = await modelInternals(this.model).enqueue((nm) => nm.sideScore(this.#side, Int32Array.from(ids), 1, ids.length, new Int32Array(1), actCode(this.model, this.config.scoreMode)));
+    const T = ids.length;
+    return { slots: Array.from({ length: raw.length / T }, (_, s) => Array.from(raw.subarray(s * T, (s + 1) * T))), content: ids.map((id) => this.#isContent(id)) };
   }
 
   /** Routed generation: the route is decided once on the prompt and kept for every new token. */
@@ -1503,12 +1732,16 @@ export class Editor {
       else this.#memories[mIdx] = nm!;
     }
     this.#edits.delete(editId);
+    // repair `recalibrate`: every memory that held the edit has new weights
+    if (this.#working.edits.length) this.#dirty.add(this.#working.uid);
+    for (const m of this.#memories) if (m.thr !== undefined) this.#dirty.add(m.uid);
     loop.queue = loop.queue.filter((p) => p.id !== editId);
     loop.residual = loop.residual.filter((p) => p.id !== editId);
     loop.feedback = loop.feedback.filter((e) => e !== editId);
     delete loop.status[editId];
     this.#globalMinAct = Math.min(NO_ACT, ...[...this.#edits.values()].map((e) => e.score));
     this.#globalMinPrompt = Math.min(NO_ACT, ...[...this.#edits.values()].map((e) => e.promptScore));
+    await this.#recalibrate();
   }
 
   // ---- save / load ----

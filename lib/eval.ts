@@ -364,6 +364,8 @@ export interface RoutePoint {
 /** The routing of one case: its edit prompt, its rephrase (null without one), its locality (unrelated) prompts. */
 export interface RoutingCase {
   id: string;
+  /** The memory that holds this record's edit (explain's numbering: -1 = working), 'main' when none does; undefined when unknown. */
+  holder?: 'main' | number;
   edit: RoutePoint | null;
   rephrase: RoutePoint | null;
   unrelated: RoutePoint[];
@@ -383,6 +385,11 @@ export interface RoutingSummary {
   edit: RoutedCount;
   rephrase: RoutedCount;
   unrelated: RoutedCount;
+  /**
+   * Routing accuracy: of the edit (rephrase) prompts whose edit a memory holds, the share routed to that very
+   * memory (null when the holders are unknown).
+   */
+  accuracy: { edit: number | null; rephrase: number | null };
   /** The thresholds of the points are not all the same (several memories with their own thresholds). */
   thresholdsDiffer: boolean;
 }
@@ -390,6 +397,8 @@ export interface RoutingSummary {
 /** Routing scores of every case of a run (sequential protocol, side-memory methods, final edited model). */
 export interface RoutingReport {
   basis: RoutingBasis;
+  /** Every memory of the final editor (explain's numbering: index; the working memory first as -1) with its threshold and, when recalibrated, its positives / negatives. */
+  memories?: ({ memory: number } & MemorySummary)[];
   cases: RoutingCase[];
   summary: RoutingSummary;
   /** Time spent on the explain calls (not part of timings.evalSeconds). */
@@ -399,6 +408,16 @@ export interface RoutingReport {
 /** Anything that explains its routing: an Editor. */
 export interface RoutingSource {
   explain(prompt: Prompt, opts?: { signal?: AbortSignal; teacherForced?: boolean }): Promise<Explanation>;
+  /** Which memory holds which edit, each memory's threshold (and, recalibrated, its two distributions). */
+  memories?(): { working: MemorySummary; memories: MemorySummary[] };
+}
+
+/** A memory as Editor.memories() describes it. */
+export interface MemorySummary {
+  name: string;
+  edits: string[];
+  threshold: number;
+  calibration?: { positives: number[]; negatives: number[] };
 }
 
 /** The token ids routed for one record: the metric rows (teacher-forced) or the bare prompts, cut to the context. */
@@ -427,10 +446,15 @@ export function summarizeRouting(cs: readonly RoutingCase[]): RoutingSummary {
   const thr = cs.flatMap((c) => [c.edit, c.rephrase, ...c.unrelated]).flatMap((p) => (p && fin(p.threshold) ? [p.threshold] : []));
   const lo = thr.length ? Math.min(...thr) : 0;
   const hi = thr.length ? Math.max(...thr) : 0;
+  const acc = (pick: (c: RoutingCase) => RoutePoint | null): number | null => {
+    const known = cs.filter((c) => c.holder !== undefined && c.holder !== 'main' && pick(c) !== null);
+    return known.length ? known.filter((c) => pick(c)!.route === c.holder).length / known.length : null;
+  };
   return {
     edit: count(cs.map((c) => c.edit)),
     rephrase: count(cs.map((c) => c.rephrase)),
     unrelated: count(cs.flatMap((c) => c.unrelated)),
+    accuracy: { edit: acc((c) => c.edit), rephrase: acc((c) => c.rephrase) },
     thresholdsDiffer: hi - lo > 1e-9 * Math.max(Math.abs(hi), Math.abs(lo)),
   };
 }
@@ -455,6 +479,12 @@ export async function routingScores(
     opts.onProgress?.(++done, total);
     return { score: fin(e.score) ? e.score : null, threshold: fin(e.threshold) ? e.threshold : null, routed: e.route !== 'main', route: e.route, tokens: e.tokens };
   };
+  const mem = src.memories?.();
+  const holder = new Map<string, number>();
+  if (mem) {
+    for (const e of mem.working.edits) holder.set(e, -1);
+    mem.memories.forEach((m, i) => m.edits.forEach((e) => holder.set(e, i)));
+  }
   const cs: RoutingCase[] = [];
   for (const [i, r] of records.entries()) {
     const x = inputs[i]!;
@@ -462,9 +492,15 @@ export async function routingScores(
     const rephrase = x.rephrase?.length ? await point(x.rephrase) : null;
     const unrelated: RoutePoint[] = [];
     for (const u of x.unrelated) if (u.length) unrelated.push(await point(u));
-    cs.push({ id: r.id, edit, rephrase, unrelated });
+    cs.push({ id: r.id, ...(mem ? { holder: holder.get(r.id) ?? ('main' as const) } : {}), edit, rephrase, unrelated });
   }
-  return { basis: opts.basis, cases: cs, summary: summarizeRouting(cs), seconds: (performance.now() - t0) / 1000 };
+  return {
+    basis: opts.basis,
+    ...(mem ? { memories: [{ memory: -1, ...mem.working }, ...mem.memories.map((m, i) => ({ memory: i, ...m }))] } : {}),
+    cases: cs,
+    summary: summarizeRouting(cs),
+    seconds: (performance.now() - t0) / 1000,
+  };
 }
 
 // ---- the evaluation ---------------------------------------------------------------------------------

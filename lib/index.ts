@@ -23,9 +23,9 @@ export type { ChatMessage, ChatRole, EncodeOptions, DecodeOptions, ChatTemplateO
 export type { ModelConfig, ModelType, RopeScaling } from './config.js';
 export type { BackendName } from './native.js';
 export { Editor, presetFor, MEMORY_FORMAT, MEMORY_FORMAT_VERSION } from './editor.js';
-export type { EditRequest, EditorConfig, EditorOptions, EditMethod, ScoreMode, EditProgress, EditResult, Explanation, RouteScore, EditInfo } from './editor.js';
+export type { EditRequest, EditorConfig, EditorOptions, EditMethod, ScoreMode, EditProgress, EditResult, Explanation, RouteScore, EditInfo, Calibration } from './editor.js';
 export type { RepairEvent, EditManyResult } from './editor.js';
-export { REPAIR_DEFAULTS } from './repair.js';
+export { REPAIR_DEFAULTS, REPAIR_PAPER, calibrateThreshold } from './repair.js';
 export type { RepairOptions, Correctness } from './repair.js';
 export { loadDataset, loadZsre, loadCounterFact, loadHallucination, loadTemporal, loadJsonl, datasetDirs, NAMED_DATASETS } from './datasets.js';
 export type { Dataset, EditRecord, DatasetFormat, DataDir, LoadOptions } from './datasets.js';

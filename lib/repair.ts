@@ -81,7 +81,76 @@ export interface RepairOptions {
   retrainShare: number;
   /** Times one edit may be re-queued (reintegration or residual re-batching): the termination budget. Default 3 [ours]. */
   budget: number;
+
+  // ---- issue 12, "edits that hold" [ours]: each is switchable; REPAIR_PAPER switches them all off ----
+  /**
+   * Threshold recalibration [ours]: whenever a memory's weights change (a training call into the working
+   * memory, a shard save, a merge, a retrigger, a rollback), re-score its own edit prompts (positives) and a
+   * pool of negatives (earlier edits' irrelevant rows, the template texts, other memories' edit prompts) on
+   * the new weights with the routing rule, and set its threshold between the two distributions (see
+   * `calibrateThreshold`). Routing then picks, among the memories above their thresholds, the highest
+   * score / threshold. Off = the reference's act_ratio × min training statistic, kept through merges (a
+   * TIES merge raises every score, so every prompt then clears the old threshold). Default on.
+   */
+  recalibrate: boolean;
+  /** Where between max(negatives) and min(positives) the recalibrated threshold sits (0 = at the negatives). Default 0.3 [ours]. */
+  calibrationPoint: number;
+  /** Unrelated texts (the stored edits' irrelevant rows, newest first) scored per recalibration. Default 64 [ours]. */
+  calibrationNegatives: number;
+  /**
+   * Routing on content tokens [ours]: a row's score is the mean of its per-token distances over its content
+   * tokens (special tokens — BOS, EOS, chat-template tokens — excluded; or the mean of the `routeTopK`
+   * largest of them), with the
+   * same rule for bare prompts (generation) and teacher-forced rows and no switch to the max past
+   * maxMeanTokens. Off = the reference's mean over every position (max past 100). Default on.
+   */
+  routeContent: boolean;
+  /**
+   * k of a top-k mean for routeContent; 0 = the mean over every content token. Default 0: on facts-llama
+   * (a character-level vocabulary) the plain content mean separates a memory's edit prompts from unrelated
+   * questions best (AUC .99 vs .94 for the top-4 mean, N = 30, scratch measurement) [ours].
+   */
+  routeTopK: number;
+  /**
+   * Shard replay [ours]: a training call into the working memory also trains up to `replay` of the edits the
+   * working memory already holds (newest first) as positives (their CE and in-memory routing hinge) on
+   * `replayRows` of their template rows each, so later edits stop overwriting them. 0 = off. Default 4.
+   */
+  replay: number;
+  /** Template rows per replayed edit (the bare prompt first, then rotating context templates). Default 2 [ours]. */
+  replayRows: number;
+  /**
+   * Negatives that generalise [ours]: extra irrelevant (negative) rows per training call — half the prompts
+   * + targets of edits held by other memories (WISE's memory separation: other memories' edits stay below α
+   * on the current shard), half earlier edits' irrelevant rows — on top of the request's own irrelevant row.
+   * 0 = off. Default 4.
+   */
+  negatives: number;
+  /**
+   * Keep shards [ours]: route over the saved shards themselves and never TIES-merge them (mergeFreq then
+   * only paces nothing). A merge of near-disjoint masks adds the shard deltas, so a merged memory answers
+   * every input with the sum of its shards' background while each edit keeps only its own shard's signal:
+   * on facts-llama (N = 30, scratch measurement) merged memories separated their edit prompts from
+   * unrelated questions poorly (thresholds between overlapping distributions) and sent edit prompts to
+   * the memory holding them 70 % of the time; kept shards did so 100 %, with 1 / 30 unrelated prompts
+   * routed. The cost: N / saveFreq memories instead of N / mergeFreq (memory and routing GEMM width).
+   * Off = the cadence of §1.7 with REPAIR's loss-aware merge. Default on.
+   */
+  keepShards: boolean;
 }
+
+/**
+ * `repair` as the REPAIR paper specifies it (our pre-issue-12 defaults): every issue-12 mechanism off and
+ * the monitor judging teacher-forced token accuracy. `{ method: 'repair', repair: REPAIR_PAPER }`.
+ */
+export const REPAIR_PAPER: Readonly<Partial<RepairOptions>> = Object.freeze({
+  keepShards: false,
+  recalibrate: false,
+  routeContent: false,
+  replay: 0,
+  negatives: 0,
+  correctness: 'token' as Correctness,
+});
 
 export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = {
   monitor: true,
@@ -100,13 +169,24 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   actWeight: 1.0,
   epsCons: 0.5,
   tauCorrect: 0.85,
-  correctness: 'token',
+  // [ours, issue 12] what users see: the greedy answer. Token accuracy (REPAIR_PAPER) passes answers
+  // that greedy decoding gets wrong (§2.2: Alg. 3 EVALUATE itself is an exact match).
+  correctness: 'exact',
   tauPrune: 0.5,
   minMonitored: 2,
   mergeAlpha: 1.0,
   budget: 3,
   fitStop: 0.02,
   retrainShare: 0.5,
+  recalibrate: true,
+  calibrationPoint: 0.3,
+  calibrationNegatives: 64,
+  routeContent: true,
+  routeTopK: 0,
+  replay: 4,
+  replayRows: 2,
+  negatives: 4,
+  keepShards: true,
 };
 
 /** Fill the defaults and validate every field (typed errors naming the field). */
@@ -115,7 +195,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   if (o && o.batchSize !== undefined && o.window === undefined) r.window = 2 * o.batchSize;
   const bad = (k: string, what: string) => new RepairError('ERR_INVALID_ARG', `repair option ${k} must be ${what}, got ${JSON.stringify((r as unknown as Record<string, unknown>)[k])}`, { field: k });
   for (const k of Object.keys(o ?? {})) if (!(k in REPAIR_DEFAULTS) && k !== 'tauE') throw new RepairError('ERR_INVALID_ARG', `unknown repair option '${k}'`, { field: k });
-  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge', 'kdLogits'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
+  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge', 'kdLogits', 'recalibrate', 'routeContent', 'keepShards'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
   const int = (k: keyof RepairOptions, lo: number, hi: number) => {
     const v = r[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) throw bad(k, `an integer in [${lo}, ${hi}]`);
@@ -143,6 +223,12 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   int('budget', 0, 1000);
   num('fitStop', (x) => x >= 0, 'a number >= 0');
   num('retrainShare', (x) => x >= 0, 'a finite number >= 0');
+  num('calibrationPoint', (x) => x >= 0 && x <= 1, 'a number in [0, 1]');
+  int('calibrationNegatives', 1, 100000);
+  int('routeTopK', 0, 100000);
+  int('replay', 0, 1000);
+  int('replayRows', 1, 1000);
+  int('negatives', 0, 64);
   return r;
 }
 
@@ -212,4 +298,41 @@ export function errorRates(status: Iterable<{ memory: string | undefined; ok: bo
     m.set(s.memory, e);
   }
   return m;
+}
+
+/**
+ * The recalibrated threshold of one memory [ours, issue 12] from the routing scores of its own edit prompts
+ * (pos) and of negatives (neg) on its current weights. Separated (min pos > max neg): the point `point` of
+ * the way from max(neg) to min(pos) — nearer the negatives, so paraphrases (which score between the two)
+ * still route. Overlapping: the threshold with the fewest errors, each side's errors counted as a share of
+ * its size (ties: the higher threshold, which keeps unrelated prompts on the main weight). No positives:
+ * Infinity (the memory is never routed); no negatives: just below min(pos).
+ */
+export function calibrateThreshold(pos: readonly number[], neg: readonly number[], point: number): number {
+  if (pos.length === 0) return Infinity;
+  const hi = Math.min(...pos);
+  if (neg.length === 0) return hi * (1 - 1e-6);
+  const lo = Math.max(...neg);
+  if (hi > lo) return lo + point * (hi - lo);
+  // candidate thresholds: just above each score (a score routes when score > threshold)
+  const cands = [...pos, ...neg].sort((a, b) => a - b);
+  let best = Infinity;
+  let bestErr = Infinity;
+  for (const t of cands) {
+    const fp = neg.filter((x) => x > t).length / neg.length;
+    const fn = pos.filter((x) => x <= t).length / pos.length;
+    const err = fp + fn;
+    if (err < bestErr - 1e-12 || (Math.abs(err - bestErr) <= 1e-12 && t > best)) {
+      bestErr = err;
+      best = t;
+    }
+  }
+  return best;
+}
+
+/** Mean of the k largest values (all of them when fewer, or when k = 0); 0 for none. */
+export function topKMean(values: readonly number[], k: number): number {
+  if (values.length === 0) return 0;
+  const s = k > 0 ? [...values].sort((a, b) => b - a).slice(0, k) : values;
+  return s.reduce((a, b) => a + b, 0) / s.length;
 }

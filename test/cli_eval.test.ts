@@ -275,12 +275,17 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
       expect(r.config.routing).toBe('teacher-forced');
       for (const x of r.runs) {
         const rt = x.routing;
-        expect(Object.keys(rt).sort()).toEqual(['basis', 'cases', 'seconds', 'summary']);
+        expect(Object.keys(rt).sort()).toEqual(['basis', 'cases', 'memories', 'seconds', 'summary']);
+        // every memory of the final editor with its edits and threshold; each case names the one holding its edit
+        const holders = new Map<string, number>();
+        for (const m of rt.memories) for (const e of m.edits) holders.set(e, m.memory);
+        expect(rt.memories[0].memory).toBe(-1);
         expect(rt.basis).toBe('teacher-forced');
         expect(rt.seconds).toBeGreaterThan(0);
         expect(rt.cases.map((c: RoutingCase) => c.id)).toEqual(x.cases.map((c: { id: string }) => c.id));
         for (const c of rt.cases as RoutingCase[]) {
-          expect(Object.keys(c).sort()).toEqual(['edit', 'id', 'rephrase', 'unrelated']);
+          expect(Object.keys(c).sort()).toEqual(['edit', 'holder', 'id', 'rephrase', 'unrelated']);
+          expect(c.holder).toBe(holders.get(c.id) ?? 'main');
           expect(c.unrelated).toHaveLength(1); // one locality pair per record
           for (const p of [c.edit!, c.rephrase!, ...c.unrelated]) {
             expect(Object.keys(p).sort()).toEqual(['route', 'routed', 'score', 'threshold', 'tokens']);
@@ -303,7 +308,8 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
       }
       const last = r.runs.at(-1);
       const s = last.routing.summary;
-      expect(lines[ri]).toBe(`routed to a side memory (teacher-forced), ${r.label} N=2: edit ${s.edit.routed}/2, rephrase ${s.rephrase.routed}/2, unrelated ${s.unrelated.routed}/2`);
+      const acc = s.accuracy.edit === null ? '' : `; to the memory holding the edit: edit ${s.accuracy.edit.toFixed(2)}, rephrase ${s.accuracy.rephrase.toFixed(2)}`;
+      expect(lines[ri]).toBe(`routed to a side memory (teacher-forced), ${r.label} N=2: edit ${s.edit.routed}/2, rephrase ${s.rephrase.routed}/2, unrelated ${s.unrelated.routed}/2${acc}`);
     }
     // the edits reach their memory on the rows they were trained on
     expect(j.results[0].runs[1].routing.summary.edit.routed).toBeGreaterThanOrEqual(1);
@@ -347,7 +353,7 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
     expect(jp.results[0].runs[0].routing.basis).toBe('prompt-only');
     expect(jp.results[0].runs[0].routing.summary.edit.prompts).toBe(1);
     expect(jp.results[1].runs[0].routing).toBeNull(); // ft
-    expect(p.stdout.split('\n').filter((l) => l.startsWith('routed to a side memory'))).toEqual([expect.stringMatching(/^routed to a side memory \(prompt-only\), wise N=1: edit \d\/1, rephrase \d\/1, unrelated \d\/1$/)]);
+    expect(p.stdout.split('\n').filter((l) => l.startsWith('routed to a side memory'))).toEqual([expect.stringMatching(/^routed to a side memory \(prompt-only\), wise N=1: edit \d\/1, rephrase \d\/1, unrelated \d\/1(; to the memory holding the edit: edit [\d.]+, rephrase [\d.]+)?$/)]);
     const hp = readFileSync(join(tmp, 'rp.html'), 'utf8');
     expect(svgs(hp).filter((q) => q.includes('aria-label="Routing scores:'))).toHaveLength(1);
     expect(hp).not.toContain('Routing scores: ft');

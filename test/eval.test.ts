@@ -154,8 +154,16 @@ describe('metric arithmetic on fixed numbers', () => {
       edit: { prompts: 2, routed: 2, fraction: 1 },
       rephrase: { prompts: 1, routed: 0, fraction: 0 },
       unrelated: { prompts: 3, routed: 1, fraction: 1 / 3 },
+      accuracy: { edit: null, rephrase: null }, // no holders known
       thresholdsDiffer: false,
     });
+    // routing accuracy: of the cases whose edit a memory holds, the share whose edit (rephrase) row went there
+    const held = summarizeRouting([
+      { id: 'a', holder: -1, edit: pt(true), rephrase: pt(false), unrelated: [] },
+      { id: 'b', holder: 0, edit: pt(true), rephrase: pt(true), unrelated: [] },
+      { id: 'c', holder: 'main', edit: pt(false), rephrase: null, unrelated: [] },
+    ]);
+    expect(held.accuracy).toEqual({ edit: 0.5, rephrase: 0 });
     expect(summarizeRouting([{ id: 'a', edit: pt(true, 2), rephrase: pt(false, 2 + 1e-6), unrelated: [pt(false, null)] }]).thresholdsDiffer).toBe(true);
     expect(summarizeRouting([]).rephrase).toEqual({ prompts: 0, routed: 0, fraction: null });
   });

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../lib/model.js';
 import { Editor, TRAIN_HOOK, type EditRequest, type RepairEvent } from '../lib/editor.js';
-import { cosine, errorRates, formBatches, lossAwareWeights, resolveRepairOptions } from '../lib/repair.js';
+import { cosine, errorRates, formBatches, lossAwareWeights, REPAIR_PAPER, resolveRepairOptions } from '../lib/repair.js';
 import { RepairError } from '../lib/errors.js';
 import { packageRoot } from '../lib/paths.js';
 import type { NativeEditHyper } from '../lib/native.js';
@@ -119,6 +119,8 @@ describe('loss-aware weights, error rates, options', () => {
   });
 });
 
+// The paper's closed loop (monitor, prune, reintegrate, batching + KD) is tested as the paper specifies it
+// (REPAIR_PAPER: issue 12's mechanisms off, the monitor on token accuracy); test/holds.test.ts tests those.
 describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   interface Zsre {
     src: string;
@@ -165,7 +167,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   });
 
   it('a shard made to fail is pruned, its edits are reintegrated and then pass; the loop ends within its budget', async () => {
-    const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { batching: false, kd: false, budget: 2, retrainShare: 1e9 } });
+    const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { ...REPAIR_PAPER, batching: false, kd: false, budget: 2, retrainShare: 1e9 } });
     // z4..z7 are trained with an impossible (vanishing) learning rate on their first attempt only.
     const poisoned = new Set(['z4', 'z5', 'z6', 'z7']);
     poisonFirst(ed, [...poisoned]);
@@ -196,7 +198,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
 
   it('retrainShare bounds the retraining of one call: 0 retrains nothing, 0.25 at most ceil(N/4) edits', async () => {
     const run = async (retrainShare: number) => {
-      const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { batching: false, kd: false, budget: 2, retrainShare } });
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { ...REPAIR_PAPER, batching: false, kd: false, budget: 2, retrainShare } });
       poisonFirst(ed, ['z4', 'z5', 'z6', 'z7']);
       const events: RepairEvent[] = [];
       await ed.editMany(Array.from({ length: 8 }, (_, i) => rec(i)), { onEvent: (e) => events.push(e) });
@@ -216,20 +218,20 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
     expect(quarter.trained).toBeGreaterThan(8);
     expect(quarter.trained).toBeLessThanOrEqual(8 + 2);
     expect(quarter.failing.length).toBeLessThan(none.failing.length); // what was retrained now passes
-  });
+  }, 600_000);
 
   it('an edit that can never be learned is given up after its budget and the loop still terminates', async () => {
-    const ed = await Editor.create(model, { method: 'repair', saveFreq: 2, mergeFreq: 4, repair: { batching: false, kd: false, budget: 1, minMonitored: 1, tauPrune: 0.4, retrainShare: 1e9 } });
+    const ed = await Editor.create(model, { method: 'repair', saveFreq: 2, mergeFreq: 4, repair: { ...REPAIR_PAPER, batching: false, kd: false, budget: 1, minMonitored: 1, tauPrune: 0.4, retrainShare: 1e9 } });
     (ed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = (ids: string[], h: NativeEditHyper) => (ids.includes('z1') ? { ...h, lr: 1e-9 } : h);
     const r = await ed.editMany([rec(0), rec(1), rec(2), rec(3)]);
     expect(r.gaveUp).toEqual(['z1']);
     expect(ed.edits()).not.toContain('z1');
     expect(ed.pending().gaveUp).toEqual(['z1']);
     await ed.dispose();
-  });
+  }, 600_000);
 
   it('batching + KD: batches are formed, KD runs, and the edits are learned', async () => {
-    const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8 });
+    const ed = await Editor.create(model, { method: 'repair', saveFreq: 4, mergeFreq: 8, repair: { ...REPAIR_PAPER } });
     const events: RepairEvent[] = [];
     const recs = Array.from({ length: 8 }, (_, i) => rec(i));
     await ed.editMany(recs, { onEvent: (e) => events.push(e) });
@@ -241,7 +243,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
     for (const r of recs) if ((await routedAcc(ed, r)) >= 0.85) pass++;
     expect(pass).toBeGreaterThanOrEqual(6);
     await ed.dispose();
-  });
+  }, 600_000);
 
   it('fit stop: a batch stops once its CE is learnt and the margin no longer improves; the edit is still recalled', async () => {
     // the monitor on (fit stop is part of it) but never retraining: each edit() is one training
@@ -319,7 +321,8 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   it("with every mechanism off, 'repair' gives the same outputs as 'wise' for the same seed", async () => {
     const common = { saveFreq: 2, mergeFreq: 4, seed: 7 };
     const wise = await Editor.create(model, { method: 'wise', ...common });
-    const rep = await Editor.create(model, { method: 'repair', ...common, repair: { monitor: false, batching: false, kd: false, lossAwareMerge: false } });
+    // the paper's four mechanisms off and issue 12's (REPAIR_PAPER) off too
+    const rep = await Editor.create(model, { method: 'repair', ...common, repair: { ...REPAIR_PAPER, monitor: false, batching: false, kd: false, lossAwareMerge: false } });
     const recs = Array.from({ length: 5 }, (_, i) => rec(i));
     await wise.editMany(recs);
     await rep.editMany(recs);

@@ -14,7 +14,7 @@ import cliProgress from 'cli-progress';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { RepairError } from '../errors.js';
 import type { EditMethod, EditorOptions } from '../editor.js';
-import type { RepairOptions } from '../repair.js';
+import { REPAIR_PAPER, type RepairOptions } from '../repair.js';
 import { DATASET_FORMATS, editSlice, loadDataset, NAMED_DATASETS, type Dataset, type DatasetFormat } from '../datasets.js';
 import {
   defaultMetrics,
@@ -36,7 +36,7 @@ import { loadModel, type BackendChoice } from '../model.js';
 import { packageVersion } from '../info.js';
 import { choiceOption, floatOption, formatTable, intOption, interruptSignal, resolveModelDir, usageError, writeOut, type CliCommand } from './common.js';
 
-export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound'] as const;
+export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact', 'shards'] as const;
 export type Ablation = (typeof ABLATIONS)[number];
 /** The REPAIR options of each ablation: a mechanism off, or ('bound') no bound on retraining (retrainShare). */
 const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
@@ -45,8 +45,17 @@ const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
   kd: { kd: false },
   merge: { lossAwareMerge: false },
   bound: { retrainShare: 1e9 },
+  // issue 12's mechanisms, each off in turn (exact = the monitor back on teacher-forced token accuracy)
+  recalibrate: { recalibrate: false },
+  content: { routeContent: false },
+  replay: { replay: 0 },
+  negatives: { negatives: 0 },
+  exact: { correctness: 'token' },
+  shards: { keepShards: false },
 };
-const METHODS = ['wise', 'repair', 'ft'] as const;
+/** 'repair-paper' = method 'repair' as the REPAIR paper specifies it (REPAIR_PAPER: every issue-12 mechanism off). */
+const METHODS = ['wise', 'repair', 'repair-paper', 'ft'] as const;
+type CliMethod = (typeof METHODS)[number];
 const ROUTING_OF: Record<'tf' | 'prompt' | 'off', RoutingBasis | false> = { tf: 'teacher-forced', prompt: 'prompt-only', off: false };
 
 interface EvalCliOptions {
@@ -56,7 +65,7 @@ interface EvalCliOptions {
   format?: DatasetFormat;
   skipInvalid?: boolean;
   n: number[];
-  method: EditMethod[];
+  method: CliMethod[];
   ablate: Ablation[];
   protocol: Protocol;
   restore: RestoreMode;
@@ -101,8 +110,10 @@ const positiveInt = (s: string): number => {
 };
 
 /** The rows of the results table: the methods, then one 'repair -X' per ablation. */
-export function variantsOf(methods: readonly EditMethod[], ablate: readonly Ablation[], base: EditorOptions): EvalVariant[] {
-  const v: EvalVariant[] = methods.map((m) => ({ label: m, method: m, editorOptions: { ...base } }));
+export function variantsOf(methods: readonly (EditMethod | 'repair-paper')[], ablate: readonly Ablation[], base: EditorOptions): EvalVariant[] {
+  const v: EvalVariant[] = methods.map((m) =>
+    m === 'repair-paper' ? { label: m, method: 'repair' as const, editorOptions: { ...base, repair: { ...REPAIR_PAPER } } } : { label: m, method: m, editorOptions: { ...base } },
+  );
   for (const a of ablate) v.push({ label: `repair -${a}`, method: 'repair', editorOptions: { ...base, repair: { ...ABLATION_OPTIONS[a] } } });
   return v;
 }
@@ -134,10 +145,36 @@ export function resultsTable(reports: readonly EvalReport[]): TableShape {
   const ppl = runs.some((r) => r.summary.ppl !== null);
   const ood = runs.some((r) => r.summary.metricOf.gen === 'ood');
   const em = runs.some((r) => r.summary.counts.em > 0);
-  const header = ['method', 'N', 'Rel', ood ? 'Gen(OOD)' : 'Gen', 'Loc', 'OP', ...(ppl ? ['PPL'] : []), '|', ...(em ? ['EM-Rel', 'EM-Gen', '|'] : []), 's/edit'];
+  const rt = runs.some((r) => r.routing);
+  const header = [
+    'method',
+    'N',
+    'Rel',
+    ood ? 'Gen(OOD)' : 'Gen',
+    'Loc',
+    'OP',
+    ...(ppl ? ['PPL'] : []),
+    '|',
+    ...(em ? ['EM-Rel', 'EM-Gen', '|'] : []),
+    ...(rt ? ['unrel→mem', 'route-acc', '|'] : []),
+    's/edit',
+  ];
   const rows = runs.map((r) => {
     const s = r.summary;
-    return [r.label, String(r.n), f2(s.rel), f2(s.gen), f2(s.loc), f2(s.op), ...(ppl ? [f2(s.ppl)] : []), '|', ...(em ? [f2(s.emRel), f2(s.emGen), '|'] : []), f2(r.timings.secondsPerEdit, 3)];
+    const g = r.routing?.summary;
+    return [
+      r.label,
+      String(r.n),
+      f2(s.rel),
+      f2(s.gen),
+      f2(s.loc),
+      f2(s.op),
+      ...(ppl ? [f2(s.ppl)] : []),
+      '|',
+      ...(em ? [f2(s.emRel), f2(s.emGen), '|'] : []),
+      ...(rt ? [f2(g?.unrelated.fraction), f2(g?.accuracy?.edit), '|'] : []),
+      f2(r.timings.secondsPerEdit, 3),
+    ];
   });
   return { header, rows, align: header.map((_, i) => (i === 0 ? 'l' : 'r')) };
 }
@@ -152,6 +189,8 @@ function legend(reports: readonly EvalReport[]): string[] {
   if (runs.some((r) => r.summary.counts.em > 0)) out.push(`EM-Rel, EM-Gen: exact match of the greedy generation through the editor (beyond the reference), same protocol`);
   if (runs.some((r) => r.summary.metricOf.gen === 'ood')) out.push('Gen(OOD): fraction of ood_rephrase tokens with probability > 0.8 (the reference ood_acc)');
   if (runs.some((r) => r.summary.ppl !== null)) out.push('PPL: exp(mean NLL of the target given the prompt), lower is better (the reference Rel for hallucination)');
+  const basis = runs.find((r) => r.routing)?.routing?.basis;
+  if (basis) out.push(`unrel→mem: share of unrelated (locality) prompts routed to a side memory; route-acc: share of edit prompts routed to the memory that holds their edit (${basis} inputs)`);
   const pre = runs[0]!.summary.pre;
   out.push(`unedited model (first ${runs.reduce((m, r) => Math.max(m, r.n), 0)} records): Rel ${f2(pre.rel)}, Gen ${f2(pre.gen)}${pre.ppl !== null ? `, PPL ${f2(pre.ppl)}` : ''}${pre.ood !== null ? `, OOD ${f2(pre.ood)}` : ''}`);
   return out;
@@ -404,7 +443,8 @@ export function routingLines(reports: readonly EvalReport[]): string[] {
     if (!run) continue;
     const s = run.routing!.summary;
     const c = (x: RoutedCount) => `${x.routed}/${x.prompts}`;
-    out.push(`routed to a side memory (${run.routing!.basis}), ${run.label} N=${run.n}: edit ${c(s.edit)}, rephrase ${c(s.rephrase)}, unrelated ${c(s.unrelated)}`);
+    const acc = s.accuracy?.edit !== null && s.accuracy?.edit !== undefined ? `; to the memory holding the edit: edit ${f2(s.accuracy.edit)}, rephrase ${f2(s.accuracy.rephrase)}` : '';
+    out.push(`routed to a side memory (${run.routing!.basis}), ${run.label} N=${run.n}: edit ${c(s.edit)}, rephrase ${c(s.rephrase)}, unrelated ${c(s.unrelated)}${acc}`);
   }
   return out;
 }
@@ -575,7 +615,7 @@ export const evalCommand: CliCommand = {
       .addOption(
         new Option('--n <list>', 'numbers of edits, comma-separated: each N edits the first N records with a fresh editor').argParser(listOption(positiveInt, 'positive integers')).default([1, 30, 120], '1,30,120'),
       )
-      .addOption(new Option('--method <list>', 'methods, comma-separated: wise, repair, ft').argParser(listOption(choiceItem(METHODS), 'methods')).default(['wise'], 'wise'))
+      .addOption(new Option('--method <list>', "methods, comma-separated: wise, repair, repair-paper (repair with every issue-12 mechanism off: the paper's REPAIR), ft").argParser(listOption(choiceItem(METHODS), 'methods')).default(['wise'], 'wise'))
       .addOption(
         new Option('--ablate <list>', `REPAIR ablations, comma-separated (${ABLATIONS.join(', ')}): each adds a 'repair -X' row with that mechanism off (merge = the loss-aware merge; bound = no bound on retraining, retrainShare unlimited)`)
           .argParser(listOption(choiceItem(ABLATIONS), 'ablations'))

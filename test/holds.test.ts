@@ -1,0 +1,197 @@
+// Issue 12, "edits that hold": each of repair's new mechanisms against a behaviour that fails without it, on
+// the facts model — shard replay (every edit of a 5-edit shard is still recalled), threshold recalibration
+// (after a merge, the locality rows of the edited records route to the main weight; explain() shows the
+// recalibrated threshold and the two distributions it lies between), routing on content tokens (a long
+// unrelated row does not route) — and, with every new mechanism off, 'repair' reproduces its outputs from
+// before these mechanisms existed (test/fixtures/repair-paper-golden.json, written by
+// scripts/repair-paper-golden.ts at commit eb80718).
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadModel, type Model } from '../lib/model.js';
+import { Editor, type EditRequest } from '../lib/editor.js';
+import { calibrateThreshold, REPAIR_DEFAULTS, REPAIR_PAPER, resolveRepairOptions, topKMean } from '../lib/repair.js';
+import { packageRoot } from '../lib/paths.js';
+
+const FACTS = join(packageRoot(), '..', 'shared', 'models', 'facts-llama');
+const ZSRE = join(packageRoot(), '..', 'shared', 'data', 'zsre', 'zsre_mend_train-1k.json');
+/** Each facts-model test trains 8–20 edits: minutes on a loaded 2-core machine. */
+const SLOW = 900_000;
+const haveFacts = existsSync(join(FACTS, 'config.json')) && existsSync(ZSRE);
+if (!haveFacts) console.warn('[holds.test] ../shared/models/facts-llama or the ZsRE file is absent: the issue-12 behaviour tests are skipped');
+
+describe('calibrateThreshold, topKMean, options', () => {
+  it('puts the threshold between separated distributions, else at the fewest (share-weighted) errors', () => {
+    expect(calibrateThreshold([10, 12], [2, 4], 0.3)).toBeCloseTo(4 + 0.3 * 6, 12);
+    expect(calibrateThreshold([10, 12], [2, 4], 0)).toBe(4);
+    // overlap: pos {5, 9, 10}, neg {1, 2, 6}: t = 6 misroutes pos 5 only (1/3); t = 2 misroutes neg 6 (1/3) too:
+    // the tie goes to the higher threshold
+    expect(calibrateThreshold([5, 9, 10], [1, 2, 6], 0.3)).toBe(6);
+    expect(calibrateThreshold([], [1], 0.3)).toBe(Infinity);
+    expect(calibrateThreshold([3], [], 0.3)).toBeLessThan(3);
+    expect(topKMean([1, 9, 3, 7], 2)).toBe(8);
+    expect(topKMean([1, 9], 4)).toBe(5);
+    expect(topKMean([], 4)).toBe(0);
+  });
+  it('every new option is validated; REPAIR_PAPER switches every new mechanism off', () => {
+    expect(() => resolveRepairOptions({ replay: -1 }, 10)).toThrow(/replay/);
+    expect(() => resolveRepairOptions({ routeTopK: -1 }, 10)).toThrow(/routeTopK/);
+    expect(topKMean([1, 9, 3, 7], 0)).toBe(5);
+    expect(() => resolveRepairOptions({ calibrationPoint: 2 }, 10)).toThrow(/calibrationPoint/);
+    expect(() => resolveRepairOptions({ recalibrate: 1 as unknown as boolean }, 10)).toThrow(/recalibrate/);
+    expect(() => resolveRepairOptions({ negatives: 65 }, 10)).toThrow(/negatives/);
+    const on = resolveRepairOptions(undefined, 10);
+    expect([on.recalibrate, on.routeContent, on.replay > 0, on.negatives > 0, on.correctness]).toEqual([true, true, true, true, 'exact']);
+    const off = resolveRepairOptions({ ...REPAIR_PAPER }, 10);
+    expect([off.recalibrate, off.routeContent, off.replay, off.negatives, off.correctness]).toEqual([false, false, 0, 0, 'token']);
+    expect(REPAIR_DEFAULTS.recalibrate).toBe(true);
+  });
+});
+
+describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () => {
+  interface Zsre {
+    src: string;
+    rephrase: string;
+    alt: string;
+    loc: string;
+    loc_ans: string;
+  }
+  const zsre: Zsre[] = haveFacts ? JSON.parse(readFileSync(ZSRE, 'utf8')) : [];
+  const rec = (i: number): EditRequest => ({ prompt: zsre[i]!.src, target: zsre[i]!.alt, irrelevant: `${zsre[500 + i]!.loc} ${zsre[500 + i]!.loc_ans}`, id: `z${i}` });
+  let model: Model;
+  /** Teacher-forced token accuracy of prompt + " " + target through the editor's router. */
+  const routedAcc = async (ed: Editor, r: EditRequest): Promise<number> => {
+    const ids = model.tokenizer.encode(`${r.prompt} ${r.target}`);
+    const pl = model.tokenizer.encode(r.prompt).length;
+    const lg = await ed.logits([ids], { positions: 'all' });
+    let ok = 0;
+    for (let j = pl; j < ids.length; j++) {
+      const row = lg.at(0, j - 1);
+      let b = 0;
+      for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
+      if (b === ids[j]) ok++;
+    }
+    return ok / (ids.length - pl);
+  };
+  // one edit per training call, no retraining: what a shard keeps is what its training left
+  const plain = { monitor: false, batching: false, kd: false };
+  beforeAll(async () => {
+    model = await loadModel(FACTS, { backend: 'cpu' });
+  });
+  afterAll(async () => {
+    await model?.dispose();
+  }, SLOW);
+
+  it('shard replay: after 5 edits in one shard every edit is still recalled (teacher-forced, every answer token); without replay some are not', async () => {
+    const recs = Array.from({ length: 5 }, (_, i) => rec(i));
+    const accs = async (replay: number) => {
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, replay } });
+      for (const r of recs) await ed.edit(r);
+      expect(ed.memories().memories.length).toBe(1); // all five in one shard
+      const out = [];
+      for (const r of recs) out.push(await routedAcc(ed, r));
+      await ed.dispose();
+      return out;
+    };
+    expect(await accs(4)).toEqual([1, 1, 1, 1, 1]);
+    expect((await accs(0)).some((a) => a < 1)).toBe(true);
+  }, SLOW);
+
+  it('recalibration: where the paper would merge (10 edits, save 5 / merge 10), the locality prompts of the edited records stay on the main weight; without it most route', async () => {
+    const recs = Array.from({ length: 10 }, (_, i) => rec(i));
+    const routed = async (recalibrate: boolean) => {
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, recalibrate } });
+      await ed.editMany(recs);
+      let n = 0;
+      for (let i = 0; i < 10; i++) {
+        if ((await ed.explain({ tokens: model.tokenizer.encode(`${zsre[i]!.loc} ${zsre[i]!.loc_ans}`) }, { teacherForced: true })).route !== 'main') n++;
+        if ((await ed.explain(zsre[i]!.loc)).route !== 'main') n++;
+      }
+      let own = 0;
+      for (const r of recs) if ((await ed.explain(r.prompt)).route !== 'main') own++;
+      await ed.dispose();
+      return { n, own };
+    };
+    const on = await routed(true);
+    expect(on.n).toBeLessThanOrEqual(3); // of 20 (teacher-forced rows and bare prompts)
+    expect(on.own).toBe(10);
+    expect((await routed(false)).n).toBeGreaterThanOrEqual(6);
+  }, SLOW);
+
+  it('recalibration after a merge (keepShards off): the merged memory gets a threshold set on its own weights, shown by explain() with both distributions', async () => {
+    const recs = Array.from({ length: 10 }, (_, i) => rec(i));
+    const make = async (recalibrate: boolean) => {
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, keepShards: false, recalibrate } });
+      await ed.editMany(recs);
+      expect(ed.memories().memories.map((m) => m.kind)).toEqual(['merged']);
+      return ed;
+    };
+    const on = await make(true);
+    const e = await on.explain(recs[0]!.prompt);
+    const m = e.scores.find((s) => s.kind === 'merged')!;
+    expect(m.calibration!.positives.length).toBe(10);
+    expect(m.calibration!.negatives.length).toBe(10); // the ten edits' irrelevant rows
+    expect(m.threshold).toBeCloseTo(calibrateThreshold(m.calibration!.positives, m.calibration!.negatives, REPAIR_DEFAULTS.calibrationPoint), 9);
+    expect(m.threshold).toBeGreaterThan(Math.max(...m.calibration!.negatives));
+    expect(on.memories().memories[0]!.threshold).toBe(m.threshold);
+    expect(e.route).toBe(0);
+    // the reference keeps act_ratio × the min of its shards' statistics, taken on weights the merged memory no
+    // longer has: most unrelated rows score above it on the merged weights (the merge raised every score)
+    const off = await make(false);
+    const thrOff = off.memories().memories[0]!.threshold;
+    expect(thrOff).toBeLessThan(m.threshold);
+    expect(m.calibration!.negatives.filter((x) => x > thrOff).length).toBeGreaterThanOrEqual(5);
+    await on.dispose();
+    await off.dispose();
+  }, SLOW);
+
+  it('routing on content tokens: a long unrelated row does not route (the reference switches to the max past 100 tokens and routes it)', async () => {
+    const recs = Array.from({ length: 5 }, (_, i) => rec(i));
+    // unrelated questions and answers joined until the row is past 100 tokens (the vocabulary is character-level)
+    let long = '';
+    for (let i = 700; model.tokenizer.encode(long).length <= 120; i++) long += `${zsre[i]!.loc} ${zsre[i]!.loc_ans}. `;
+    const ids = model.tokenizer.encode(long.trim());
+    expect(ids.length).toBeGreaterThan(100);
+    expect(ids.length).toBeLessThanOrEqual(model.config.maxPositions);
+    const route = async (routeContent: boolean) => {
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, routeContent } });
+      await ed.editMany(recs);
+      const r = (await ed.explain({ tokens: ids }, { teacherForced: true })).route;
+      const own = (await ed.explain(recs[2]!.prompt)).route;
+      await ed.dispose();
+      return { r, own };
+    };
+    const on = await route(true);
+    expect(on.r).toBe('main');
+    expect(on.own).toBe(0);
+    expect((await route(false)).r).not.toBe('main');
+  }, SLOW);
+
+  it("with every new mechanism off, 'repair' reproduces its pre-issue-12 outputs (golden fixture)", async () => {
+    const golden = JSON.parse(readFileSync(join(packageRoot(), 'test', 'fixtures', 'repair-paper-golden.json'), 'utf8'));
+    const ed = await Editor.create(model, { method: 'repair', saveFreq: 3, mergeFreq: 6, seed: 3, repair: { ...REPAIR_PAPER } });
+    const recs = Array.from({ length: 8 }, (_, i) => rec(i));
+    const events: string[] = [];
+    const r = await ed.editMany(recs, { onEvent: (e) => events.push(e.type) });
+    expect(events).toEqual(golden.events);
+    expect(r.results.map((x) => [x.id, x.steps, x.memory])).toEqual(golden.results.map((x: { id: string; steps: number; memory: number }) => [x.id, x.steps, x.memory]));
+    // float figures within 1e-4 relative (CPU kernels may be re-tuned; routes and tokens must not move)
+    const close = (a: number, b: number) => expect(Math.abs(a - b)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(b)));
+    r.results.forEach((x, i) => (close(x.losses.at(-1)!, golden.results[i].loss), close(x.score, golden.results[i].score)));
+    const mem = ed.memories();
+    expect(mem.memories.map((m) => [m.name, m.kind, m.edits])).toEqual(golden.memories.memories.map((m: { name: string; kind: string; edits: string[] }) => [m.name, m.kind, m.edits]));
+    mem.memories.forEach((m, i) => close(m.threshold, golden.memories.memories[i].threshold));
+    const probes = [...recs.map((x) => x.prompt), zsre[40]!.loc, zsre[41]!.loc];
+    for (let i = 0; i < probes.length; i++) {
+      const e = await ed.explain(probes[i]!);
+      const t = await ed.explain(probes[i]!, { teacherForced: true });
+      const g = golden.explain[i];
+      expect([e.route, t.route]).toEqual([g.route, g.tfRoute]);
+      close(e.score, g.score);
+      close(e.threshold, g.threshold);
+      close(t.score, g.tfScore);
+    }
+    for (let i = 0; i < 4; i++) expect((await ed.generate(recs[i]!.prompt, { maxNewTokens: 6 })).tokens).toEqual(golden.gen[i]);
+    await ed.dispose();
+  }, SLOW);
+});
