@@ -1,7 +1,8 @@
 // scripts/repair-paper-golden.ts — writes test/fixtures/repair-paper-golden.json: the outputs of method
 // 'repair' with the paper's mechanisms only (the defaults before issue 12) on the facts model, so that a
-// test can check that switching every issue-12 mechanism off reproduces them. Generated once at commit
-// eb80718 (before the issue-12 mechanisms existed): `npx tsx scripts/repair-paper-golden.ts [repairOptionsJSON]`.
+// test can check that switching every issue-12 mechanism off reproduces them. Generated at commit a62dbf5
+// (the per-ISA CPU kernels, before the issue-12 mechanisms existed) with the baseline kernels, which sum
+// in the same order on every x86-64 CPU: `REPAIR_CPU_ISA=baseline npx tsx scripts/repair-paper-golden.ts`.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel } from '../lib/model.js';
