@@ -57,21 +57,16 @@ std::vector<uint8_t> transpose_bytes(const std::vector<uint8_t>& in, int64_t R, 
   return out;
 }
 
-// The block scan ("any element's exponent field >= thr") is a CPU kernel of the best ISA level here
-// (cpu/kernels.inc): vectorised without target_clones, whose clones did not dispatch on AMD CPUs.
-static bool any32(const uint8_t* p, uint64_t b0, uint64_t b1, uint32_t mask, uint32_t thr) {
-  return cpu_kernels(cpu_isa_detected()).any_exp_ge32(p + b0 * 4, b1 - b0, mask, thr);
-}
-static bool any16(const uint8_t* p, uint64_t b0, uint64_t b1, uint16_t mask, uint16_t thr) {
-  return cpu_kernels(cpu_isa_detected()).any_exp_ge16(p + b0 * 2, b1 - b0, mask, thr);
-}
-
+// Blocks are scanned with the CPU kernel of the best ISA level here (cpu/kernels.inc any_exp_ge*,
+// vectorised); only a block that holds a hit is walked again to find the first element.
 template <typename U>
 int64_t first_nonfinite_t(const uint8_t* p, uint64_t n, U mask, U thr) {
+  const CpuKernels& k = cpu_kernels(cpu_isa_detected());  // resolved once per call, not per block
   constexpr uint64_t BLK = 16384;
   for (uint64_t b0 = 0; b0 < n; b0 += BLK) {
     const uint64_t b1 = std::min<uint64_t>(n, b0 + BLK);
-    const bool any = sizeof(U) == 4 ? any32(p, b0, b1, (uint32_t)mask, (uint32_t)thr) : any16(p, b0, b1, (uint16_t)mask, (uint16_t)thr);
+    const bool any = sizeof(U) == 4 ? k.any_exp_ge32(p + b0 * 4, b1 - b0, (uint32_t)mask, (uint32_t)thr)
+                                    : k.any_exp_ge16(p + b0 * 2, b1 - b0, (uint16_t)mask, (uint16_t)thr);
     if (any)
       for (uint64_t i = b0; i < b1; ++i) {
         U u;

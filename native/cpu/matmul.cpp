@@ -115,11 +115,11 @@ CpuBackend::HugeBuf::~HugeBuf() { std::free(p); }
 // panels — in one parallel pass, then (PMB × PNB) output tiles are computed over the pool, each over the
 // whole K in PKC steps, and handed to `epi`. Packing each operand once (not once per tile) keeps its
 // cost at (1/N + 1/M) of the multiply-adds; it was as slow as the arithmetic with per-tile packing.
+constexpr size_t kChunkFloats = (size_t)1 << 21;  // floats per packed operand chunk (8 MiB)
+
 // The N-chunk width for a reduction length K (also fixes the layout of a whole packed B, packed_b()).
 static int chunk_nc(int N, int K) {
-  const size_t budget = (size_t)1 << 21;
-  const int Kp = std::max(K, 1);
-  return std::max(PNB, (int)std::min<size_t>((size_t)(N + PG - 1) / PG * PG, budget / Kp / PNB * PNB));
+  return std::max(PNB, (int)std::min<size_t>((size_t)(N + PG - 1) / PG * PG, kChunkFloats / std::max(K, 1) / PNB * PNB));
 }
 
 // B packed whole, as gemm_packed lays out each N chunk ([nk][ncp][kc][nr] at offset nc0·K), kept per
@@ -158,11 +158,10 @@ void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, co
   std::lock_guard<std::mutex> lk(gemm_mu_);
   const int mr = k_->gemm_mr, nr = k_->gemm_nr;
   const int nk = (K + PKC - 1) / PKC;
-  const size_t budget = (size_t)1 << 21;  // floats per packed operand chunk (8 MiB)
   const int Kp = std::max(K, 1);
-  const int MC = std::max(PMB, (int)std::min<size_t>((size_t)(M + PMB - 1) / PMB * PMB, budget / Kp / PMB * PMB));
+  const int MC = std::max(PMB, (int)std::min<size_t>((size_t)(M + PMB - 1) / PMB * PMB, kChunkFloats / Kp / PMB * PMB));
   const int NC = chunk_nc(N, K);
-  float* pa = pa_.get((size_t)MC * Kp + 64);
+  float* pa = nullptr;  // the shared X chunk: only the wide-output path below packs X once for all tasks
   float* pb = b_packed ? nullptr : pb_.get((size_t)NC * Kp + 64);
   for (int mc0 = 0; mc0 < M; mc0 += MC) {
     const int mcb = std::min(MC, M - mc0), mcp = (mcb + mr - 1) / mr * mr;  // rows, padded to mr
@@ -204,6 +203,7 @@ void CpuBackend::gemm_packed(int M, int N, int K, const float* X, size_t ldx, co
         continue;
       }
       // Pack: tasks [0, na) are X blocks of PMB rows × one K step, [na, na+nb) B groups of PG columns × one K step.
+      if (!pa) pa = pa_.get((size_t)MC * Kp + 64);
       const int na = mta * nk, nbt = b_packed ? 0 : ngb * nk;
       pool_.parallel_for(na + nbt, [&](int task) {
         if (task < na) {
