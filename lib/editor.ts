@@ -233,7 +233,8 @@ interface Metadata {
   format: string;
   version: number;
   config: EditorConfig;
-  base: { modelType: string; layer: number; hiddenSize: number; intermediateSize: number; fingerprint: string };
+  /** modelDir (the folder the memories were trained on; files before issue 16 lack it): what the CLI names in a mismatch. */
+  base: { modelType: string; layer: number; hiddenSize: number; intermediateSize: number; fingerprint: string; modelDir?: string };
   templates: string[];
   irrelevantPool: string[];
   editCount: number;
@@ -1751,7 +1752,7 @@ export class Editor {
       format: MEMORY_FORMAT,
       version: MEMORY_FORMAT_VERSION,
       config: { ...this.config },
-      base: { modelType: c.modelType, layer: this.config.layer, hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, fingerprint: this.#fingerprint },
+      base: { modelType: c.modelType, layer: this.config.layer, hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, fingerprint: this.#fingerprint, modelDir: this.model.dir },
       templates: this.#templates,
       irrelevantPool: this.#irrelevantPool,
       editCount: this.#editCount,

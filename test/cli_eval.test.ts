@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
 import { sharedDataDir, NAMED_DATASETS } from '../lib/datasets.js';
-import { binValues, HIST, renderHtmlReport, routingPlot, svgHistogram, svgPlot, variantsOf } from '../lib/cli/eval.js';
+import { variantsOf } from '../lib/cli/eval.js';
+import { binValues, HIST, renderHtmlReport, routingPlot, svgHistogram, svgPlot } from '../lib/cli/eval_report.js';
 import { summarizeRouting, type EvalRun, type RoutePoint, type RoutingCase } from '../lib/eval.js';
 import { budget } from './helpers/time.js';
 
@@ -113,6 +114,10 @@ function bars(svg: string): { group: number; bin: number; count: number; x: numb
   }));
 }
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+/** The y tick labels of a line plot (text anchored at the end, left of the axis). */
+const ticks = (svg: string): string[] => [...svg.matchAll(/<text x="\d+" y="[^"]+" text-anchor="end" dominant-baseline="middle" font-size="10">([^<]*)<\/text>/g)].map((m) => m[1]!);
+/** The x tick labels of a histogram (below the axis). */
+const xTicks = (svg: string): string[] => [...svg.matchAll(/<text x="[^"]+" y="(\d+)" text-anchor="middle" font-size="10">([^<]*)<\/text>/g)].filter((m) => Number(m[1]) === HIST.H - HIST.B + 15).map((m) => m[2]!);
 /** The x of the threshold line of a histogram SVG (null when none). */
 const thresholdX = (svg: string): number | null => {
   const m = svg.match(/<line class="threshold" x1="([^"]+)" y1="[^"]+" x2="([^"]+)"/);
@@ -152,13 +157,13 @@ describe('CLI eval: bad arguments and data', () => {
     expect(runs.at(-1)!.stderr).toMatch(/--n 3 is more than the 2 records of .*two\.jsonl/);
   });
 
-  it('runtime errors exit 1 with one line: missing file, bad record (with the --skip-invalid hint), unwritable --json', async () => {
+  it('runtime errors exit 1 with one line: missing file, bad record (with the --skip-invalid hint), unwritable --json-file', async () => {
     const bad = join(tmp, 'bad.jsonl');
     writeFileSync(bad, `${JSON.stringify({ prompt: 'a', target: 'b' })}\n${JSON.stringify({ prompt: 'a' })}\n`);
     const [missing, rec, json] = await Promise.all([
       cli(['eval', '--data', join(tmp, 'nope.jsonl')]),
       cli(['eval', '--data', bad, '--n', '1']),
-      cli(['eval', '--data', data, '--n', '1', '--json', join(tmp, 'no', 'such', 'dir', 'x.json')]),
+      cli(['eval', '--data', data, '--n', '1', '--json-file', join(tmp, 'no', 'such', 'dir', 'x.json')]),
     ]);
     for (const r of [missing, rec, json]) {
       expect(r.code, r.stderr).toBe(1);
@@ -167,7 +172,7 @@ describe('CLI eval: bad arguments and data', () => {
     }
     expect(missing.stderr).toMatch(/^repair-edit: ERR_IO: dataset file .*nope\.jsonl does not exist/);
     expect(rec.stderr).toMatch(/^repair-edit: ERR_DATASET: .*bad\.jsonl record 1 \(line 2\): missing field "target" \(pass --skip-invalid/);
-    expect(json.stderr).toMatch(/^repair-edit: ERR_IO: cannot write .*x\.json \(--json\)/);
+    expect(json.stderr).toMatch(/^repair-edit: ERR_IO: cannot write .*x\.json \(--json-file\)/);
   });
 
   it("records too long for the model's context: ERR_USAGE naming the record, or dropped and reported with --skip-invalid", async () => {
@@ -177,7 +182,7 @@ describe('CLI eval: bad arguments and data', () => {
     const out = join(tmp, 'long.json');
     const [stop, skip] = await Promise.all([
       cli(['eval', '--data', long, '--n', '2', '--n-iter', '2']),
-      cli(['eval', '--data', long, '--n', '2', '--n-iter', '2', '--skip-invalid', '--metrics', 'tf', '--routing', 'off', '--json', out]),
+      cli(['eval', '--data', long, '--n', '2', '--n-iter', '2', '--skip-invalid', '--metrics', 'tf', '--routing', 'off', '--json-file', out]),
     ]);
     expect(stop.code, stop.stderr).toBe(2);
     expect(stop.stderr).toMatch(/^repair-edit: ERR_USAGE: .*long\.jsonl record 1 has a training row of \d+ tokens, longer than the model's context \(512\); 1 of 3 records do not fit \(pass --skip-invalid/);
@@ -192,7 +197,9 @@ describe('CLI eval: bad arguments and data', () => {
   it('--help documents the options and where named datasets are read from', async () => {
     const h = await cli(['eval', '--help']);
     expect(h.code).toBe(0);
-    for (const o of ['--data', '--n', '--method', '--ablate', '--protocol', '--metrics', '--backend', '--seed', '--save-freq', '--merge-freq', '--n-iter', '--json', '--report', '--skip-invalid', '--routing']) expect(h.stdout).toContain(o);
+    for (const o of ['--data', '--n', '--method', '--ablate', '--protocol', '--metrics', '--backend', '--seed', '--save-freq', '--merge-freq', '--n-iter', '--json', '--json-file', '--report', '--skip-invalid', '--routing', '--config', '--print-config']) expect(h.stdout).toContain(o);
+    expect(h.stdout).toContain('docs/metrics.md');
+    expect(h.stdout).not.toContain('ALGORITHM.md');
     expect(h.stdout).toMatch(/--data-dir/);
     expect(h.stdout.replace(/\s+/g, " ")).toMatch(/REPAIR_DATA_DIR, then \.\.\/shared\/data beside a checkout, then the slices shipped/);
     const top = await cli(['--help']);
@@ -205,7 +212,7 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
   const json = () => join(tmp, 'out.json');
   const html = () => join(tmp, 'out.html');
   beforeAll(async () => {
-    run = await cli(['eval', '--data', data, '--n', '2,1', '--method', 'wise,repair', '--ablate', 'monitor', '--n-iter', '20', '--seed', '3', '--json', json(), '--report', html()]);
+    run = await cli(['eval', '--data', data, '--n', '2,1', '--method', 'wise,repair', '--ablate', 'monitor', '--n-iter', '20', '--seed', '3', '--json-file', json(), '--report', html()]);
   });
 
   it('exits 0 with a results table on stdout: one row per method × N', () => {
@@ -215,7 +222,9 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
     for (const c of ['Rel', 'Gen', 'Loc', 'OP', 'EM-Rel', 'EM-Gen', 's/edit']) expect(header).toContain(c);
     const rows = lines.filter((l) => /^(wise|repair)( -\w+)? +\d/.test(l)).map((l) => l.split(/\s{2,}/).slice(0, 2).join(' '));
     expect(rows).toEqual(['wise 1', 'wise 2', 'repair 1', 'repair 2', 'repair -monitor 1', 'repair -monitor 2']);
-    for (const l of lines.filter((x) => /^(wise|repair)( -\w+)? +\d/.test(x))) expect(l).toMatch(/(\d\.\d\d|-)\s+\|/);
+    // no literal separator columns: every column is a figure
+    expect(header).not.toMatch(/(^|\s)\|(\s|$)/);
+    for (const l of lines.filter((x) => /^(wise|repair)( -\w+)? +\d/.test(x))) expect(l).not.toMatch(/(^|\s)\|(\s|$)/);
     expect(run.stdout).toMatch(/protocol: sequential/);
     expect(run.stdout).toMatch(/exact match of the greedy generation/);
     // not a TTY: one progress line per run on stderr, no bars
@@ -343,8 +352,8 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
 
   it('--routing prompt with ft (no router: no routing) and --routing off', async () => {
     const [p, off] = await Promise.all([
-      cli(['eval', '--data', data, '--n', '1', '--method', 'wise,ft', '--metrics', 'tf', '--n-iter', '20', '--routing', 'prompt', '--json', join(tmp, 'rp.json'), '--report', join(tmp, 'rp.html')]),
-      cli(['eval', '--data', data, '--n', '1', '--metrics', 'tf', '--n-iter', '20', '--routing', 'off', '--json', join(tmp, 'ro.json'), '--report', join(tmp, 'ro.html')]),
+      cli(['eval', '--data', data, '--n', '1', '--method', 'wise,ft', '--metrics', 'tf', '--n-iter', '20', '--routing', 'prompt', '--json-file', join(tmp, 'rp.json'), '--report', join(tmp, 'rp.html')]),
+      cli(['eval', '--data', data, '--n', '1', '--metrics', 'tf', '--n-iter', '20', '--routing', 'off', '--json-file', join(tmp, 'ro.json'), '--report', join(tmp, 'ro.html')]),
     ]);
     expect(p.code, p.stderr).toBe(0);
     expect(off.code, off.stderr).toBe(0);
@@ -365,7 +374,7 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
   });
 
   it('--protocol single with --metrics tf', async () => {
-    const r = await cli(['eval', '--data', data, '--n', '2', '--protocol', 'single', '--metrics', 'tf', '--n-iter', '20', '--json', join(tmp, 's.json')]);
+    const r = await cli(['eval', '--data', data, '--n', '2', '--protocol', 'single', '--metrics', 'tf', '--n-iter', '20', '--json-file', join(tmp, 's.json')]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/protocol: single \(edit one, evaluate it, restore with a fresh editor\)/);
     expect(r.stdout).not.toContain('EM-Rel');
@@ -375,7 +384,7 @@ describe.skipIf(!haveAddon || !haveDemo)('CLI eval end to end on stories260K', (
   });
 
   it.skipIf(!haveHall)('--data hallucination (named, ../shared/data): PPL column, invalid records skipped and reported', async () => {
-    const r = await cli(['eval', '--data', 'hallucination', '--skip-invalid', '--n', '1', '--n-iter', '10', '--json', join(tmp, 'h.json')]);
+    const r = await cli(['eval', '--data', 'hallucination', '--skip-invalid', '--n', '1', '--n-iter', '10', '--json-file', join(tmp, 'h.json')]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/PPL/);
     expect(r.stderr).toMatch(/skipped .*hallucination-edit\.json record 86: field "locality_ground_truth"/);
@@ -435,9 +444,9 @@ describe('report rendering', () => {
     expect((s.match(/<polyline/g) ?? []).length).toBe(1); // b has no two consecutive points
     expect((s.match(/<circle/g) ?? []).length).toBe(4);
     expect(s).toContain('b &lt;x&gt;: 3.0000');
-    expect(s).toContain('>20<'); // nice maximum above 12.5
+    expect(ticks(s)).toEqual(['0', '2', '4', '6', '8', '10', '12', '14']); // round ticks up to a round maximum above 12.5
     const unit = svgPlot('Rel', [5], [{ label: 'a', points: [{ n: 5, y: 0.5 }] }]);
-    expect(unit).toContain('>1<');
+    expect(ticks(unit)).toEqual(['0.0', '0.2', '0.4', '0.6', '0.8', '1.0']);
   });
 
   it('renderHtmlReport escapes labels and writes no external reference', () => {
@@ -461,11 +470,18 @@ describe('report rendering', () => {
       [1, 1, 0, 1],
       [0, 0, 0, 0],
     ]);
-    const auto = binValues([[1, 3]], 10, { include: [5] }); // the range takes in the threshold, 3% padding
-    expect(auto.lo).toBeCloseTo(1 - 0.12, 12);
-    expect(auto.hi).toBeCloseTo(5 + 0.12, 12);
-    expect(sum(auto.counts[0]!)).toBe(2);
-    expect(binValues([[2, 2]], 3)).toMatchObject({ lo: 1.5, hi: 2.5, counts: [[0, 2, 0]] });
+    // automatic ranges take in the threshold and are cut at round edges (d3's nice ticks)
+    const auto = binValues([[1.13, 3.02]], 10, { include: [4.91] });
+    expect(auto).toMatchObject({ lo: 1, hi: 5, width: 0.5, edges: [1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5] });
+    expect(auto.counts).toEqual([[1, 0, 0, 0, 1, 0, 0, 0]]);
+    const odd = binValues([[0.921, 1.14, 1.36]]);
+    for (const e of odd.edges) expect(Math.abs(e * 20 - Math.round(e * 20)), `edge ${e}`).toBeLessThan(1e-9); // multiples of 0.05
+    expect(sum(odd.counts[0]!)).toBe(3);
+    // a few values: a few wide bins (Sturges, at least 5), not a rug of thin ones
+    const few = binValues([[0.1, 0.15, 0.4], [0.8, 0.85, 0.9]]);
+    expect(few.edges.length - 1).toBeGreaterThanOrEqual(4);
+    expect(few.edges.length - 1).toBeLessThanOrEqual(10);
+    expect(binValues([[2, 2]], 3)).toMatchObject({ lo: 1.5, hi: 2.5, counts: [[0, 2]] });
     expect(() => binValues([[1]], 0)).toThrow();
   });
 
@@ -502,9 +518,12 @@ describe('report rendering', () => {
     expect(thresholdX(svgHistogram('t', 'x', groups, 1.5, { bins: 5, lo: 0, hi: 1 }))).toBeNull(); // off the axis: no line
     // an automatic range takes the threshold in
     const auto = svgHistogram('t', 'x', groups, 2);
-    const r = binValues(groups.map((g) => g.values), 24, { include: [2] });
+    const r = binValues(groups.map((g) => g.values), undefined, { include: [2] });
     expect(thresholdX(auto)).toBeCloseTo(L + ((2 - r.lo) / (r.hi - r.lo)) * plotW, 1);
     expect(sum(bars(auto).map((q) => q.count))).toBe(8);
+    // round x ticks, and bars wide enough to read (8 values: a handful of bins)
+    for (const t of xTicks(auto)) expect(t).toMatch(/^-?\d+(\.\d)?$/);
+    for (const q of bars(auto)) expect(q.width).toBeGreaterThan(8);
   });
 
   it('routingPlot: raw scores against one shared threshold; score / threshold with the line at 1 when thresholds differ; in the report', () => {
@@ -523,7 +542,7 @@ describe('report rendering', () => {
     expect([0, 1, 2].map((g) => sum(ba.filter((q) => q.group === g).map((q) => q.count)))).toEqual([2, 1, 3]);
     expect(a).toContain('routing score (teacher-forced');
     expect(a).toContain('2 routed');
-    const ra = binValues([[3, 2.5], [1], [0.5, 0.2, 0.1]], 24, { include: [2] });
+    const ra = binValues([[3, 2.5], [1], [0.5, 0.2, 0.1]], undefined, { include: [2] });
     expect(thresholdX(a)).toBeCloseTo(L + ((2 - ra.lo) / (ra.hi - ra.lo)) * plotW, 1);
     // b's memory has threshold 4: plotted as score / threshold, line at 1
     const differ: RoutingCase[] = [same[0]!, { id: 'b', edit: pt(2.5, 4, false), rephrase: null, unrelated: [pt(0.1, 4, false)] }];
@@ -531,7 +550,7 @@ describe('report rendering', () => {
     expect(summarizeRouting(same).thresholdsDiffer).toBe(false);
     const d = routingPlot(fakeRun(rt(differ)))!;
     expect(d).toContain('score / threshold of its memory');
-    const rd = binValues([[1.5, 0.625], [0.5], [0.25, 0.1, 0.025]], 24, { include: [1] });
+    const rd = binValues([[1.5, 0.625], [0.5], [0.25, 0.1, 0.025]], undefined, { include: [1] });
     expect(thresholdX(d)).toBeCloseTo(L + ((1 - rd.lo) / (rd.hi - rd.lo)) * plotW, 1);
     expect(d).toContain('1 routed');
     // in the report: the section, the per-method line, one histogram

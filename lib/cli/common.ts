@@ -1,7 +1,7 @@
 // cli/common.ts — shared pieces of the CLI: option parsers, error printing, exit codes, the demo model path.
 
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { RepairError, toRepairError } from '../errors.js';
 import { packageRoot } from '../paths.js';
@@ -81,15 +81,73 @@ export function writeOut(text: string): Promise<void> {
   });
 }
 
-/** An AbortSignal that fires on the first Ctrl-C (a second one kills the process as usual). */
+/**
+ * An AbortSignal that fires on the first Ctrl-C (SIGINT) or SIGTERM; the command then keeps what it
+ * finished and exits 130. A second signal kills the process as usual.
+ */
 export function interruptSignal(): { signal: AbortSignal; done(): void } {
   const ac = new AbortController();
-  const onSig = (): void => {
+  const off = (): void => {
     process.off('SIGINT', onSig);
+    process.off('SIGTERM', onSig);
+  };
+  const onSig = (): void => {
+    off();
     ac.abort();
   };
   process.on('SIGINT', onSig);
-  return { signal: ac.signal, done: () => process.off('SIGINT', onSig) };
+  process.on('SIGTERM', onSig);
+  return { signal: ac.signal, done: off };
+}
+
+// ---- --json / --json-file: the same on every command -------------------------------------------------
+
+/** What --json and --json-file asked for. */
+export interface JsonOutput {
+  /** --json: the JSON on stdout instead of the text. */
+  json?: boolean;
+  /** --json-file F: the JSON written to F (atomically); the text still goes to stdout. */
+  jsonFile?: string;
+}
+
+/** Add --json and --json-file to a command (`what` says what the JSON holds). */
+export function addJsonOptions(c: Command, what = 'the result'): Command {
+  return c.option('--json', `print ${what} as JSON on stdout (instead of the text)`).option('--json-file <file>', `also write ${what} as JSON to this file (the text still goes to stdout)`);
+}
+
+/** Fail early (ERR_IO naming the flag) when `file` cannot be written because its folder does not exist. */
+export function checkWritable(file: string, flag: string): void {
+  const dir = dirname(resolve(file));
+  let ok = false;
+  try {
+    ok = statSync(dir).isDirectory();
+  } catch {
+    /* reported below */
+  }
+  if (!ok) throw new RepairError('ERR_IO', `cannot write ${file} (${flag}): the folder ${dir} does not exist`, { file });
+}
+
+/** Write a file atomically: a temporary file beside it, then a rename over it. */
+export function writeFileAtomic(file: string, text: string): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    writeFileSync(tmp, text);
+    renameSync(tmp, file);
+  } catch (e) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* nothing to clean */
+    }
+    throw new RepairError('ERR_IO', `cannot write ${file}: ${(e as Error).message}`, { file }, { cause: e });
+  }
+}
+
+/** Emit a command's result: JSON to --json-file, then JSON (with --json) or the text to stdout. */
+export async function emit(o: JsonOutput, value: unknown, text: () => string): Promise<void> {
+  const json = `${JSON.stringify(value, null, 2)}\n`;
+  if (o.jsonFile !== undefined) writeFileAtomic(o.jsonFile, json);
+  await writeOut(o.json ? json : text());
 }
 
 /** A plain-text table: columns padded to their widest cell, 'l'eft or 'r'ight aligned (default left). */

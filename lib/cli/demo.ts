@@ -12,14 +12,13 @@ import { evaluateVariants } from '../eval.js';
 import type { EditRecord } from '../datasets.js';
 import { loadModel, type BackendChoice, type Model } from '../model.js';
 import { packageRoot } from '../paths.js';
-import { choiceOption, intOption, interruptSignal, resolveModelDir, writeOut, type CliCommand } from './common.js';
+import { addJsonOptions, checkWritable, choiceOption, emit, intOption, interruptSignal, resolveModelDir, type CliCommand, type JsonOutput } from './common.js';
 import { explanationJson, fmtNum, readEditsFile, routeLabel, routeSummary } from './memory.js';
 
-interface DemoCliOptions {
+interface DemoCliOptions extends JsonOutput {
   backend: BackendChoice;
   device?: number;
   threads?: number;
-  json?: boolean;
 }
 
 /** Greedy tokens shown per continuation. */
@@ -255,18 +254,18 @@ function routeExpl(r: RouteJson): Explanation {
 export const demoCommand: CliCommand = {
   name: 'demo',
   register(program: Command): void {
-    program
+    const c = program
       .command('demo')
       .description('edit the shipped stories260K model with the shipped demo edits and show each prompt before/after, unrelated prompts, and the routing')
       .option('--backend <name>', 'auto | cpu | cuda (auto honours REPAIR_BACKEND)', choiceOption(['auto', 'cpu', 'cuda'] as const), 'auto')
       .option('--device <n>', 'CUDA device index', intOption(0, 1024))
-      .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096))
-      .option('--json', 'print the structured result as JSON')
-      .action(async (o: DemoCliOptions) => {
+      .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096));
+    addJsonOptions(c, 'the structured result').action(async (o: DemoCliOptions) => {
+        if (o.jsonFile !== undefined) checkWritable(o.jsonFile, '--json-file');
         const intr = interruptSignal();
         try {
           const d = await runDemo(o, intr.signal);
-          await writeOut(o.json ? `${JSON.stringify(d, null, 2)}\n` : renderDemo(d));
+          await emit(o, d, () => renderDemo(d));
         } finally {
           intr.done();
         }

@@ -2,12 +2,14 @@
 // to, its score and threshold, and every memory's score.
 
 import type { Command } from 'commander';
-import { Editor } from '../editor.js';
 import { loadModel, type BackendChoice, type Prompt } from '../model.js';
-import { choiceOption, intOption, interruptSignal, resolveModelDir, writeOut, type CliCommand } from './common.js';
-import { explanationJson, fmtNum, routeLabel, scoresTable } from './memory.js';
+import { addJsonOptions, checkWritable, choiceOption, emit, intOption, interruptSignal, resolveModelDir, type CliCommand, type JsonOutput } from './common.js';
+import { addConfigOptions, loadOnlyConfig } from './config_file.js';
+import { explanationJson, fmtNum, loadEditor, routeLabel, scoresTable } from './memory.js';
 
-interface ExplainCliOptions {
+interface ExplainCliOptions extends JsonOutput {
+  config?: string;
+  printConfig?: boolean;
   model?: string;
   memory: string;
   teacherForced?: boolean;
@@ -16,13 +18,12 @@ interface ExplainCliOptions {
   backend: BackendChoice;
   device?: number;
   threads?: number;
-  json?: boolean;
 }
 
 export const explainCommand: CliCommand = {
   name: 'explain',
   register(program: Command): void {
-    program
+    const c = program
       .command('explain')
       .description('show how a prompt is routed through saved side memories: the chosen memory (or main), its score and threshold, and all scores')
       .argument('<prompt>', 'the prompt text (with --teacher-forced: a full row such as prompt + answer)')
@@ -33,23 +34,21 @@ export const explainCommand: CliCommand = {
       .option('--system <text>', 'system message (with --chat)')
       .option('--backend <name>', 'auto | cpu | cuda (auto honours REPAIR_BACKEND)', choiceOption(['auto', 'cpu', 'cuda'] as const), 'auto')
       .option('--device <n>', 'CUDA device index', intOption(0, 1024))
-      .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096))
-      .option('--json', 'print the result as JSON')
-      .action(async (promptText: string, o: ExplainCliOptions) => {
-        const dir = resolveModelDir(o.model);
+      .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096));
+    addConfigOptions(addJsonOptions(c), 'model, backend, device, threads').action(async (promptText: string, o: ExplainCliOptions, cmd: Command) => {
+        if (o.jsonFile !== undefined) checkWritable(o.jsonFile, '--json-file');
+        const rt = await loadOnlyConfig(cmd, o);
+        if (!rt) return;
+        const dir = resolveModelDir(rt.model);
         const intr = interruptSignal();
         try {
-          await using model = await loadModel(dir, { backend: o.backend, device: o.device, threads: o.threads, signal: intr.signal });
-          await using editor = await Editor.load(model, o.memory, { signal: intr.signal });
+          await using model = await loadModel(dir, { backend: rt.backend, device: rt.device, threads: rt.threads, signal: intr.signal });
+          await using editor = await loadEditor(model, o.memory, intr.signal);
           const prompt: Prompt = o.chat
             ? [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: promptText }]
             : promptText;
           const e = await editor.explain(prompt, { signal: intr.signal, teacherForced: o.teacherForced === true });
           const basis = o.teacherForced ? 'teacher-forced' : 'prompt';
-          if (o.json) {
-            await writeOut(`${JSON.stringify({ prompt: promptText, basis, ...explanationJson(e), memoryFile: o.memory, model: model.dir, backend: model.backend }, null, 2)}\n`);
-            return;
-          }
           const chosen = e.route === 'main' ? undefined : e.scores.find((s) => s.memory === e.route);
           const lines = [
             `route:     ${routeLabel(e.route)}${chosen ? ` (${chosen.kind}, ${chosen.edits} edit${chosen.edits === 1 ? '' : 's'})` : ' (the unedited weights)'}`,
@@ -58,7 +57,7 @@ export const explainCommand: CliCommand = {
             '',
             scoresTable(e),
           ];
-          await writeOut(`${lines.join('\n')}\n`);
+          await emit(o, { prompt: promptText, basis, ...explanationJson(e), memoryFile: o.memory, model: model.dir, backend: model.backend }, () => `${lines.join('\n')}\n`);
         } finally {
           intr.done();
         }

@@ -1,12 +1,14 @@
 // cli/generate.ts — `repair-edit generate [options] "prompt"`.
 
 import type { Command } from 'commander';
-import { Editor } from '../editor.js';
 import { loadModel, type BackendChoice, type Prompt } from '../model.js';
-import { choiceOption, collect, floatOption, intOption, interruptSignal, resolveModelDir, writeOut, type CliCommand } from './common.js';
-import { explanationJson } from './memory.js';
+import { addJsonOptions, checkWritable, choiceOption, collect, emit, floatOption, intOption, interruptSignal, resolveModelDir, type CliCommand, type JsonOutput } from './common.js';
+import { addConfigOptions, loadOnlyConfig } from './config_file.js';
+import { explanationJson, loadEditor } from './memory.js';
 
-interface GenerateCliOptions {
+interface GenerateCliOptions extends JsonOutput {
+  config?: string;
+  printConfig?: boolean;
   model?: string;
   maxNewTokens: number;
   temperature: number;
@@ -22,13 +24,12 @@ interface GenerateCliOptions {
   chat?: boolean;
   system?: string;
   memory?: string;
-  json?: boolean;
 }
 
 export const generateCommand: CliCommand = {
   name: 'generate',
   register(program: Command): void {
-    program
+    const c = program
       .command('generate')
       .description('generate a continuation; with --temperature 0 (greedy) prints the prompt and continuation exactly as decoded')
       .argument('<prompt>', 'the prompt text')
@@ -46,16 +47,18 @@ export const generateCommand: CliCommand = {
       .option('--stop <str>', 'stop at this string (repeatable)', collect)
       .option('--no-eos', 'do not stop at the end-of-sequence token')
       .option('--chat', 'send the prompt as a user message through the chat template')
-      .option('--system <text>', 'system message (with --chat)')
-      .option('--json', 'print the result as JSON')
-      .action(async (promptText: string, o: GenerateCliOptions) => {
-        const dir = resolveModelDir(o.model);
+      .option('--system <text>', 'system message (with --chat)');
+    addConfigOptions(addJsonOptions(c), 'model, backend, device, threads').action(async (promptText: string, o: GenerateCliOptions, cmd: Command) => {
+        if (o.jsonFile !== undefined) checkWritable(o.jsonFile, '--json-file');
+        const rt = await loadOnlyConfig(cmd, o);
+        if (!rt) return;
+        const dir = resolveModelDir(rt.model);
         const intr = interruptSignal();
         try {
           await using model = await loadModel(dir, {
-            backend: o.backend,
-            device: o.device,
-            threads: o.threads,
+            backend: rt.backend,
+            device: rt.device,
+            threads: rt.threads,
             contextLength: o.contextLength,
             signal: intr.signal,
           });
@@ -73,23 +76,15 @@ export const generateCommand: CliCommand = {
             signal: intr.signal,
           };
           if (o.memory !== undefined) {
-            await using editor = await Editor.load(model, o.memory, { signal: intr.signal });
+            await using editor = await loadEditor(model, o.memory, intr.signal);
             const r = await editor.generate(prompt, genOpts);
-            if (o.json) {
-              // The route generate() took: decided once on the prompt, as explain() decides it.
-              const route = explanationJson(await editor.explain(prompt, { signal: intr.signal }));
-              await writeOut(`${JSON.stringify({ ...r, route, memoryFile: o.memory, model: model.dir, backend: model.backend }, null, 2)}\n`);
-            } else {
-              await writeOut(`${r.text}\n`);
-            }
+            // The route generate() took (JSON only): decided once on the prompt, as explain() decides it.
+            const route = o.json || o.jsonFile !== undefined ? explanationJson(await editor.explain(prompt, { signal: intr.signal })) : null;
+            await emit(o, { ...r, route, memoryFile: o.memory, model: model.dir, backend: model.backend }, () => `${r.text}\n`);
             return;
           }
           const r = await model.generate(prompt, genOpts);
-          if (o.json) {
-            await writeOut(`${JSON.stringify({ ...r, model: model.dir, backend: model.backend }, null, 2)}\n`);
-          } else {
-            await writeOut(`${r.text}\n`);
-          }
+          await emit(o, { ...r, model: model.dir, backend: model.backend }, () => `${r.text}\n`);
         } finally {
           intr.done();
         }

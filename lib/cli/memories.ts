@@ -3,37 +3,41 @@
 // memory that held it is retrained without it; the file is rewritten atomically, or --out).
 
 import type { Command } from 'commander';
-import { Editor, type EditInfo } from '../editor.js';
+import type { Editor, EditInfo } from '../editor.js';
 import { RepairError } from '../errors.js';
 import { loadModel, type BackendChoice } from '../model.js';
-import { choiceOption, formatTable, intOption, interruptSignal, resolveModelDir, writeOut, type CliCommand } from './common.js';
-import { fmtNum } from './memory.js';
+import { addJsonOptions, checkWritable, choiceOption, emit, formatTable, intOption, interruptSignal, resolveModelDir, type CliCommand, type JsonOutput } from './common.js';
+import { addConfigOptions, loadOnlyConfig } from './config_file.js';
+import { fmtNum, loadEditor } from './memory.js';
 
-interface MemoryCliOptions {
+interface MemoryCliOptions extends JsonOutput {
   memory: string;
   model?: string;
   backend: BackendChoice;
   device?: number;
   threads?: number;
-  json?: boolean;
   out?: string;
+  config?: string;
+  printConfig?: boolean;
 }
 
 function addCommon(c: Command): Command {
-  return c
-    .requiredOption('--memory <file>', 'side memories saved by `repair-edit edit` (or Editor#save)')
+  c.requiredOption('--memory <file>', 'side memories saved by `repair-edit edit` (or Editor#save)')
     .option('--model <dir>', 'the Hugging Face model folder the memories were trained on (default: the shipped stories260K demo model)')
     .option('--backend <name>', 'auto | cpu | cuda (auto honours REPAIR_BACKEND)', choiceOption(['auto', 'cpu', 'cuda'] as const), 'auto')
     .option('--device <n>', 'CUDA device index', intOption(0, 1024))
-    .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096))
-    .option('--json', 'print JSON');
+    .option('--threads <n>', 'CPU threads (0 = all)', intOption(0, 4096));
+  return addConfigOptions(addJsonOptions(c), 'model, backend, device, threads');
 }
 
-async function withEditor<T>(o: MemoryCliOptions, fn: (editor: Editor, signal: AbortSignal) => Promise<T>): Promise<T> {
+async function withEditor<T>(o: MemoryCliOptions, cmd: Command, fn: (editor: Editor, signal: AbortSignal) => Promise<T>): Promise<T | undefined> {
+  if (o.jsonFile !== undefined) checkWritable(o.jsonFile, '--json-file');
+  const rt = await loadOnlyConfig(cmd, o);
+  if (!rt) return undefined;
   const intr = interruptSignal();
   try {
-    await using model = await loadModel(resolveModelDir(o.model), { backend: o.backend, device: o.device, threads: o.threads, signal: intr.signal });
-    await using editor = await Editor.load(model, o.memory, { signal: intr.signal });
+    await using model = await loadModel(resolveModelDir(rt.model), { backend: rt.backend, device: rt.device, threads: rt.threads, signal: intr.signal });
+    await using editor = await loadEditor(model, o.memory, intr.signal);
     return await fn(editor, intr.signal);
   } finally {
     intr.done();
@@ -56,16 +60,12 @@ export const memoryCommand: CliCommand = {
   register(program: Command): void {
     const mem = program.command('memory').description('inspect a side-memory file and roll edits back: memory ls | show ID | rollback ID');
 
-    addCommon(mem.command('ls').description('list the memories (kind, threshold, edits) and the edits still queued')).action(async (o: MemoryCliOptions) => {
-      await withEditor(o, async (editor) => {
+    addCommon(mem.command('ls').description('list the memories (kind, threshold, edits) and the edits still queued')).action(async (o: MemoryCliOptions, cmd: Command) => {
+      await withEditor(o, cmd, async (editor) => {
         const m = editor.memories();
         const p = editor.pending();
         const rows = [{ name: 'working', kind: 'working', threshold: m.working.threshold, edits: m.working.edits }, ...m.memories.map((x, i) => ({ name: `memory ${i}`, kind: x.kind, threshold: x.threshold, edits: x.edits }))];
         const edits = editor.edits().map((id) => editor.editInfo(id)!);
-        if (o.json) {
-          await writeOut(`${JSON.stringify({ file: o.memory, method: editor.config.method, memories: rows, edits, pending: p }, null, 2)}\n`);
-          return;
-        }
         const lines = [
           `${o.memory}: method ${editor.config.method}, ${edits.length} edit${edits.length === 1 ? '' : 's'} in effect, layer ${editor.config.layer}`,
           '',
@@ -75,39 +75,36 @@ export const memoryCommand: CliCommand = {
         ];
         if (p.queued.length) lines.push('', `queued (an interrupted editMany resumes them): ${p.queued.join(' ')}`);
         if (p.gaveUp.length) lines.push(`gave up (retrigger budget spent): ${p.gaveUp.join(' ')}`);
-        await writeOut(`${lines.join('\n')}\n`);
+        await emit(o, { file: o.memory, method: editor.config.method, memories: rows, edits, pending: p }, () => `${lines.join('\n')}\n`);
       });
     });
 
     addCommon(mem.command('show').description('one edit: its request, the memory that holds it, its training figures').argument('<id>', 'edit id (memory ls lists them)')).action(
-      async (id: string, o: MemoryCliOptions) => {
-        await withEditor(o, async (editor) => {
+      async (id: string, o: MemoryCliOptions, cmd: Command) => {
+        await withEditor(o, cmd, async (editor) => {
           const e = infoOrFail(editor, id, o.memory);
-          if (o.json) {
-            await writeOut(`${JSON.stringify(e, null, 2)}\n`);
-            return;
-          }
           const r = e.request;
           const lines = [`id:        ${e.id}`, `where:     ${where(e.memory)}`, `prompt:    ${r.prompt}`, `target:    ${r.target}`];
           if (r.rephrase !== undefined) lines.push(`rephrase:  ${r.rephrase}`);
           if (r.locality?.length) for (const l of r.locality) lines.push(`locality:  ${l.prompt} -> ${l.answer}`);
           if (e.score !== undefined) lines.push(`score:     ${fmtNum(e.score)} (prompt ${fmtNum(e.promptScore!)}), last-step loss ${fmtNum(e.loss!)}`);
-          await writeOut(`${lines.join('\n')}\n`);
+          await emit(o, e, () => `${lines.join('\n')}\n`);
         });
       },
     );
 
     addCommon(mem.command('rollback').description('undo one edit: retrain the memory that held it without it, then save (atomically) to --out or back to --memory').argument('<id>', 'edit id'))
       .option('--out <file>', 'write the result here instead of rewriting --memory')
-      .action(async (id: string, o: MemoryCliOptions) => {
-        await withEditor(o, async (editor, signal) => {
+      .action(async (id: string, o: MemoryCliOptions, cmd: Command) => {
+        if (o.out !== undefined) checkWritable(o.out, '--out');
+        await withEditor(o, cmd, async (editor, signal) => {
           const e = infoOrFail(editor, id, o.memory);
           const t0 = performance.now();
           await editor.rollback(id, { signal });
           const out = o.out ?? o.memory;
           await editor.save(out, { signal });
           const res = { id, was: where(e.memory), file: out, editsLeft: editor.edits().length, seconds: (performance.now() - t0) / 1000 };
-          await writeOut(o.json ? `${JSON.stringify(res, null, 2)}\n` : `rolled back ${id} (${res.was}); ${res.editsLeft} edit${res.editsLeft === 1 ? '' : 's'} left; saved ${out} (${res.seconds.toFixed(1)} s)\n`);
+          await emit(o, res, () => `rolled back ${id} (${res.was}); ${res.editsLeft} edit${res.editsLeft === 1 ? '' : 's'} left; saved ${out} (${res.seconds.toFixed(1)} s)\n`);
         });
       });
   },

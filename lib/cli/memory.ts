@@ -2,8 +2,10 @@
 // --memory, demo): the edit-file reader, editor options from flags, route labels and tables.
 
 import { readFileSync } from 'node:fs';
-import { RepairError } from '../errors.js';
-import type { Editor, EditRequest, EditorOptions, Explanation, RouteScore } from '../editor.js';
+import { RepairError, toRepairError } from '../errors.js';
+import { Editor, type EditRequest, type EditorOptions, type Explanation, type RouteScore } from '../editor.js';
+import type { Model } from '../model.js';
+import { parseSafetensorsHeader } from '../safetensors.js';
 import { formatTable } from './common.js';
 
 /** One validated record of an edits file, with the line it came from (1-based). */
@@ -134,6 +136,34 @@ export function editorOptions(o: EditorCliOptions): EditorOptions {
   if (o.seed !== undefined) r.seed = o.seed;
   if (o.chat !== undefined) r.useChatTemplate = o.chat;
   return r;
+}
+
+/**
+ * Editor.load for the CLI: a memory file made for another model says how to fix it — `--model DIR`
+ * naming the folder it was trained on when the file records it (files since issue 16), else the kind and
+ * shape of that model.
+ */
+export async function loadEditor(model: Model, file: string, signal?: AbortSignal): Promise<Editor> {
+  try {
+    return await Editor.load(model, file, { signal });
+  } catch (e) {
+    const err = toRepairError(e);
+    if (err.code !== 'ERR_MEMORY_MISMATCH') throw err;
+    let base: { modelType?: string; hiddenSize?: number; intermediateSize?: number; layer?: number; modelDir?: string } = {};
+    try {
+      base = (JSON.parse(parseSafetensorsHeader(file).metadata.editor ?? '{}') as { base?: typeof base }).base ?? {};
+    } catch {
+      /* the load already read it; keep the plain message if it cannot be read again */
+    }
+    const shape = `a ${base.modelType ?? '?'} with hidden size ${base.hiddenSize ?? '?'} and intermediate size ${base.intermediateSize ?? '?'}`;
+    const hint =
+      typeof base.modelDir !== 'string'
+        ? `pass --model DIR naming the model it was made for (${shape}; the file does not record its folder)`
+        : base.modelDir !== model.dir
+          ? `pass --model ${base.modelDir} (the model it was made for)`
+          : `it was made for this folder, whose weights have changed since: restore those weights or edit again`;
+    throw new RepairError('ERR_MEMORY_MISMATCH', `${err.message}; this is ${model.dir}: ${hint}`, { ...err.details, ...(base.modelDir ? { modelDir: base.modelDir } : {}) }, { cause: e });
+  }
 }
 
 /** 'main', 'working' or 'memory i' for a route (explain's -1 = the working memory). */
