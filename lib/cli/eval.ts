@@ -377,5 +377,5 @@ function partialReports(finished: readonly EvalRun[], variants: readonly EvalVar
 function partialProgress(finished: readonly EvalRun[], variants: readonly EvalVariant[], ns: readonly number[]): NonNullable<EvalRunFile['progress']> {
   const planned = variants.flatMap((v) => ns.map((n) => ({ label: v.label ?? v.method, n })));
   const isDone = (p: { label: string; n: number }) => finished.some((r) => r.label === p.label && r.n === p.n);
-  return { runsDone: finished.length, runsPlanned: planned.length, done: planned.filter(isDone), notDone: planned.filter((p) => !isDone(p)), reason: 'interrupted (SIGINT/SIGTERM)' };
+  return { runsDone: finished.length, runsPlanned: planned.length, done: planned.filter(isDone), notDone: planned.filter((p) => !isDone(p)), reason: 'Ctrl-C or SIGTERM' };
 }

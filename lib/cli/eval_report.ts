@@ -324,7 +324,7 @@ ${rest.length ? `<details><summary>routing scores at the other N</summary><div c
   const c = out.config as { data?: string; file?: string; model?: string; backend?: string };
   const p = out.progress;
   const banner = out.partial
-    ? `<p class="banner" role="alert">Partial results: the run was interrupted (${esc(p?.reason ?? 'interrupted')}) after ${p?.runsDone ?? runs.length} of ${p?.runsPlanned ?? '?'} runs (method × N). Only finished runs are shown${p?.notDone.length ? `; not run or not finished: ${esc(p.notDone.map((x) => `${x.label} N=${x.n}`).join(', '))}` : ''}.</p>`
+    ? `<p class="banner" role="alert">Partial results: the run was interrupted (${esc(p?.reason ?? 'a signal')}) after ${p?.runsDone ?? runs.length} of ${p?.runsPlanned ?? '?'} runs (method × N). Only finished runs are shown${p?.notDone.length ? `; not run or not finished: ${esc(p.notDone.map((x) => `${x.label} N=${x.n}`).join(', '))}` : ''}.</p>`
     : '';
   return `<!DOCTYPE html>
 <html lang="en">
