@@ -1,4 +1,4 @@
-// datasets.ts — loaders for the editing benchmarks of ALGORITHM.md §5 (ZsRE in the MEND format,
+// datasets.ts — loaders for the editing benchmarks (docs/metrics.md, "Datasets") (ZsRE in the MEND format,
 // CounterFact in the flat EasyEdit format, SelfCheckGPT hallucination, Temporal) and a generic JSONL
 // format, each turned into EditRecords (an EditRequest plus the fields evaluation needs).
 //

@@ -101,7 +101,7 @@ export interface NativeGenerateOptions {
   route?: { side: number; slot: number }; // use side-memory slot `slot` (-1 = main weight) at the store's layer
 }
 
-/** One edit's training rows (ALGORITHM.md §1.3), left-padded. */
+/** One edit's training rows (docs/algorithm.md, "Training one edit"), left-padded. */
 export interface NativeEditBatch {
   tokens: Int32Array; // [R*T]
   R: number;

@@ -1,4 +1,4 @@
-// repair.ts — the REPAIR closed loop's pure pieces (ALGORITHM.md §2): its options with their defaults
+// repair.ts — the REPAIR closed loop's pure pieces (docs/algorithm.md, "REPAIR"): its options with their defaults
 // and sources (one table), distribution-aware batching (§2.4 FORMBATCHES), the loss-aware merge
 // weights (§2.6), and per-shard error rates (§2.2). The loop itself runs in Editor.editMany
 // (lib/editor.ts); the arithmetic (training, KD, merges) is native.
@@ -11,7 +11,7 @@ export type BatchFeature = 'activation';
 
 /**
  * Every REPAIR constant, with its default and where it comes from ("Table 6" = REPAIR paper Table 6,
- * "§2.9" = ALGORITHM.md's proposed defaults for constants the paper does not give, [ours] = our choice).
+ * "§2.9" = our proposed defaults for constants the paper does not give, docs/algorithm.md "Constants the papers do not give", [ours] = our choice).
  */
 export interface RepairOptions {
   /** Closed-loop error monitor (Alg. 1 lines EVALUATE/RETRIGGER). Default on. */
@@ -41,7 +41,7 @@ export interface RepairOptions {
    * Add Eq. 4's optional logit term: λ_KD·T²·mean KL(p_teacher ‖ p_student), p = softmax(logits / T), over
    * each student's edit rows paired with the teacher's (same context template), aligned from the first
    * answer token over their common answer positions [ours: the alignment; the reference pads to a common
-   * length]. Default off (ALGORITHM.md §2.5: optional; the reference ships it disabled).
+   * length]. Default off (optional in Eq. 4; the reference ships it disabled).
    */
   kdLogits: boolean;
   /** T of the logit KL. Default 2.0 (Table 6). */

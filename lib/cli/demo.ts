@@ -104,7 +104,7 @@ function routeJson(prompt: string, e: Explanation): RouteJson {
 
 /**
  * wise vs repair on the demo edits: each method edits all of them on a fresh editor (sequential
- * protocol), then Rel / Gen / Loc / OP (teacher-forced, ALGORITHM.md §3) and the exact match of the greedy
+ * protocol), then Rel / Gen / Loc / OP (teacher-forced, docs/metrics.md) and the exact match of the greedy
  * answer are measured by lib/eval.ts. Same cadence for both (one memory per save), so the rows differ only
  * by REPAIR's four mechanisms.
  */
@@ -131,7 +131,7 @@ function renderComparison(rows: DemoResult['comparison']): string[] {
   const f = (x: number | null) => (x === null ? '  - ' : x.toFixed(2));
   return [
     '',
-    `wise vs repair on the ${rows[0]!.n} demo edits (sequential protocol; teacher-forced Rel/Gen/Loc as ALGORITHM.md §3, OP = geometric mean; EM = greedy answer matches):`,
+    `wise vs repair on the ${rows[0]!.n} demo edits (sequential protocol; teacher-forced Rel/Gen/Loc as docs/metrics.md, OP = geometric mean; EM = greedy answer matches):`,
     '  method    Rel   Gen   Loc    OP   EM-Rel  s/edit',
     ...rows.map((r) => `  ${r.label.padEnd(8)}  ${f(r.rel)}  ${f(r.gen)}  ${f(r.loc)}  ${f(r.op)}  ${f(r.emRel).padStart(6)}  ${r.secondsPerEdit.toFixed(2).padStart(6)}`),
   ];
