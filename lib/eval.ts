@@ -298,10 +298,8 @@ async function evaluateOne(
 
   const runs: EvalRun[] = [];
   for (const n of o.ns) {
-    const run =
-      o.protocol === 'sequential'
-        ? await runSequential(model, used.slice(0, n), label, variant.method, editorOptions, pre, mopts, o, opts)
-        : await runSingle(model, used.slice(0, n), label, variant.method, editorOptions, pre, mopts, o, opts);
+    const args = { model, records: used.slice(0, n), label, method: variant.method, editorOptions, pre, mopts, o, opts };
+    const run = o.protocol === 'sequential' ? await runSequential(args) : await runSingle(args);
     runs.push(run);
     opts.onRun?.(run);
   }

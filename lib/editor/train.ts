@@ -10,7 +10,7 @@ import type { RepairEvent } from '../repair/loop.js';
 import { actCode } from './config.js';
 import { recalibrate } from './router.js';
 import { buildRows, extraNegatives, irrelevantFor, replaySamples } from './rows.js';
-import { NO_ACT, type EditorState, type Pending } from './state.js';
+import { NO_ACT, type EditorState, type MemoryState, type Pending } from './state.js';
 
 /**
  * Test hook: a function (ids, hyper) => hyper applied to every native training call, so a test can make
@@ -209,6 +209,23 @@ export function memoryLoss(ed: EditorState, m: { edits: string[] }): number {
   return ls.length ? ls.reduce((a, b) => a + b, 0) / ls.length : 0;
 }
 
+/** The memory a merge of `from` makes: their edits and parts in order, the lowest threshold statistics. */
+function mergedMemory(uid: string, from: readonly MemoryState[], weights: number[]): MemoryState {
+  return {
+    uid,
+    kind: 'merged',
+    minAct: Math.min(...from.map((m) => m.minAct)),
+    minPrompt: Math.min(...from.map((m) => m.minPrompt)),
+    edits: from.flatMap((m) => m.edits),
+    parts: from.flatMap((m) => m.parts),
+    weights,
+  };
+}
+
+/**
+ * The merge of the cadence (§1.8): WISE-Retrieve merges the last mergeFreq/saveFreq shards into one
+ * memory, WISE-Merge folds every shard into the one merged memory; TIES, or REPAIR's loss-aware merge.
+ */
 export async function merge(ed: EditorState, onEvent?: (e: RepairEvent) => void): Promise<void> {
   const c = ed.config;
   const mi = modelInternals(ed.model);
@@ -230,15 +247,7 @@ export async function merge(ed: EditorState, onEvent?: (e: RepairEvent) => void)
     });
     const uid = ed.uid('m');
     ed.dirty.add(uid);
-    ed.memories.splice(first, k, {
-      uid,
-      kind: 'merged',
-      minAct: Math.min(...group.map((m) => m.minAct)),
-      minPrompt: Math.min(...group.map((m) => m.minPrompt)),
-      edits: group.flatMap((m) => m.edits),
-      parts: group.flatMap((m) => m.parts),
-      weights: w,
-    });
+    ed.memories.splice(first, k, mergedMemory(uid, group, w));
     remapStatus(ed, group.map((m) => m.uid), uid);
     emit?.({ type: 'shards-merged', into: uid, from: group.map((m) => m.uid), rule: lossAware ? 'loss-aware' : 'ties', weights: w, losses });
   } else {
@@ -262,17 +271,7 @@ export async function merge(ed: EditorState, onEvent?: (e: RepairEvent) => void)
       await nm.sideRemove(ed.side, Int32Array.from(shardSlots.filter((s) => s !== dst)));
     });
     const uid = ed.uid('m');
-    ed.memories = [
-      {
-        uid,
-        kind: 'merged',
-        minAct: Math.min(...all.map((m) => m.minAct)),
-        minPrompt: Math.min(...all.map((m) => m.minPrompt)),
-        edits: all.flatMap((m) => m.edits),
-        parts: all.flatMap((m) => m.parts),
-        weights,
-      },
-    ];
+    ed.memories = [mergedMemory(uid, all, weights)];
     remapStatus(ed, all.map((m) => m.uid), uid);
     emit?.({ type: 'shards-merged', into: uid, from: all.map((m) => m.uid), rule: lossAware ? 'loss-aware' : 'ties', weights, losses });
   }

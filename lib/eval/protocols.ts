@@ -99,17 +99,21 @@ function timings(n: number, editMs: number, evalMs: number, genMs: number, setup
   };
 }
 
-export async function runSequential(
-  model: Model,
-  records: readonly EditRecord[],
-  label: string,
-  method: EditMethod,
-  editorOptions: EditorOptions,
-  pre: Measurement,
-  mopts: MeasureOptions,
-  o: ResolvedEvalOptions,
-  opts: Omit<EvalOptions, 'method' | 'editorOptions' | 'label'>,
-): Promise<EvalRun> {
+/** What a protocol runs on: the N records of one variant, its pre-edit measurements and the options. */
+export interface RunArgs {
+  model: Model;
+  records: readonly EditRecord[];
+  label: string;
+  method: EditMethod;
+  editorOptions: EditorOptions;
+  pre: Measurement;
+  mopts: MeasureOptions;
+  o: ResolvedEvalOptions;
+  opts: Omit<EvalOptions, 'method' | 'editorOptions' | 'label'>;
+}
+
+/** 'sequential': N edits via editMany, then all N evaluated on the final editor (and routed, when asked). */
+export async function runSequential({ model, records, label, method, editorOptions, pre, mopts, o, opts }: RunArgs): Promise<EvalRun> {
   const metrics = o.metrics;
   const n = records.length;
   const signal = opts.signal;
@@ -178,17 +182,8 @@ export async function runSequential(
   }
 }
 
-export async function runSingle(
-  model: Model,
-  records: readonly EditRecord[],
-  label: string,
-  method: EditMethod,
-  editorOptions: EditorOptions,
-  pre: Measurement,
-  mopts: MeasureOptions,
-  o: ResolvedEvalOptions,
-  opts: Omit<EvalOptions, 'method' | 'editorOptions' | 'label'>,
-): Promise<EvalRun> {
+/** 'single': edit one record, evaluate it, restore (a fresh editor or rollback), next. */
+export async function runSingle({ model, records, label, method, editorOptions, pre, mopts, o, opts }: RunArgs): Promise<EvalRun> {
   const n = records.length;
   const signal = opts.signal;
   const events: Record<string, number> = {};
