@@ -5,6 +5,7 @@
 // restoreState take the whole state (bookkeeping and every side-memory slot) to undo a failed call.
 import { disposedError } from '../errors.js';
 import { modelInternals, type Model } from '../model.js';
+import type { RepairEvent } from '../repair/loop.js';
 import type { EditorConfig } from './config.js';
 import type { EditRequest } from './rows.js';
 import type { Calibration } from './router.js';
@@ -114,7 +115,7 @@ export class EditorState {
   tokCache = new Map<string, number[]>();
   nonContent: Set<number> | undefined;
   /** The event callback of the editMany call in progress (merges run by the cadence report through it). */
-  onEvent: ((e: import('../repair/loop.js').RepairEvent) => void) | undefined;
+  onEvent: ((e: RepairEvent) => void) | undefined;
 
   constructor(model: Model, host: EditorHost) {
     this.model = model;
