@@ -7,142 +7,13 @@ import { readConfig, matchTensors, toNativeArch, type ModelConfig } from './conf
 import { RepairError, abortedError, disposedError, toRepairError } from './errors.js';
 import { loadNative, resolveAutoBackend } from './info.js';
 import type { BackendName, NativeModel, NativeModelSpec } from './native.js';
+import { firstStop, intArg, numArg, prepareBatch, type GenArgs } from './model/args.js';
+import { DecodeStream, makeLogitsResult } from './model/results.js';
+import type { FinishReason, GenerateOptions, GenerateResult, GenerateRouter, LoadModelOptions, LogitsOptions, LogitsResult, LogitsRouter, LogitsRow, ModelInternals, Prompt } from './model/types.js';
 import { readSafetensorsDir } from './safetensors.js';
 import { ModelTokenizer, type ChatMessage } from './tokenizer.js';
 
-export type BackendChoice = 'auto' | BackendName;
-
-export interface LoadModelOptions {
-  /** 'auto' (default): REPAIR_BACKEND when set, else CUDA when a device is available, else CPU. */
-  backend?: BackendChoice;
-  /** CUDA device index (default 0). */
-  device?: number;
-  /** CPU backend threads (default 0 = all cores). */
-  threads?: number;
-  /** Cap on the context length / KV cache size (default 4096; never more than max_position_embeddings). */
-  contextLength?: number;
-  /**
-   * Refuse weights that hold NaN, Inf or values of magnitude >= 2^27 (a flipped exponent bit; such values
-   * overflow the forward into NaN), with ERR_SAFETENSORS naming the tensor and element. Default true: one
-   * vectorised pass over the bytes as they are read (cost: bench/results/finite-check.md); false skips it.
-   */
-  checkFinite?: boolean;
-  signal?: AbortSignal;
-}
-
-/** A prompt: plain text (BOS added), chat messages (rendered with the chat template), or token ids as they are. */
-export type Prompt = string | readonly ChatMessage[] | { readonly tokens: readonly number[] };
-
-export interface GeneratedToken {
-  /** The sampled token id. */
-  id: number;
-  /** Its index among the new tokens (0-based). */
-  index: number;
-  /** Text this token adds to the completion ('' while a multi-byte character or a special token is pending). */
-  text: string;
-}
-
-export interface GenerateOptions {
-  /** Default 64. Generation also stops ('length') where the context (Model.contextLength) is full. */
-  maxNewTokens?: number;
-  /** 0 (default) = greedy (argmax, ties to the lowest id). */
-  temperature?: number;
-  /** 0 (default) = off. */
-  topK?: number;
-  /** 1 (default) = off. */
-  topP?: number;
-  /** uint32 seed of the sampler (default 0). The same seed gives the same tokens, whatever the chunking. */
-  seed?: number;
-  /** Stop when the completion text contains one of these; the text is cut before it. */
-  stop?: readonly string[];
-  /** Stop after an end-of-sequence token (default true). */
-  stopOnEos?: boolean;
-  signal?: AbortSignal;
-  /** Called for each new token, in order, as chunks arrive. */
-  onToken?: (token: GeneratedToken) => void;
-  /** Tokens sampled per native call (default 8); never changes the result, only the latency of onToken/abort. */
-  chunkSize?: number;
-}
-
-export type FinishReason = 'eos' | 'stop' | 'length';
-
-export interface GenerateResult {
-  /** decode(promptTokens ++ tokens, skipSpecialTokens), cut at a stop string: the prompt and its continuation. */
-  text: string;
-  /** decode(tokens, skipSpecialTokens) alone, cut at a stop string (a leading space of the first piece is dropped by the decoder). */
-  completion: string;
-  /** The new token ids (an EOS that ended generation is included; with a stop string, up to the token that completed it). */
-  tokens: number[];
-  /** The prompt's token ids as fed to the model. */
-  promptTokens: number[];
-  finishReason: FinishReason;
-}
-
-/**
- * Which positions' logits to return: 'last' (default, one row per sequence), 'all' (every position of
- * every sequence), or for each sequence a list of positions (0-based within that sequence; negative
- * counts from its end, -1 = last).
- */
-export type LogitsPositions = 'last' | 'all' | readonly (readonly number[])[];
-
-export interface LogitsOptions {
-  positions?: LogitsPositions;
-  signal?: AbortSignal;
-}
-
-export interface LogitsRow {
-  /** Index of the sequence in the batch. */
-  sequence: number;
-  /** Position within that (unpadded) sequence, 0-based. */
-  position: number;
-}
-
-/**
- * Logits of a batch. Layout: `data` is row-major [rows.length × vocab]; row i holds the logits at
- * rows[i] = { sequence, position }, i.e. the next-token distribution after tokens[0..position] of that
- * sequence. Rows come in sequence order, then in the order the positions were asked for.
- */
-export interface LogitsResult {
-  data: Float32Array;
-  vocab: number;
-  rows: readonly LogitsRow[];
-  /** Row i as a view into `data` (no copy). */
-  row(i: number): Float32Array;
-  /** The row of (sequence, position); negative positions count from the end. Throws if it was not requested. */
-  at(sequence: number, position: number): Float32Array;
-}
-
-/** What the Editor and other in-package code need beyond the public API. */
-export interface ModelInternals {
-  readonly spec: NativeModelSpec;
-  /** Run `fn` on the native model inside this model's queue (serialised with generate/logits), with abort wiring. */
-  enqueue<T>(fn: (nm: NativeModel) => Promise<T>, signal?: AbortSignal): Promise<T>;
-  /** Register a hook run once when the model is disposed (e.g. dispose editors). Returns an unsubscribe. */
-  onDispose(fn: () => void): () => void;
-  /** generate() with a router run inside the same queue slot, on the prompt ids, before generation. */
-  generateRouted(prompt: Prompt, opts: GenerateOptions, router: GenerateRouter): Promise<GenerateResult>;
-  /** logits() with a per-row router run inside the same queue slot before the forward. */
-  logitsRouted(batch: readonly (readonly number[])[], opts: LogitsOptions, router: LogitsRouter): Promise<LogitsResult>;
-}
-
-/** Decides the side-memory route of one prompt (undefined = main weight everywhere). */
-export type GenerateRouter = (nm: NativeModel, promptIds: readonly number[]) => Promise<{ side: number; slot: number } | undefined>;
-/** Decides the route of every row of a left-padded batch. */
-export type LogitsRouter = (
-  nm: NativeModel,
-  batch: { tokens: Int32Array; B: number; T: number; pad: Int32Array },
-) => Promise<{ side: number; slots: Int32Array } | undefined>;
-
-interface GenArgs {
-  maxNewTokens: number;
-  temperature: number;
-  topK: number;
-  topP: number;
-  seed: number;
-  chunkSize: number;
-  stop: string[];
-  promptIds: number[];
-}
+export type { BackendChoice, LoadModelOptions, Prompt, GeneratedToken, GenerateOptions, FinishReason, GenerateResult, LogitsPositions, LogitsOptions, LogitsRow, LogitsResult, ModelInternals, GenerateRouter, LogitsRouter } from './model/types.js';
 
 const internalsMap = new WeakMap<Model, ModelInternals>();
 
@@ -151,20 +22,6 @@ export function modelInternals(model: Model): ModelInternals {
   const i = internalsMap.get(model);
   if (!i) throw new RepairError('ERR_INVALID_ARG', 'not a repair-edit Model');
   return i;
-}
-
-function intArg(name: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-    throw new RepairError('ERR_INVALID_ARG', `${name} must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`, { field: name });
-  }
-  return v;
-}
-
-function numArg(name: string, v: unknown, ok: (x: number) => boolean, what: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) {
-    throw new RepairError('ERR_INVALID_ARG', `${name} must be ${what}, got ${JSON.stringify(v)}`, { field: name });
-  }
-  return v;
 }
 
 /** Resolve when `p` settles, or reject with ERR_ABORTED as soon as `signal` aborts. `p` must never reject. */
@@ -179,29 +36,6 @@ function untilOrAbort(p: Promise<void>, signal?: AbortSignal): Promise<void> {
       res();
     });
   });
-}
-
-/** Incremental detokenisation: the text each new id adds, decoding a short window with one token of left context. */
-class DecodeStream {
-  private ids: number[] = [];
-  private prefixStart = 0;
-  private readStart = 0;
-  text = '';
-  constructor(private readonly tok: ModelTokenizer) {}
-
-  push(id: number): string {
-    this.ids.push(id);
-    const prefix = this.tok.decode(this.ids.slice(this.prefixStart, this.readStart));
-    const full = this.tok.decode(this.ids.slice(this.prefixStart));
-    if (full.length > prefix.length && full.startsWith(prefix) && !full.endsWith('\uFFFD')) {
-      const delta = full.slice(prefix.length);
-      this.prefixStart = this.readStart;
-      this.readStart = this.ids.length;
-      this.text += delta;
-      return delta;
-    }
-    return '';
-  }
 }
 
 export class Model {
@@ -536,28 +370,19 @@ export class Model {
     let completion = this.tokenizer.decode(newIds);
     let text = fullText;
     if (finish === 'stop') {
-      const cut = this.#firstStop(completion, stop);
+      const cut = firstStop(completion, stop);
       const idx = cut >= 0 ? cut : Math.min(stopAt, completion.length);
       const promptText = this.tokenizer.decode(promptIds);
       const region = fullText.startsWith(promptText) ? fullText.slice(promptText.length) : undefined;
       if (region !== undefined && region.endsWith(completion)) {
         text = fullText.slice(0, promptText.length + (region.length - completion.length) + idx);
       } else if (region !== undefined) {
-        const r = this.#firstStop(region, stop);
+        const r = firstStop(region, stop);
         text = promptText + (r >= 0 ? region.slice(0, r) : region);
       }
       completion = completion.slice(0, idx);
     }
     return { text, completion, tokens: newIds, promptTokens: [...promptIds], finishReason: finish };
-  }
-
-  #firstStop(text: string, stop: readonly string[]): number {
-    let best = -1;
-    for (const s of stop) {
-      const i = text.indexOf(s);
-      if (i >= 0 && (best < 0 || i < best)) best = i;
-    }
-    return best;
   }
 
   /**
@@ -573,7 +398,7 @@ export class Model {
     let prepared: { tokens: Int32Array; B: number; T: number; pad: Int32Array; logitRows: Int32Array; rows: LogitsRow[] };
     try {
       if (this.#disposed) throw disposedError();
-      prepared = this.#prepareBatch(batch, opts.positions ?? 'last');
+      prepared = prepareBatch(batch, opts.positions ?? 'last', (ids, what) => this.#checkIds(ids, what));
     } catch (e) {
       return Promise.reject(e);
     }
@@ -587,47 +412,6 @@ export class Model {
       }
       return makeLogitsResult(data, V, rows, batch.map((s) => s.length));
     });
-  }
-
-  #prepareBatch(batch: readonly (readonly number[])[], positions: LogitsPositions) {
-    if (!Array.isArray(batch) || batch.length === 0) throw new RepairError('ERR_INVALID_ARG', 'logits: the batch must be a non-empty array of token-id arrays');
-    batch.forEach((s, b) => {
-      if (!Array.isArray(s)) throw new RepairError('ERR_INVALID_ARG', `logits: batch[${b}] must be an array of token ids`);
-      this.#checkIds(s, `batch[${b}]`);
-    });
-    if (Array.isArray(positions) && positions.length !== batch.length) {
-      throw new RepairError('ERR_INVALID_ARG', `logits: positions has ${positions.length} lists for a batch of ${batch.length}`, { field: 'positions' });
-    }
-    if (!Array.isArray(positions) && positions !== 'last' && positions !== 'all') {
-      throw new RepairError('ERR_INVALID_ARG', "logits: positions must be 'last', 'all' or one list of positions per sequence", { field: 'positions' });
-    }
-    const B = batch.length;
-    const T = Math.max(...batch.map((s) => s.length));
-    const tokens = new Int32Array(B * T); // pad value 0
-    const pad = new Int32Array(B);
-    const rows: LogitsRow[] = [];
-    const flat: number[] = [];
-    for (let b = 0; b < B; b++) {
-      const s = batch[b]!;
-      const len = s.length;
-      pad[b] = T - len;
-      tokens.set(s, b * T + pad[b]!);
-      let ps: readonly number[];
-      if (positions === 'last') ps = [len - 1];
-      else if (positions === 'all') ps = Array.from({ length: len }, (_, i) => i);
-      else ps = (positions as readonly (readonly number[])[])[b]!;
-      if (!Array.isArray(ps)) throw new RepairError('ERR_INVALID_ARG', `logits: positions[${b}] must be an array`, { field: 'positions' });
-      for (const p0 of ps) {
-        if (!Number.isInteger(p0) || p0 >= len || p0 < -len) {
-          throw new RepairError('ERR_INVALID_ARG', `logits: position ${p0} is outside sequence ${b} (length ${len})`, { field: 'positions' });
-        }
-        const p = p0 < 0 ? len + p0 : p0;
-        rows.push({ sequence: b, position: p });
-        flat.push(b * T + pad[b]! + p);
-      }
-    }
-    if (rows.length === 0) throw new RepairError('ERR_INVALID_ARG', 'logits: no positions requested', { field: 'positions' });
-    return { tokens, B, T, pad, logitRows: Int32Array.from(flat), rows };
   }
 
   /** Free the native model (idempotent). Queued calls reject with ERR_DISPOSED; a running one is aborted and rejects too. Resolves once nothing runs. */
@@ -659,34 +443,6 @@ export class Model {
   [Symbol.asyncDispose](): Promise<void> {
     return this.dispose();
   }
-}
-
-function makeLogitsResult(data: Float32Array, vocab: number, rows: LogitsRow[], lengths: number[]): LogitsResult {
-  let index: Map<number, number> | undefined;
-  return {
-    data,
-    vocab,
-    rows,
-    row(i: number): Float32Array {
-      if (!Number.isInteger(i) || i < 0 || i >= rows.length) throw new RepairError('ERR_INVALID_ARG', `row ${i} out of range [0, ${rows.length})`);
-      return data.subarray(i * vocab, (i + 1) * vocab);
-    },
-    at(sequence: number, position: number): Float32Array {
-      const len = lengths[sequence];
-      if (len === undefined) throw new RepairError('ERR_INVALID_ARG', `sequence ${sequence} is not in the batch`);
-      const p = position < 0 ? len + position : position;
-      if (!index) {
-        index = new Map();
-        rows.forEach((r, i) => {
-          const k = r.sequence * 0x100000000 + r.position;
-          if (!index!.has(k)) index!.set(k, i);
-        });
-      }
-      const i = index.get(sequence * 0x100000000 + p);
-      if (i === undefined) throw new RepairError('ERR_INVALID_ARG', `logits of sequence ${sequence} position ${position} were not requested`);
-      return data.subarray(i * vocab, (i + 1) * vocab);
-    },
-  };
 }
 
 /** Load a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) onto a backend. */

@@ -1,7 +1,7 @@
 // repair.ts — the REPAIR closed loop's pure pieces (docs/algorithm.md, "REPAIR"): its options with their defaults
 // and sources (one table), distribution-aware batching (§2.4 FORMBATCHES), the loss-aware merge
-// weights (§2.6), and per-shard error rates (§2.2). The loop itself runs in Editor.editMany
-// (lib/editor.ts); the arithmetic (training, KD, merges) is native.
+// weights (§2.6), and per-shard error rates (§2.2). The loop itself is lib/repair/loop.ts (behind
+// Editor.editMany); the arithmetic (training, KD, merges) is native.
 import { RepairError } from './errors.js';
 
 /** What a(x), the correctness score of an edit, is measured with (§2.2). */

@@ -3,67 +3,17 @@
 // save/load round trips and killed saves, rollback, the ft baseline, and bad input that must leave the
 // editor exactly as it was.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../lib/model.js';
 import { Editor, FAIL_SAVE_AFTER, MEMORY_FORMAT_VERSION, type EditRequest } from '../lib/editor.js';
 import { memoryChecksum } from '../lib/memfile.js';
-import { RepairError } from '../lib/errors.js';
-import { packageRoot } from '../lib/paths.js';
+import { FACTS, haveFacts, loadZsreRecords, rejects, STORIES, tfAcc, tfPredictions, useTempDir, zsreEdit } from './helpers/setup.js';
 
-const STORIES = join(packageRoot(), 'models', 'stories260K');
-const FACTS = join(packageRoot(), '..', 'shared', 'models', 'facts-llama');
-const ZSRE = join(packageRoot(), '..', 'shared', 'data', 'zsre', 'zsre_mend_train-1k.json');
-const haveFacts = existsSync(join(FACTS, 'config.json')) && existsSync(ZSRE);
 if (!haveFacts) console.warn('[editor.test] ../shared/models/facts-llama or the ZsRE file is absent: facts-model tests are skipped');
 
-interface Zsre {
-  src: string;
-  rephrase: string;
-  alt: string;
-  loc: string;
-  loc_ans: string;
-  answers: string[];
-}
-const zsre: Zsre[] = haveFacts ? JSON.parse(readFileSync(ZSRE, 'utf8')) : [];
-
-type Routed = { logits: Model['logits'] };
-
-function argmax(row: Float32Array): number {
-  let b = 0;
-  for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
-  return b;
-}
-
-/** Teacher-forced predictions at the target positions of prompt + " " + target (EasyEdit's Rel). */
-async function tfPredictions(m: Model, e: Routed, prompt: string, target: string): Promise<{ pred: number[]; want: number[] }> {
-  const ids = m.tokenizer.encode(`${prompt} ${target}`);
-  const pl = m.tokenizer.encode(prompt).length;
-  const lg = await e.logits([ids], { positions: 'all' });
-  const pred: number[] = [];
-  const want: number[] = [];
-  for (let j = pl; j < ids.length; j++) {
-    pred.push(argmax(lg.at(0, j - 1)));
-    want.push(ids[j]!);
-  }
-  return { pred, want };
-}
-async function tfAcc(m: Model, e: Routed, prompt: string, target: string): Promise<number> {
-  const { pred, want } = await tfPredictions(m, e, prompt, target);
-  return pred.filter((p, i) => p === want[i]).length / want.length;
-}
-
-async function expectCode(p: Promise<unknown>, code: string): Promise<RepairError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(RepairError);
-    expect((e as RepairError).code).toBe(code);
-    return e as RepairError;
-  }
-  throw new Error(`expected a rejection with ${code}`);
-}
+const zsre = loadZsreRecords();
 
 const STORY_UNRELATED = [
   'Once upon a time',
@@ -88,11 +38,7 @@ const STORY_UNRELATED = [
   'The old man smiled',
 ];
 
-let tmp: string;
-beforeAll(() => {
-  tmp = mkdtempSync(join(tmpdir(), 'repair-editor-'));
-});
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const tmpDir = useTempDir('repair-editor-');
 
 describe('one edit on stories260K', () => {
   let model: Model;
@@ -141,7 +87,7 @@ describe.skipIf(!haveFacts)('the facts model', () => {
   afterAll(async () => {
     await model?.dispose();
   });
-  const rec = (i: number): EditRequest => ({ prompt: zsre[i]!.src, target: zsre[i]!.alt, rephrase: zsre[i]!.rephrase, irrelevant: `${zsre[500 + i]!.loc} ${zsre[500 + i]!.loc_ans}` });
+  const rec = (i: number): EditRequest => zsreEdit(zsre, i, { rephrase: true });
 
   it('one edit: target learned, rephrase generalises, 20 locality prompts keep their answers and route to main', async () => {
     const ed = await Editor.create(model);
@@ -185,7 +131,7 @@ describe.skipIf(!haveFacts)('the facts model', () => {
   it('save -> load round trip gives bit-identical outputs; a killed save leaves the previous file loadable', async () => {
     const ed = await Editor.create(model, { saveFreq: 2, mergeFreq: 4 });
     for (let i = 0; i < 5; i++) await ed.edit(rec(i));
-    const file = join(tmp, 'facts.repair.safetensors');
+    const file = join(tmpDir(), 'facts.repair.safetensors');
     await ed.save(file);
     const probe = [model.tokenizer.encode(`${zsre[0]!.src} ${zsre[0]!.alt}`), model.tokenizer.encode(`${zsre[4]!.src} ${zsre[4]!.alt}`), model.tokenizer.encode(zsre[30]!.loc)];
     const a = await ed.logits(probe, { positions: 'all' });
@@ -203,9 +149,9 @@ describe.skipIf(!haveFacts)('the facts model', () => {
     // A save that dies mid-write: the previous file is intact and loads; no temp file is left behind.
     await ed.edit(rec(6));
     (ed as unknown as Record<symbol, number>)[FAIL_SAVE_AFTER] = 5000;
-    await expectCode(ed.save(file), 'ERR_IO');
+    await rejects(ed.save(file), 'ERR_IO');
     delete (ed as unknown as Record<symbol, number>)[FAIL_SAVE_AFTER];
-    expect(readdirSync(tmp).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+    expect(readdirSync(tmpDir()).filter((f) => f.endsWith('.tmp'))).toEqual([]);
     const ed3 = await Editor.load(model, file);
     expect(ed3.edits()).toEqual(ed2.edits().slice(0, 5));
     const c = await ed3.logits(probe, { positions: 'all' });
@@ -223,7 +169,7 @@ describe.skipIf(!haveFacts)('the facts model', () => {
     expect((await tfPredictions(model, ed, zsre[1]!.src, zsre[1]!.alt)).pred).toEqual(pre.pred);
     expect(await tfAcc(model, ed, zsre[0]!.src, zsre[0]!.alt)).toBe(1);
     expect(await tfAcc(model, ed, zsre[2]!.src, zsre[2]!.alt)).toBe(1);
-    await expectCode(ed.rollback('z1'), 'ERR_UNKNOWN_EDIT');
+    await rejects(ed.rollback('z1'), 'ERR_UNKNOWN_EDIT');
     // Rolling back inside a shard of several edits retrains it without the edit.
     const ed2 = await Editor.create(model, { saveFreq: 3, mergeFreq: 3 });
     for (let i = 0; i < 3; i++) await ed2.edit({ ...rec(i), id: `y${i}` });
@@ -264,33 +210,33 @@ describe('bad input leaves the editor unchanged', () => {
   });
 
   it('empty or missing target / prompt', async () => {
-    await expectCode(ed.edit({ prompt: 'The cat', target: '' }), 'ERR_EDIT_REQUEST');
-    await expectCode(ed.edit({ prompt: 'The cat', target: '   ' }), 'ERR_EDIT_REQUEST');
-    await expectCode(ed.edit({ prompt: '', target: 'x' }), 'ERR_EDIT_REQUEST');
-    await expectCode(ed.edit({ prompt: 'a' } as EditRequest), 'ERR_EDIT_REQUEST');
-    await expectCode(ed.edit({ prompt: 'The name of the dog was', target: 'Spot', id: ed.edits()[0]! }), 'ERR_EDIT_REQUEST');
+    await rejects(ed.edit({ prompt: 'The cat', target: '' }), 'ERR_EDIT_REQUEST');
+    await rejects(ed.edit({ prompt: 'The cat', target: '   ' }), 'ERR_EDIT_REQUEST');
+    await rejects(ed.edit({ prompt: '', target: 'x' }), 'ERR_EDIT_REQUEST');
+    await rejects(ed.edit({ prompt: 'a' } as EditRequest), 'ERR_EDIT_REQUEST');
+    await rejects(ed.edit({ prompt: 'The name of the dog was', target: 'Spot', id: ed.edits()[0]! }), 'ERR_EDIT_REQUEST');
     expect(ed.editCount).toBe(1);
     await same();
   });
 
   it('a target longer than the context', async () => {
-    await expectCode(ed.edit({ prompt: 'The cat', target: 'very '.repeat(600) }), 'ERR_CONTEXT_LENGTH');
+    await rejects(ed.edit({ prompt: 'The cat', target: 'very '.repeat(600) }), 'ERR_CONTEXT_LENGTH');
     expect(ed.editCount).toBe(1);
     await same();
   });
 
   it('invalid options: layer out of range, unknown keys, bad cadence', async () => {
-    await expectCode(Editor.create(model, { layer: 5 }), 'ERR_INVALID_ARG');
-    await expectCode(Editor.create(model, { layer: -1 }), 'ERR_INVALID_ARG');
-    await expectCode(Editor.create(model, { lr: Number.NaN }), 'ERR_INVALID_ARG');
-    await expectCode(Editor.create(model, { saveFreq: 3, mergeFreq: 4 }), 'ERR_INVALID_ARG');
-    await expectCode(Editor.create(model, { bogus: 1 } as never), 'ERR_INVALID_ARG');
+    await rejects(Editor.create(model, { layer: 5 }), 'ERR_INVALID_ARG');
+    await rejects(Editor.create(model, { layer: -1 }), 'ERR_INVALID_ARG');
+    await rejects(Editor.create(model, { lr: Number.NaN }), 'ERR_INVALID_ARG');
+    await rejects(Editor.create(model, { saveFreq: 3, mergeFreq: 4 }), 'ERR_INVALID_ARG');
+    await rejects(Editor.create(model, { bogus: 1 } as never), 'ERR_INVALID_ARG');
   });
 
   it('a NaN/Inf loss is refused and nothing is stored', async () => {
     const hot = await Editor.create(model, { lr: 3e38, normConstraint: 0, earlyStop: false });
     const before = (await hot.logits([model.tokenizer.encode(probe)], { positions: 'all' })).data.slice();
-    await expectCode(hot.edit({ prompt: 'The cat was', target: 'blue and green' }), 'ERR_NAN_LOSS');
+    await rejects(hot.edit({ prompt: 'The cat was', target: 'blue and green' }), 'ERR_NAN_LOSS');
     expect(hot.editCount).toBe(0);
     expect(hot.edits()).toEqual([]);
     const after = (await hot.logits([model.tokenizer.encode(probe)], { positions: 'all' })).data;
@@ -300,7 +246,7 @@ describe('bad input leaves the editor unchanged', () => {
 
   it('abort mid-edit', async () => {
     const ac = new AbortController();
-    await expectCode(
+    await rejects(
       ed.edit({ prompt: 'The cat was', target: 'blue' }, { signal: ac.signal, onProgress: (p) => p.step === 3 && ac.abort() }),
       'ERR_ABORTED',
     );
@@ -308,19 +254,19 @@ describe('bad input leaves the editor unchanged', () => {
     await same();
     const done = new AbortController();
     done.abort();
-    await expectCode(ed.edit({ prompt: 'The cat was', target: 'blue' }, { signal: done.signal }), 'ERR_ABORTED');
+    await rejects(ed.edit({ prompt: 'The cat was', target: 'blue' }, { signal: done.signal }), 'ERR_ABORTED');
     await same();
   });
 
   it('corrupt, truncated and mismatched memory files', async () => {
-    const file = join(tmp, 'stories.mem');
+    const file = join(tmpDir(), 'stories.mem');
     await ed.save(file);
     const bytes = readFileSync(file);
-    writeFileSync(join(tmp, 'trunc.mem'), bytes.subarray(0, bytes.length - 100));
-    await expectCode(Editor.load(model, join(tmp, 'trunc.mem')), 'ERR_MEMORY_FILE');
-    writeFileSync(join(tmp, 'garbage.mem'), Buffer.from('not a memory file at all, sorry'));
-    await expectCode(Editor.load(model, join(tmp, 'garbage.mem')), 'ERR_MEMORY_FILE');
-    await expectCode(Editor.load(model, join(tmp, 'absent.mem')), 'ERR_IO');
+    writeFileSync(join(tmpDir(), 'trunc.mem'), bytes.subarray(0, bytes.length - 100));
+    await rejects(Editor.load(model, join(tmpDir(), 'trunc.mem')), 'ERR_MEMORY_FILE');
+    writeFileSync(join(tmpDir(), 'garbage.mem'), Buffer.from('not a memory file at all, sorry'));
+    await rejects(Editor.load(model, join(tmpDir(), 'garbage.mem')), 'ERR_MEMORY_FILE');
+    await rejects(Editor.load(model, join(tmpDir(), 'absent.mem')), 'ERR_IO');
     // A newer format version, and a different base weight fingerprint.
     const hlen = Number(bytes.readBigUInt64LE(0));
     const header = JSON.parse(bytes.subarray(8, 8 + hlen).toString('utf8'));
@@ -342,19 +288,19 @@ describe('bad input leaves the editor unchanged', () => {
       const hb = Buffer.from(s);
       const lb = Buffer.alloc(8);
       lb.writeBigUInt64LE(BigInt(hb.length));
-      writeFileSync(join(tmp, name), Buffer.concat([lb, hb, bytes.subarray(8 + hlen)]));
-      return join(tmp, name);
+      writeFileSync(join(tmpDir(), name), Buffer.concat([lb, hb, bytes.subarray(8 + hlen)]));
+      return join(tmpDir(), name);
     };
-    await expectCode(Editor.load(model, rewrite('v99.mem', (h) => (h.__metadata__!.version = '99'))), 'ERR_MEMORY_VERSION');
+    await rejects(Editor.load(model, rewrite('v99.mem', (h) => (h.__metadata__!.version = '99'))), 'ERR_MEMORY_VERSION');
     const fp = rewrite('fp.mem', (h) => {
       const m = JSON.parse(h.__metadata__!.editor!);
       m.base.fingerprint = '0000000000000000';
       h.__metadata__!.editor = JSON.stringify(m);
     });
-    await expectCode(Editor.load(model, fp), 'ERR_MEMORY_MISMATCH');
+    await rejects(Editor.load(model, fp), 'ERR_MEMORY_MISMATCH');
     if (haveFacts) {
       const facts = await loadModel(FACTS, { backend: 'cpu' });
-      await expectCode(Editor.load(facts, file), 'ERR_MEMORY_MISMATCH');
+      await rejects(Editor.load(facts, file), 'ERR_MEMORY_MISMATCH');
       await facts.dispose();
     }
     await same();
@@ -364,11 +310,11 @@ describe('bad input leaves the editor unchanged', () => {
     const m2 = await loadModel(STORIES, { backend: 'cpu' });
     const e2 = await Editor.create(m2);
     const p = e2.edit({ prompt: 'The cat was', target: 'blue' }, { onProgress: (s) => s.step === 2 && void m2.dispose() });
-    await expectCode(p, 'ERR_DISPOSED');
+    await rejects(p, 'ERR_DISPOSED');
     expect(e2.disposed).toBe(true);
-    await expectCode(e2.edit({ prompt: 'The cat was', target: 'blue' }), 'ERR_DISPOSED');
-    await expectCode(e2.generate('The cat'), 'ERR_DISPOSED');
-    await expectCode(Editor.create(m2), 'ERR_DISPOSED');
+    await rejects(e2.edit({ prompt: 'The cat was', target: 'blue' }), 'ERR_DISPOSED');
+    await rejects(e2.generate('The cat'), 'ERR_DISPOSED');
+    await rejects(Editor.create(m2), 'ERR_DISPOSED');
     await e2.dispose(); // idempotent after the model went away
   });
 });

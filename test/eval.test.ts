@@ -11,9 +11,8 @@ import { loadModel, type Model } from '../lib/model.js';
 import { Editor } from '../lib/editor.js';
 import { RepairError } from '../lib/errors.js';
 import { ModelTokenizer } from '../lib/tokenizer.js';
-import { packageRoot } from '../lib/paths.js';
-import { native } from '../lib/native.js';
 import { loadDataset, sharedDataDir, NAMED_DATASETS, type EditRecord } from '../lib/datasets.js';
+import { addonError, FACTS, rejects, STORIES } from './helpers/setup.js';
 import {
   agreement,
   answerRow,
@@ -46,31 +45,11 @@ import {
   type ScoredRow,
 } from '../lib/eval.js';
 
-const STORIES = join(packageRoot(), 'models', 'stories260K');
-const FACTS = join(packageRoot(), '..', 'shared', 'models', 'facts-llama');
-const haveAddon = (() => {
-  try {
-    native();
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const haveAddon = addonError === '';
 const haveStories = haveAddon && existsSync(join(STORIES, 'config.json'));
 const haveFacts = haveAddon && existsSync(join(FACTS, 'config.json')) && existsSync(join(sharedDataDir(), NAMED_DATASETS.counterfact)) && existsSync(join(sharedDataDir(), NAMED_DATASETS.zsre));
 if (!haveStories) console.warn('[eval.test] the native addon or models/stories260K is missing: model tests are skipped');
 if (!haveFacts) console.warn('[eval.test] ../shared/models/facts-llama or the shared data is missing: reference-number tests are skipped');
-
-async function expectCode(p: Promise<unknown>, code: string): Promise<RepairError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(RepairError);
-    expect((e as RepairError).code).toBe(code);
-    return e as RepairError;
-  }
-  throw new Error(`expected a rejection with ${code}`);
-}
 
 describe('metric arithmetic on fixed numbers', () => {
   it('token accuracy, agreement', () => {
@@ -474,23 +453,23 @@ describe.skipIf(!haveStories)('rows and batched metrics on stories260K', () => {
     expect(ft.config.routing).toBe('prompt-only');
     expect(ft.runs[0]!.routing).toBeNull();
     expect(single.runs[0]!.routing).toBeNull();
-    await expectCode(evaluate(model, TWO, { ns: [1], routing: 'sometimes' as never }), 'ERR_INVALID_ARG');
+    await rejects(evaluate(model, TWO, { ns: [1], routing: 'sometimes' as never }), 'ERR_INVALID_ARG');
   });
 
   it('bad options and abort', async () => {
-    await expectCode(evaluate(model, TWO, { ns: [3] }), 'ERR_INVALID_ARG');
-    await expectCode(evaluate(model, TWO, { ns: [0] }), 'ERR_INVALID_ARG');
-    await expectCode(evaluate(model, TWO, { ns: [] }), 'ERR_INVALID_ARG');
-    await expectCode(evaluate(model, [], { ns: [1] }), 'ERR_INVALID_ARG');
-    await expectCode(evaluate(model, TWO, { ns: [1], metrics: ['bleu' as never] }), 'ERR_INVALID_ARG');
-    await expectCode(evaluate(model, TWO, { ns: [1], protocol: 'batch' as never }), 'ERR_INVALID_ARG');
-    await expectCode(evaluate(model, [TWO[0]!, { ...TWO[1]!, id: 'zog' }], { ns: [1] }), 'ERR_INVALID_ARG');
+    await rejects(evaluate(model, TWO, { ns: [3] }), 'ERR_INVALID_ARG');
+    await rejects(evaluate(model, TWO, { ns: [0] }), 'ERR_INVALID_ARG');
+    await rejects(evaluate(model, TWO, { ns: [] }), 'ERR_INVALID_ARG');
+    await rejects(evaluate(model, [], { ns: [1] }), 'ERR_INVALID_ARG');
+    await rejects(evaluate(model, TWO, { ns: [1], metrics: ['bleu' as never] }), 'ERR_INVALID_ARG');
+    await rejects(evaluate(model, TWO, { ns: [1], protocol: 'batch' as never }), 'ERR_INVALID_ARG');
+    await rejects(evaluate(model, [TWO[0]!, { ...TWO[1]!, id: 'zog' }], { ns: [1] }), 'ERR_INVALID_ARG');
     // a record the editor cannot train fails before any edit, naming the record
-    const e = await expectCode(evaluate(model, [{ ...TWO[0]!, target: 'x'.repeat(2000) }], { ns: [1], editorOptions: { nIter: 20 } }), 'ERR_CONTEXT_LENGTH');
+    const e = await rejects(evaluate(model, [{ ...TWO[0]!, target: 'x'.repeat(2000) }], { ns: [1], editorOptions: { nIter: 20 } }), 'ERR_CONTEXT_LENGTH');
     expect(e.message).toMatch(/^record zog \(index 0\)/);
     const ac = new AbortController();
     ac.abort();
-    await expectCode(evaluate(model, TWO, { ns: [1], editorOptions: { nIter: 20 }, signal: ac.signal }), 'ERR_ABORTED');
+    await rejects(evaluate(model, TWO, { ns: [1], editorOptions: { nIter: 20 }, signal: ac.signal }), 'ERR_ABORTED');
   });
 });
 

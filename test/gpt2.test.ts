@@ -12,20 +12,12 @@ import { loadModel, modelInternals, type Model } from '../lib/model.js';
 import { parseConfig, readConfig, toNativeArch, matchTensors } from '../lib/config.js';
 import { readSafetensorsDir } from '../lib/safetensors.js';
 import { Editor, presetFor } from '../lib/editor.js';
-import { RepairError } from '../lib/errors.js';
 import { native } from '../lib/native.js';
 import { ModelTokenizer } from '../lib/tokenizer.js';
 import { packageRoot } from '../lib/paths.js';
+import { addonError, argmax, rejects, throws } from './helpers/setup.js';
 
 const DIR = join(packageRoot(), 'test', 'fixtures', 'tiny-gpt2');
-const addonError = (() => {
-  try {
-    native();
-    return '';
-  } catch (e) {
-    return (e as Error).message.split('\n')[0]!;
-  }
-})();
 const haveAddon = addonError === '';
 if (!haveAddon) console.warn(`[gpt2.test] the native addon is not built (${addonError}): model tests are skipped`);
 
@@ -36,34 +28,6 @@ interface Ref {
 const ref = JSON.parse(readFileSync(join(DIR, 'reference.json'), 'utf8')) as Ref;
 const cfgJson = JSON.parse(readFileSync(join(DIR, 'config.json'), 'utf8')) as Record<string, unknown>;
 
-function argmax(row: ArrayLike<number>): number {
-  let b = 0;
-  for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
-  return b;
-}
-
-function expectCode(fn: () => unknown, code: string, ...patterns: RegExp[]): RepairError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(RepairError);
-    expect((e as RepairError).code).toBe(code);
-    for (const p of patterns) expect((e as Error).message).toMatch(p);
-    return e as RepairError;
-  }
-  throw new Error(`expected ${code}`);
-}
-async function expectCodeAsync(p: Promise<unknown>, code: string, ...patterns: RegExp[]): Promise<RepairError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(RepairError);
-    expect((e as RepairError).code).toBe(code);
-    for (const pat of patterns) expect((e as Error).message).toMatch(pat);
-    return e as RepairError;
-  }
-  throw new Error(`expected a rejection with ${code}`);
-}
 
 // ---- safetensors rewriting (test folders derived from the fixture) ------------------------------------
 interface Entry {
@@ -150,14 +114,14 @@ describe('gpt2 config', () => {
   });
 
   it('variants the runtime does not compute are refused with ERR_UNSUPPORTED_ARCH; bad sizes with ERR_CONFIG', () => {
-    expectCode(() => parseConfig({ ...cfgJson, activation_function: 'relu' }), 'ERR_UNSUPPORTED_ARCH', /activation_function "relu"/);
-    expectCode(() => parseConfig({ ...cfgJson, activation_function: 'gelu' }), 'ERR_UNSUPPORTED_ARCH', /gelu_new/);
-    expectCode(() => parseConfig({ ...cfgJson, scale_attn_by_inverse_layer_idx: true }), 'ERR_UNSUPPORTED_ARCH', /scale_attn_by_inverse_layer_idx/);
-    expectCode(() => parseConfig({ ...cfgJson, scale_attn_weights: false }), 'ERR_UNSUPPORTED_ARCH', /scale_attn_weights/);
-    expectCode(() => parseConfig({ ...cfgJson, tie_word_embeddings: false }), 'ERR_UNSUPPORTED_ARCH', /tie_word_embeddings/);
+    throws(() => parseConfig({ ...cfgJson, activation_function: 'relu' }), 'ERR_UNSUPPORTED_ARCH', /activation_function "relu"/);
+    throws(() => parseConfig({ ...cfgJson, activation_function: 'gelu' }), 'ERR_UNSUPPORTED_ARCH', /gelu_new/);
+    throws(() => parseConfig({ ...cfgJson, scale_attn_by_inverse_layer_idx: true }), 'ERR_UNSUPPORTED_ARCH', /scale_attn_by_inverse_layer_idx/);
+    throws(() => parseConfig({ ...cfgJson, scale_attn_weights: false }), 'ERR_UNSUPPORTED_ARCH', /scale_attn_weights/);
+    throws(() => parseConfig({ ...cfgJson, tie_word_embeddings: false }), 'ERR_UNSUPPORTED_ARCH', /tie_word_embeddings/);
     const { n_embd: _, ...noEmbd } = cfgJson;
-    expectCode(() => parseConfig(noEmbd), 'ERR_CONFIG', /"n_embd"/);
-    expectCode(() => parseConfig({ ...cfgJson, n_head: 5 }), 'ERR_CONFIG', /"n_head" \(5\) must divide "n_embd" \(64\)/);
+    throws(() => parseConfig(noEmbd), 'ERR_CONFIG', /"n_embd"/);
+    throws(() => parseConfig({ ...cfgJson, n_head: 5 }), 'ERR_CONFIG', /"n_head" \(5\) must divide "n_embd" \(64\)/);
   });
 });
 
@@ -196,7 +160,7 @@ describe('gpt2 tokenizer', () => {
     mkdirSync(d);
     writeFileSync(join(d, 'vocab.json'), JSON.stringify({ a: 0, b: 1 }));
     writeFileSync(join(d, 'merges.txt'), 'a b c\n');
-    expectCode(() => ModelTokenizer.fromDir(d), 'ERR_TOKENIZER', /merges\.txt line 1/);
+    throws(() => ModelTokenizer.fromDir(d), 'ERR_TOKENIZER', /merges\.txt line 1/);
   });
 });
 
@@ -239,23 +203,23 @@ describe.skipIf(!haveAddon)('gpt2 loading variants and bad folders', () => {
   it('a missing bias → ERR_MISSING_TENSOR naming it', async () => {
     for (const name of ['h.1.mlp.c_proj.bias', 'h.0.attn.c_attn.bias', 'h.0.ln_2.bias', 'ln_f.bias']) {
       const d = variant((es) => es.filter((e) => e.name !== name));
-      await expectCodeAsync(loadModel(d, { backend: 'cpu' }), 'ERR_MISSING_TENSOR', new RegExp(`"${name.replace(/\./g, '\\.')}"`));
+      await rejects(loadModel(d, { backend: 'cpu' }), 'ERR_MISSING_TENSOR', new RegExp(`"${name.replace(/\./g, '\\.')}"`));
     }
     const d = variant((es) => es.filter((e) => e.name !== 'h.0.attn.c_proj.bias').map((e) => ({ ...e, name: `transformer.${e.name}` })));
-    await expectCodeAsync(loadModel(d, { backend: 'cpu' }), 'ERR_MISSING_TENSOR', /"transformer\.h\.0\.attn\.c_proj\.bias"/);
+    await rejects(loadModel(d, { backend: 'cpu' }), 'ERR_MISSING_TENSOR', /"transformer\.h\.0\.attn\.c_proj\.bias"/);
   });
 
   it('a Conv1D weight in the wrong shape → ERR_SHAPE naming the expected [in, out] layout', async () => {
     // stored transposed, as an nn.Linear [out, in]
     const t = variant((es) => es.map((e) => (e.name === 'h.1.mlp.c_fc.weight' ? { ...e, shape: [256, 64], data: transposeF32(e.data, 64, 256) } : e)));
-    const e1 = await expectCodeAsync(loadModel(t, { backend: 'cpu' }), 'ERR_SHAPE', /"h\.1\.mlp\.c_fc\.weight" has shape \[256, 64\], expected \[64, 256\]/, /Conv1D layout \[in, out\]/, /stored transposed/);
+    const e1 = await rejects(loadModel(t, { backend: 'cpu' }), 'ERR_SHAPE', /"h\.1\.mlp\.c_fc\.weight" has shape \[256, 64\], expected \[64, 256\]/, /Conv1D layout \[in, out\]/, /stored transposed/);
     expect(e1.details?.expected).toEqual([64, 256]);
     // a wrong size altogether
     const w = variant((es) => es.map((e) => (e.name === 'h.0.attn.c_attn.weight' ? { ...e, shape: [64, 128], data: e.data.subarray(0, 64 * 128 * 4) } : e)));
-    await expectCodeAsync(loadModel(w, { backend: 'cpu' }), 'ERR_SHAPE', /c_attn\.weight" has shape \[64, 128\], expected \[64, 192\]/, /Conv1D layout \[in, out\]/);
+    await rejects(loadModel(w, { backend: 'cpu' }), 'ERR_SHAPE', /c_attn\.weight" has shape \[64, 128\], expected \[64, 192\]/, /Conv1D layout \[in, out\]/);
     // wpe shorter than n_positions
     const p = variant((es) => es.map((e) => (e.name === 'wpe.weight' ? { ...e, shape: [32, 64], data: e.data.subarray(0, 32 * 64 * 4) } : e)));
-    await expectCodeAsync(loadModel(p, { backend: 'cpu' }), 'ERR_SHAPE', /"wpe\.weight" has shape \[32, 64\], expected \[64, 64\]/);
+    await rejects(loadModel(p, { backend: 'cpu' }), 'ERR_SHAPE', /"wpe\.weight" has shape \[32, 64\], expected \[64, 64\]/);
   });
 
   it('the native loader re-checks the Conv1D layout (ERR_SHAPE) when handed a transposed tensor directly', async () => {
@@ -276,13 +240,13 @@ describe.skipIf(!haveAddon)('gpt2 loading variants and bad folders', () => {
     try {
       expect(m.contextLength).toBe(64);
       const long = Array.from({ length: 65 }, (_, i) => (i * 7) % 500);
-      await expectCodeAsync(m.generate({ tokens: long }, { maxNewTokens: 1 }), 'ERR_CONTEXT_LENGTH', /65 tokens, longer than the context length 64/);
-      await expectCodeAsync(m.logits([long]), 'ERR_CONTEXT_LENGTH');
+      await rejects(m.generate({ tokens: long }, { maxNewTokens: 1 }), 'ERR_CONTEXT_LENGTH', /65 tokens, longer than the context length 64/);
+      await rejects(m.logits([long]), 'ERR_CONTEXT_LENGTH');
       const ok = await m.generate({ tokens: long.slice(0, 60) }, { maxNewTokens: 10, stopOnEos: false });
       expect(ok.finishReason).toBe('length');
       expect(ok.tokens.length).toBe(5); // stops where the 64 positions are full
       const ed = await Editor.create(m, { contextTemplates: ['{}'], irrelevantPool: ['Hello world'] });
-      await expectCodeAsync(ed.edit({ prompt: 'word '.repeat(70), target: 'x' }), 'ERR_CONTEXT_LENGTH');
+      await rejects(ed.edit({ prompt: 'word '.repeat(70), target: 'x' }), 'ERR_CONTEXT_LENGTH');
     } finally {
       await m.dispose();
     }
@@ -430,11 +394,11 @@ describe.skipIf(!haveAddon)("editMatrix 'key': the reference's c_fc side memory 
   it("editMatrix 'key' is refused on a Llama-family model; a bad value is refused", async () => {
     const llama = await loadModel(join(packageRoot(), 'test', 'fixtures', 'tiny-llama3'), { backend: 'cpu' });
     try {
-      await expectCodeAsync(Editor.create(llama, { editMatrix: 'key', contextTemplates: ['{}'], irrelevantPool: ['x'] }), 'ERR_INVALID_ARG', /only for gpt2/);
+      await rejects(Editor.create(llama, { editMatrix: 'key', contextTemplates: ['{}'], irrelevantPool: ['x'] }), 'ERR_INVALID_ARG', /only for gpt2/);
     } finally {
       await llama.dispose();
     }
-    await expectCodeAsync(Editor.create(model, { editMatrix: 'up' as 'key', contextTemplates: ['{}'], irrelevantPool: ['x'] }), 'ERR_INVALID_ARG', /editMatrix/);
+    await rejects(Editor.create(model, { editMatrix: 'up' as 'key', contextTemplates: ['{}'], irrelevantPool: ['x'] }), 'ERR_INVALID_ARG', /editMatrix/);
   });
 
   it('native stores: target 1 only on gpt2, target 2 nowhere; the key and value fingerprints differ', async () => {

@@ -6,18 +6,16 @@
 // before these mechanisms existed (test/fixtures/repair-paper-golden.json, written by
 // scripts/repair-paper-golden.ts at commit eb80718).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../lib/model.js';
 import { Editor, type EditRequest } from '../lib/editor.js';
 import { calibrateThreshold, REPAIR_DEFAULTS, REPAIR_PAPER, resolveRepairOptions, topKMean } from '../lib/repair.js';
 import { packageRoot } from '../lib/paths.js';
+import { FACTS, haveFacts, loadZsreRecords, tfAcc, zsreEdit } from './helpers/setup.js';
 
-const FACTS = join(packageRoot(), '..', 'shared', 'models', 'facts-llama');
-const ZSRE = join(packageRoot(), '..', 'shared', 'data', 'zsre', 'zsre_mend_train-1k.json');
 /** Each facts-model test trains 8–20 edits: minutes on a loaded 2-core machine. */
 const SLOW = 900_000;
-const haveFacts = existsSync(join(FACTS, 'config.json')) && existsSync(ZSRE);
 if (!haveFacts) console.warn('[holds.test] ../shared/models/facts-llama or the ZsRE file is absent: the issue-12 behaviour tests are skipped');
 
 describe('calibrateThreshold, topKMean, options', () => {
@@ -49,30 +47,11 @@ describe('calibrateThreshold, topKMean, options', () => {
 });
 
 describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () => {
-  interface Zsre {
-    src: string;
-    rephrase: string;
-    alt: string;
-    loc: string;
-    loc_ans: string;
-  }
-  const zsre: Zsre[] = haveFacts ? JSON.parse(readFileSync(ZSRE, 'utf8')) : [];
-  const rec = (i: number): EditRequest => ({ prompt: zsre[i]!.src, target: zsre[i]!.alt, irrelevant: `${zsre[500 + i]!.loc} ${zsre[500 + i]!.loc_ans}`, id: `z${i}` });
+  const zsre = loadZsreRecords();
+  const rec = (i: number): EditRequest => zsreEdit(zsre, i, { id: true });
   let model: Model;
   /** Teacher-forced token accuracy of prompt + " " + target through the editor's router. */
-  const routedAcc = async (ed: Editor, r: EditRequest): Promise<number> => {
-    const ids = model.tokenizer.encode(`${r.prompt} ${r.target}`);
-    const pl = model.tokenizer.encode(r.prompt).length;
-    const lg = await ed.logits([ids], { positions: 'all' });
-    let ok = 0;
-    for (let j = pl; j < ids.length; j++) {
-      const row = lg.at(0, j - 1);
-      let b = 0;
-      for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
-      if (b === ids[j]) ok++;
-    }
-    return ok / (ids.length - pl);
-  };
+  const routedAcc = (ed: Editor, r: EditRequest): Promise<number> => tfAcc(model, ed, r.prompt, r.target);
   // one edit per training call, no retraining: what a shard keeps is what its training left
   const plain = { monitor: false, batching: false, kd: false };
   beforeAll(async () => {

@@ -2,29 +2,21 @@
 // addon) stories260K logits / greedy text against reference_outputs.json, batching, sampling, the
 // queue, abort, dispose and context limits.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync, mkdirSync, copyFileSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel, Model, type GenerateResult } from '../lib/model.js';
 import { ModelTokenizer } from '../lib/tokenizer.js';
-import { RepairError, type ErrorCode } from '../lib/errors.js';
+import { RepairError } from '../lib/errors.js';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
 import { readSt, writeSt } from './helpers/st.js';
 import { budget } from './helpers/time.js';
+import { addonError, copyModel, rejects, useTempDir } from './helpers/setup.js';
 
 const STORIES = join(packageRoot(), '..', 'shared', 'models', 'stories260K', 'hf');
 const haveStories = existsSync(join(STORIES, 'config.json'));
 if (!haveStories) console.warn(`[model.test] ${STORIES} is absent: stories260K tests are skipped`);
 
-const addonError = (() => {
-  try {
-    native();
-    return '';
-  } catch (e) {
-    return (e as Error).message.split('\n')[0]!;
-  }
-})();
 const haveAddon = addonError === '';
 if (!haveAddon) console.warn(`[model.test] the native addon is not built (${addonError}): model tests that run the network are skipped`);
 const cudaAvailable = haveAddon && native().info().cuda.available;
@@ -39,37 +31,9 @@ interface RefCase {
 }
 const ref: { cases: RefCase[] } = haveStories ? JSON.parse(readFileSync(join(STORIES, 'reference_outputs.json'), 'utf8')) : { cases: [] };
 
-let tmp: string;
-beforeAll(() => {
-  tmp = mkdtempSync(join(tmpdir(), 'repair-model-'));
-});
-afterAll(() => {
-  rmSync(tmp, { recursive: true, force: true });
-});
-
-let n = 0;
+const tmpDir = useTempDir('repair-model-');
 /** A copy of stories260K in a temp folder, with files replaced/patched. */
-function storiesCopy(patch: (dir: string) => void = () => {}): string {
-  const d = join(tmp, `m${n++}`);
-  mkdirSync(d);
-  for (const f of readdirSync(STORIES)) copyFileSync(join(STORIES, f), join(d, f));
-  patch(d);
-  return d;
-}
-
-async function rejects(p: Promise<unknown>, code: ErrorCode, ...fragments: (string | RegExp)[]): Promise<RepairError> {
-  let caught: unknown;
-  try {
-    await p;
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught, `expected a rejection with ${code}`).toBeInstanceOf(RepairError);
-  const err = caught as RepairError;
-  expect(err.code, err.message).toBe(code);
-  for (const f of fragments) expect(err.message).toMatch(f);
-  return err;
-}
+const storiesCopy = (patch?: (dir: string) => void): string => copyModel(STORIES, tmpDir(), patch);
 
 const CHAT_TEMPLATE =
   "{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}";
@@ -142,7 +106,7 @@ describe.skipIf(!haveStories)('tokenizer (stories260K)', () => {
 
 describe.skipIf(!haveStories)('loadModel: bad folders fail with typed errors before any native work', () => {
   it('missing folder → ERR_IO', async () => {
-    await rejects(loadModel(join(tmp, 'does-not-exist')), 'ERR_IO', /does-not-exist/);
+    await rejects(loadModel(join(tmpDir(), 'does-not-exist')), 'ERR_IO', /does-not-exist/);
   });
   it('config.json missing → ERR_CONFIG', async () => {
     await rejects(loadModel(storiesCopy((d) => rmSync(join(d, 'config.json')))), 'ERR_CONFIG', /config\.json not found/);

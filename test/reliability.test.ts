@@ -2,50 +2,19 @@
 // vocabularies, tampered side-memory files), fs errors of save/load, and the promises of the editor
 // (aborted repair edits, transactional rollback, dispose mid-call, divergence, throwing progress callbacks).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, mkdirSync, copyFileSync, readdirSync, existsSync } from 'node:fs';
+import { writeFileSync, readFileSync, mkdirSync, readdirSync, existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../lib/model.js';
 import { Editor } from '../lib/editor.js';
-import { RepairError, type ErrorCode } from '../lib/errors.js';
-import { packageRoot } from '../lib/paths.js';
+import { RepairError } from '../lib/errors.js';
 import { patchF32, readSt } from './helpers/st.js';
 import { rewriteMemoryFile } from './helpers/mem.js';
+import { copyModel, FIXTURES, rejects, STORIES, useTempDir } from './helpers/setup.js';
 
-const STORIES = join(packageRoot(), 'models', 'stories260K');
-const BF16 = join(packageRoot(), 'test', 'fixtures', 'tiny-llama3-bf16');
+const BF16 = join(FIXTURES, 'tiny-llama3-bf16');
 
-let tmp: string;
-beforeAll(() => {
-  tmp = mkdtempSync(join(tmpdir(), 'repair-rel-'));
-});
-afterAll(() => {
-  rmSync(tmp, { recursive: true, force: true });
-});
-
-let n = 0;
-function copyModel(src: string, patch: (dir: string) => void = () => {}): string {
-  const d = join(tmp, `m${n++}`);
-  mkdirSync(d);
-  for (const f of readdirSync(src)) copyFileSync(join(src, f), join(d, f));
-  patch(d);
-  return d;
-}
-
-async function rejects(p: Promise<unknown>, code: ErrorCode, ...fragments: (string | RegExp)[]): Promise<RepairError> {
-  let caught: unknown;
-  try {
-    await p;
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught, `expected a rejection with ${code}`).toBeInstanceOf(RepairError);
-  const err = caught as RepairError;
-  expect(err.code, err.message).toBe(code);
-  for (const f of fragments) expect(err.message).toMatch(f);
-  return err;
-}
+const tmpDir = useTempDir('repair-rel-');
 
 function json(file: string): Record<string, unknown> {
   return JSON.parse(readFileSync(file, 'utf8'));
@@ -53,12 +22,12 @@ function json(file: string): Record<string, unknown> {
 
 describe('model inputs that used to load and give NaN logits or empty text', () => {
   it('a NaN or Inf weight is refused at load, naming the tensor; checkFinite: false loads it', async () => {
-    const d = copyModel(STORIES, (dir) => patchF32(join(dir, 'model.safetensors'), 'model.layers.1.mlp.down_proj.weight', 17, Number.NaN));
+    const d = copyModel(STORIES, tmpDir(), (dir) => patchF32(join(dir, 'model.safetensors'), 'model.layers.1.mlp.down_proj.weight', 17, Number.NaN));
     await rejects(loadModel(d, { backend: 'cpu' }), 'ERR_SAFETENSORS', /model\.layers\.1\.mlp\.down_proj\.weight/, /NaN, an Inf or a value of magnitude >= 2\^27/, /element 17/);
-    const e = copyModel(STORIES, (dir) => patchF32(join(dir, 'model.safetensors'), 'model.norm.weight', 3, Number.POSITIVE_INFINITY));
+    const e = copyModel(STORIES, tmpDir(), (dir) => patchF32(join(dir, 'model.safetensors'), 'model.norm.weight', 3, Number.POSITIVE_INFINITY));
     await rejects(loadModel(e, { backend: 'cpu' }), 'ERR_SAFETENSORS', /model\.norm\.weight/);
     // FLT_MAX is finite but overflows the forward into NaN logits: refused as out of range
-    const f = copyModel(STORIES, (dir) => patchF32(join(dir, 'model.safetensors'), 'model.layers.0.self_attn.q_proj.weight', 5, 3.4028234663852886e38));
+    const f = copyModel(STORIES, tmpDir(), (dir) => patchF32(join(dir, 'model.safetensors'), 'model.layers.0.self_attn.q_proj.weight', 5, 3.4028234663852886e38));
     await rejects(loadModel(f, { backend: 'cpu' }), 'ERR_SAFETENSORS', /q_proj/, /element 5/);
     const m = await loadModel(d, { backend: 'cpu', checkFinite: false }); // the opt-out for trusted files
     await m.dispose();
@@ -66,7 +35,7 @@ describe('model inputs that used to load and give NaN logits or empty text', () 
   });
 
   it('a BF16 Inf (exponent all ones) is refused too', async () => {
-    const d = copyModel(BF16, (dir) => {
+    const d = copyModel(BF16, tmpDir(), (dir) => {
       const f = join(dir, 'model.safetensors');
       const { header } = readSt(f);
       const t = header['model.norm.weight'] as { dtype: string; data_offsets: [number, number] };
@@ -82,14 +51,14 @@ describe('model inputs that used to load and give NaN logits or empty text', () 
   });
 
   it('rms_norm_eps 1e-300 is ERR_CONFIG from the config check, not ERR_INVALID_ARG from native code', async () => {
-    const d = copyModel(STORIES, (dir) => writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...json(join(dir, 'config.json')), rms_norm_eps: 1e-300 })));
+    const d = copyModel(STORIES, tmpDir(), (dir) => writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...json(join(dir, 'config.json')), rms_norm_eps: 1e-300 })));
     const e = await rejects(loadModel(d, { backend: 'cpu' }), 'ERR_CONFIG', /rms_norm_eps/);
     expect(e.details?.field).toBe('rms_norm_eps');
   });
 
   it('tokenizer.json with a non-object model.vocab → ERR_TOKENIZER naming model.vocab', async () => {
     for (const vocab of [[1, 2, 3], 'abc', null, {}]) {
-      const d = copyModel(STORIES, (dir) => {
+      const d = copyModel(STORIES, tmpDir(), (dir) => {
         const tj = json(join(dir, 'tokenizer.json')) as { model: Record<string, unknown> };
         tj.model.vocab = vocab;
         writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tj));
@@ -100,13 +69,13 @@ describe('model inputs that used to load and give NaN logits or empty text', () 
   });
 
   it('token ids outside the model vocabulary → ERR_TOKENIZER at load (not at generate time)', async () => {
-    const d = copyModel(STORIES, (dir) => {
+    const d = copyModel(STORIES, tmpDir(), (dir) => {
       const tj = json(join(dir, 'tokenizer.json')) as { model: { vocab: Record<string, number> } };
       tj.model.vocab['zzz_new'] = 100000;
       writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tj));
     });
     await rejects(loadModel(d, { backend: 'cpu' }), 'ERR_TOKENIZER', /up to 100000/, /vocab_size 512/);
-    const e = copyModel(STORIES, (dir) => {
+    const e = copyModel(STORIES, tmpDir(), (dir) => {
       const tj = json(join(dir, 'tokenizer.json')) as { model: { vocab: Record<string, unknown> } };
       tj.model.vocab['<s>'] = -4;
       writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tj));
@@ -131,7 +100,7 @@ describe('side-memory files, save and load', () => {
     model = await loadModel(STORIES, { backend: 'cpu' });
     ed = await Editor.create(model, { nIter: 8, saveFreq: 1, mergeFreq: 2 });
     for (const r of REC) await ed.edit(r);
-    file = join(tmp, 'good.mem');
+    file = join(tmpDir(), 'good.mem');
     await ed.save(file);
   });
   afterAll(async () => {
@@ -154,8 +123,8 @@ describe('side-memory files, save and load', () => {
     for (const at of [8 + hl, 8 + hl + 12345, bytes.length - 1]) {
       const b = Buffer.from(bytes);
       b[at] = b[at]! ^ 0x01;
-      writeFileSync(join(tmp, 'flip.mem'), b);
-      const e = await rejects(Editor.load(model, join(tmp, 'flip.mem')), 'ERR_MEMORY_FILE', /checksum/);
+      writeFileSync(join(tmpDir(), 'flip.mem'), b);
+      const e = await rejects(Editor.load(model, join(tmpDir(), 'flip.mem')), 'ERR_MEMORY_FILE', /checksum/);
       expect(e.details?.failed).toBe('checksum');
     }
   });
@@ -168,7 +137,7 @@ describe('side-memory files, save and load', () => {
       (m) => (m.config.method = 'ft'),
     ];
     for (const edit of edits) {
-      const f = rewriteMemoryFile(file, join(tmp, 'edited.mem'), (_h, m) => edit(m), { reseal: false });
+      const f = rewriteMemoryFile(file, join(tmpDir(), 'edited.mem'), (_h, m) => edit(m), { reseal: false });
       await rejects(Editor.load(model, f), 'ERR_MEMORY_FILE', /checksum mismatch/);
     }
   });
@@ -181,7 +150,7 @@ describe('side-memory files, save and load', () => {
     ];
     for (const c of cases) {
       for (const reseal of [false, true]) {
-        const f = rewriteMemoryFile(file, join(tmp, 'offsets.mem'), (h) => c(h), { reseal });
+        const f = rewriteMemoryFile(file, join(tmpDir(), 'offsets.mem'), (h) => c(h), { reseal });
         const e = await rejects(Editor.load(model, f), 'ERR_MEMORY_FILE');
         expect(e).not.toBeInstanceOf(RangeError);
       }
@@ -200,14 +169,14 @@ describe('side-memory files, save and load', () => {
       ['memories', (m) => m.memories.pop()],
     ];
     for (const [field, edit] of cases) {
-      const f = rewriteMemoryFile(file, join(tmp, 'struct.mem'), (_h, m) => edit(m));
+      const f = rewriteMemoryFile(file, join(tmpDir(), 'struct.mem'), (_h, m) => edit(m));
       const e = await rejects(Editor.load(model, f), 'ERR_MEMORY_FILE', field);
       expect(String(e.details?.field ?? '')).toContain(field.split('[')[0]);
     }
   });
 
   it('a version-1 file (no checksum) loads only with allowUnverified', async () => {
-    const f = rewriteMemoryFile(file, join(tmp, 'v1.mem'), (h) => {
+    const f = rewriteMemoryFile(file, join(tmpDir(), 'v1.mem'), (h) => {
       h.__metadata__.version = '1';
       delete h.__metadata__.checksum;
     }, { reseal: false });
@@ -218,19 +187,19 @@ describe('side-memory files, save and load', () => {
   });
 
   it('save to a missing folder, to "" or to a folder, and load of a folder → ERR_IO; no temp file is left', async () => {
-    const dir = join(tmp, 'savedir');
+    const dir = join(tmpDir(), 'savedir');
     mkdirSync(dir);
-    await rejects(ed.save(join(tmp, 'no', 'such', 'dir', 'x.mem')), 'ERR_IO', /ENOENT/);
+    await rejects(ed.save(join(tmpDir(), 'no', 'such', 'dir', 'x.mem')), 'ERR_IO', /ENOENT/);
     await rejects(ed.save(''), 'ERR_IO');
     await rejects(ed.save(dir), 'ERR_IO', /directory/);
     await rejects(Editor.load(model, dir), 'ERR_IO', /directory/);
-    await rejects(Editor.load(model, join(tmp, 'absent.mem')), 'ERR_IO', /ENOENT/);
-    expect(readdirSync(tmp).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+    await rejects(Editor.load(model, join(tmpDir(), 'absent.mem')), 'ERR_IO', /ENOENT/);
+    expect(readdirSync(tmpDir()).filter((f) => f.endsWith('.tmp'))).toEqual([]);
     expect(readdirSync(dir)).toEqual([]);
   });
 
   it('orphan temp files of a killed save are removed by the next save to that path', async () => {
-    const dir = join(tmp, 'orphans');
+    const dir = join(tmpDir(), 'orphans');
     mkdirSync(dir);
     const target = join(dir, 'x.mem');
     const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).stdout.toString();
@@ -296,7 +265,7 @@ describe('editor promises: abort, rollback, dispose, divergence, progress callba
 
   it('concurrent mutating calls on one editor are serialised: every save holds a consistent state', async () => {
     const ed = await Editor.create(model, { nIter: 5, saveFreq: 1, mergeFreq: 2 });
-    const files = [0, 1, 2, 3].map((i) => join(tmp, `conc${i}.mem`));
+    const files = [0, 1, 2, 3].map((i) => join(tmpDir(), `conc${i}.mem`));
     const calls = [
       ed.edit(REC[0]!),
       ed.save(files[0]!),

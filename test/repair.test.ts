@@ -3,19 +3,14 @@
 // edits reintegrated until they pass, the loop terminates within its budget, an aborted editMany
 // resumes (also across save/load), and with every mechanism off 'repair' is 'wise'.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../lib/model.js';
 import { Editor, TRAIN_HOOK, type EditRequest, type RepairEvent } from '../lib/editor.js';
 import { cosine, errorRates, formBatches, lossAwareWeights, REPAIR_PAPER, resolveRepairOptions } from '../lib/repair.js';
 import { RepairError } from '../lib/errors.js';
-import { packageRoot } from '../lib/paths.js';
 import type { NativeEditHyper } from '../lib/native.js';
+import { FACTS, haveFacts, loadZsreRecords, tfAcc, useTempDir, zsreEdit } from './helpers/setup.js';
 
-const FACTS = join(packageRoot(), '..', 'shared', 'models', 'facts-llama');
-const ZSRE = join(packageRoot(), '..', 'shared', 'data', 'zsre', 'zsre_mend_train-1k.json');
-const haveFacts = existsSync(join(FACTS, 'config.json')) && existsSync(ZSRE);
 if (!haveFacts) console.warn('[repair.test] ../shared/models/facts-llama or the ZsRE file is absent: closed-loop tests are skipped');
 
 describe('FORMBATCHES (§2.4)', () => {
@@ -122,31 +117,12 @@ describe('loss-aware weights, error rates, options', () => {
 // The paper's closed loop (monitor, prune, reintegrate, batching + KD) is tested as the paper specifies it
 // (REPAIR_PAPER: issue 12's mechanisms off, the monitor on token accuracy); test/holds.test.ts tests those.
 describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
-  interface Zsre {
-    src: string;
-    rephrase: string;
-    alt: string;
-    loc: string;
-    loc_ans: string;
-  }
-  const zsre: Zsre[] = haveFacts ? JSON.parse(readFileSync(ZSRE, 'utf8')) : [];
-  const rec = (i: number): EditRequest => ({ prompt: zsre[i]!.src, target: zsre[i]!.alt, irrelevant: `${zsre[500 + i]!.loc} ${zsre[500 + i]!.loc_ans}`, id: `z${i}` });
+  const zsre = loadZsreRecords();
+  const rec = (i: number): EditRequest => zsreEdit(zsre, i, { id: true });
   let model: Model;
-  let tmp: string;
+  const tmp = useTempDir('repair-loop-');
   /** Teacher-forced token accuracy of prompt + target through the editor's router. */
-  const routedAcc = async (ed: Editor, r: EditRequest): Promise<number> => {
-    const ids = model.tokenizer.encode(`${r.prompt} ${r.target}`);
-    const pl = model.tokenizer.encode(r.prompt).length;
-    const lg = await ed.logits([ids], { positions: 'all' });
-    let ok = 0;
-    for (let j = pl; j < ids.length; j++) {
-      const row = lg.at(0, j - 1);
-      let b = 0;
-      for (let i = 1; i < row.length; i++) if (row[i]! > row[b]!) b = i;
-      if (b === ids[j]) ok++;
-    }
-    return ok / (ids.length - pl);
-  };
+  const routedAcc = (ed: Editor, r: EditRequest): Promise<number> => tfAcc(model, ed, r.prompt, r.target);
   /** Train `ids` with a vanishing learning rate the first time they are trained (a shard made to fail). */
   const poisonFirst = (ed: Editor, ids: readonly string[]): void => {
     const poisoned = new Set(ids);
@@ -159,11 +135,9 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
   };
   beforeAll(async () => {
     model = await loadModel(FACTS, { backend: 'cpu' });
-    tmp = mkdtempSync(join(tmpdir(), 'repair-loop-'));
   });
   afterAll(async () => {
     await model?.dispose();
-    rmSync(tmp, { recursive: true, force: true });
   });
 
   it('a shard made to fail is pruned, its edits are reintegrated and then pass; the loop ends within its budget', async () => {
@@ -306,7 +280,7 @@ describe.skipIf(!haveFacts)('the closed loop on the facts model', () => {
     await expect(p).rejects.toMatchObject({ code: 'ERR_ABORTED' });
     expect(ed.edits()).toEqual(['z0', 'z1', 'z2']);
     expect(ed.pending().queued).toEqual(['z3', 'z4', 'z5']);
-    const file = join(tmp, 'loop.mem');
+    const file = join(tmp(), 'loop.mem');
     await ed.save(file);
     const ed2 = await Editor.load(model, file);
     expect(ed2.pending().queued).toEqual(['z3', 'z4', 'z5']);

@@ -1,0 +1,246 @@
+// editor/router.ts — routing at inference (ALGORITHM.md §1.9): the per-slot routing scores of token rows
+// (one stacked sideScore GEMM; repair `routeContent` averages content tokens only), the thresholds and the
+// route decision (WISE-Retrieve top-1, WISE-Merge, recalibrated thresholds of issue 12), explain(), and
+// threshold recalibration (repair `recalibrate`).
+import { modelInternals, type Prompt } from '../model.js';
+import type { NativeModel } from '../native.js';
+import { calibrateThreshold, topKMean } from '../repair.js';
+import { actCode } from './config.js';
+import { leftPad, promptText, tokensOf } from './rows.js';
+import { NO_ACT, type EditorState } from './state.js';
+
+export interface RouteScore {
+  /** -1 = the working memory, else the index into memories. */
+  memory: number;
+  kind: 'working' | 'shard' | 'merged';
+  score: number;
+  threshold: number;
+  edits: number;
+  /**
+   * With repair's `recalibrate` (issue 12): the routing scores, on this memory's current weights, of its own
+   * edit prompts (positives) and of the negatives its threshold was set between.
+   */
+  calibration?: Calibration;
+}
+
+/** The two score distributions a recalibrated threshold lies between (repair `recalibrate`). */
+export interface Calibration {
+  positives: number[];
+  negatives: number[];
+}
+
+export interface Explanation {
+  /** 'main' when no memory clears its threshold, else the chosen memory (-1 = working). */
+  route: 'main' | number;
+  score: number;
+  threshold: number;
+  scores: RouteScore[];
+  tokens: number;
+}
+
+/**
+ * Set the threshold of every memory whose weights changed (the dirty set) from its routing scores on its
+ * current weights: positives = its own edit prompts (bare, as generation routes them — they score below
+ * the teacher-forced prompt + answer rows); negatives = up to calibrationNegatives unrelated texts, the
+ * irrelevant rows of the stored edits, newest first. Not the context-template texts: every edit row
+ * starts with one, so a memory is trained to fire on them. Not other memories' edit prompts: those decide
+ * between memories (the highest score / threshold wins), not between a memory and the main weight. A
+ * memory calibrated while fewer negatives existed is recalibrated as the pool grows (until it holds
+ * calibrationNegatives: a bounded number of times). One batched scoring call (every slot is scored at once).
+ */
+export async function recalibrate(ed: EditorState): Promise<void> {
+  if (!ed.recal) {
+    ed.dirty.clear();
+    return;
+  }
+  const ro = ed.config.repair!;
+  const all = ed.slots();
+  const K = ro.calibrationNegatives;
+  const avail = Math.min(K, new Set([...ed.edits.values()].flatMap((e) => e.irrelevant)).size);
+  const todo = all.filter(({ x }) => ed.dirty.has(x.uid) || (x.edits.length > 0 && x.cal !== undefined && x.cal.negatives.length < avail));
+  ed.dirty.clear();
+  for (const { x } of todo) if (x.edits.length === 0) (x.thr = ed.threshold(NO_ACT), (x.cal = { positives: [], negatives: [] }));
+  const work = todo.filter(({ x }) => x.edits.length > 0);
+  if (!work.length) return;
+  // negatives: irrelevant rows of the stored edits (newest first)
+  const pool: string[] = [];
+  const seen = new Set<string>();
+  for (const e of [...ed.edits.values()].reverse()) for (const t of e.irrelevant) if (pool.length < K && !seen.has(t)) (seen.add(t), pool.push(t));
+  const prompts = new Set<string>();
+  for (const { x } of work) for (const id of x.edits) if (ed.edits.has(id)) prompts.add(id);
+  const promptIds = [...prompts];
+  const rows = [...promptIds.map((id) => tokensOf(ed, promptText(ed, '{}', ed.edits.get(id)!.request.prompt))), ...pool.map((t) => tokensOf(ed, t))];
+  const { tokens, pad, B, T } = leftPad(rows);
+  const sc = await modelInternals(ed.model).enqueue((nm) => scores(ed, nm, tokens, B, T, pad));
+  const rowOf = new Map(promptIds.map((id, i) => [id, i]));
+  for (const { slot, x } of work) {
+    const positives = x.edits.filter((id) => rowOf.has(id)).map((id) => sc[slot]![rowOf.get(id)!]!);
+    const negatives = pool.map((_, i) => sc[slot]![promptIds.length + i]!);
+    const thr = calibrateThreshold(positives, negatives, ro.calibrationPoint);
+    x.thr = Number.isFinite(thr) ? thr : ed.threshold(NO_ACT);
+    x.cal = { positives, negatives };
+  }
+}
+/**
+ * Token ids that are not content for repair `routeContent`: the tokenizer's special tokens (BOS, EOS, pad,
+ * added specials: decoded to nothing when specials are skipped) and, with the chat template, every token
+ * of the template's scaffold around an empty user turn.
+ */
+export function nonContentIds(ed: EditorState): Set<number> {
+  if (ed.nonContent) return ed.nonContent;
+  const tok = ed.model.tokenizer;
+  const out = new Set<number>();
+  for (const id of [tok.bosTokenId, tok.eosTokenId]) if (id !== undefined) out.add(id);
+  if (ed.config.useChatTemplate) for (const id of tok.encode(promptText(ed, '{}', ''))) out.add(id);
+  ed.nonContent = out;
+  return out;
+}
+export function isContent(ed: EditorState, id: number): boolean {
+  if (nonContentIds(ed).has(id)) return false;
+  const tok = ed.model.tokenizer;
+  // an added special token decodes to nothing once specials are skipped
+  if (tok.decode([id], { skipSpecialTokens: true }) === '' && tok.decode([id], { skipSpecialTokens: false }) !== '') {
+    ed.nonContent!.add(id);
+    return false;
+  }
+  return true;
+}
+
+/**
+ * Per-slot scores of each row, slot-major [slots][B]: the reference's mean over valid tokens (max past
+ * maxMeanTokens), or with repair `routeContent` the mean of the distances over the
+ * row's content tokens (every valid token when it has none).
+ */
+export async function scores(ed: EditorState, nm: NativeModel, tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<number[][]> {
+  const raw = await nm.sideScore(ed.side, tokens, B, T, pad, actCode(ed.model, ed.config.scoreMode));
+  const slots = raw.length / (B * T);
+  const out: number[][] = [];
+  const ro = ed.config.method === 'repair' ? ed.config.repair! : undefined;
+  if (ro?.routeContent) {
+    const content: number[][] = [];
+    for (let b = 0; b < B; b++) {
+      const c: number[] = [];
+      for (let t = pad[b]!; t < T; t++) if (isContent(ed, tokens[b * T + t]!)) c.push(t);
+      if (c.length === 0) for (let t = pad[b]!; t < T; t++) c.push(t);
+      content.push(c);
+    }
+    for (let s = 0; s < slots; s++) out.push(content.map((c, b) => topKMean(c.map((t) => raw[s * B * T + b * T + t]!), ro.routeTopK)));
+    return out;
+  }
+  for (let s = 0; s < slots; s++) {
+    const row: number[] = [];
+    for (let b = 0; b < B; b++) {
+      const valid = T - pad[b]!;
+      let sum = 0;
+      let max = 0;
+      for (let t = pad[b]!; t < T; t++) {
+        const v = raw[s * B * T + b * T + t]!;
+        sum += v;
+        if (v > max) max = v;
+      }
+      row.push(valid > ed.config.maxMeanTokens ? max : sum / valid);
+    }
+    out.push(row);
+  }
+  return out;
+}
+
+/**
+ * The slot a row routes to (-1 = main weight) given its per-slot scores (§1.9). `basis` picks the
+ * thresholds: 'full' = act_ratio × min edit-row score (the reference; rows hold prompt + answer, as in
+ * teacher-forced evaluation), 'prompt' = act_ratio × min prompt-only score [ours]: a bare prompt
+ * (routing before generation) carries no answer tokens, so its score is compared with its own kind.
+ */
+export function decide(ed: EditorState, score: (slot: number) => number, basis: 'full' | 'prompt'): { slot: number; score: number; threshold: number } {
+  if (ed.config.method === 'ft') return { slot: 0, score: Infinity, threshold: 0 };
+  const minOf = (x: { minAct: number; minPrompt: number }) => (basis === 'full' ? x.minAct : x.minPrompt);
+  if (!ed.config.retrieve) {
+    const thr = ed.threshold(basis === 'full' ? ed.globalMinAct : ed.globalMinPrompt);
+    const merged = ed.memories[0]?.kind === 'merged' ? 1 : -1;
+    const s1 = merged > 0 ? score(merged) : -Infinity;
+    const s2 = score(0);
+    if (s1 < thr && s2 < thr) return { slot: -1, score: Math.max(s1, s2), threshold: thr };
+    return s1 > s2 ? { slot: merged, score: s1, threshold: thr } : { slot: 0, score: s2, threshold: thr };
+  }
+  if (ed.recal) {
+    // recalibrated thresholds (issue 12): among the memories above their own threshold, the highest
+    // score / threshold — scores of different memories live on different scales (a merged memory's deltas
+    // add up), their thresholds carry that scale.
+    let out = { slot: -1, score: -Infinity, threshold: Infinity };
+    let bestRatio = -Infinity;
+    const all = ed.slots();
+    for (const { slot, x } of all) {
+      if (x.edits.length === 0) continue;
+      const s = score(slot);
+      const thr = ed.thrOf(x, basis);
+      const ratio = s / Math.max(thr, 1e-9);
+      if (s > thr && ratio > bestRatio) {
+        bestRatio = ratio;
+        out = { slot, score: s, threshold: thr };
+      }
+    }
+    return out;
+  }
+  let best = score(0);
+  const thrW = ed.threshold(minOf(ed.working));
+  let out = best < thrW ? { slot: -1, score: best, threshold: thrW } : { slot: 0, score: best, threshold: thrW };
+  ed.memories.forEach((m, i) => {
+    const s = score(i + 1);
+    const thr = ed.threshold(minOf(m));
+    if (s > best && s > thr) {
+      out = { slot: i + 1, score: s, threshold: thr };
+      best = s;
+    }
+  });
+  return out;
+}
+
+/**
+ * Which memory an input routes to, with every score and threshold. By default the input is a bare
+ * prompt, routed as generate() routes it; `{ teacherForced: true }` routes it as logits() does (full
+ * rows such as prompt + answer, against the reference thresholds).
+ */
+export async function explain(ed: EditorState, prompt: Prompt, opts: { signal?: AbortSignal; teacherForced?: boolean } = {}): Promise<Explanation> {
+  const ids = ed.model.promptTokens(prompt);
+  const basis = opts.teacherForced ? 'full' : 'prompt';
+  const thrOf = (x: { minAct: number; minPrompt: number; thr?: number; edits: string[] }) =>
+    ed.recal
+      ? ed.thrOf(x, basis)
+      : ed.threshold(ed.config.retrieve ? (basis === 'full' ? x.minAct : x.minPrompt) : basis === 'full' ? ed.globalMinAct : ed.globalMinPrompt);
+  const cal = (x: { cal?: Calibration }) => (ed.recal && x.cal ? { calibration: { positives: [...x.cal.positives], negatives: [...x.cal.negatives] } } : {});
+  return modelInternals(ed.model).enqueue(async (nm) => {
+    const sc = await scores(ed, nm, Int32Array.from(ids), 1, ids.length, new Int32Array(1));
+    const d = decide(ed, (s) => sc[s]![0]!, basis);
+    const all: RouteScore[] = [
+      { memory: -1, kind: 'working', score: sc[0]![0]!, threshold: thrOf(ed.working), edits: ed.working.edits.length, ...cal(ed.working) },
+      ...ed.memories.map((m, i) => ({ memory: i, kind: m.kind, score: sc[i + 1]![0]!, threshold: thrOf(m), edits: m.edits.length, ...cal(m) })),
+    ];
+    const best = d.slot === -1 ? all.reduce((a, b) => (b.score > a.score ? b : a), all[0]!) : undefined;
+    return {
+      route: d.slot === -1 ? 'main' : d.slot - 1,
+      score: d.slot === -1 ? best!.score : d.score,
+      threshold: d.slot === -1 ? best!.threshold : d.threshold,
+      scores: all,
+      tokens: ids.length,
+    };
+  }, opts.signal);
+}
+
+/**
+ * Diagnostics: the per-token routing distance of every slot (0 = working, i + 1 = memory i) on one token
+ * row, and which tokens count as content for repair `routeContent`.
+ */
+export async function routingTokens(ed: EditorState, ids: readonly number[]): Promise<{ slots: number[][]; content: boolean[] }> {
+  const raw = await modelInternals(ed.model).enqueue((nm) => nm.sideScore(ed.side, Int32Array.from(ids), 1, ids.length, new Int32Array(1), actCode(ed.model, ed.config.scoreMode)));
+  const T = ids.length;
+  return { slots: Array.from({ length: raw.length / T }, (_, s) => Array.from(raw.subarray(s * T, (s + 1) * T))), content: ids.map((id) => isContent(ed, id)) };
+}
+
+/**
+ * The slot each row routes to (-1 = the main weight): the routed forward passes of generate() ('prompt'
+ * basis: a bare prompt) and logits() ('full' basis: teacher-forced rows) call this in their queue slot.
+ */
+export async function routeRows(ed: EditorState, nm: NativeModel, tokens: Int32Array, B: number, T: number, pad: Int32Array, basis: 'full' | 'prompt'): Promise<number[]> {
+  const sc = await scores(ed, nm, tokens, B, T, pad);
+  return Array.from({ length: B }, (_, b) => decide(ed, (s) => sc[s]![b]!, basis).slot);
+}
