@@ -283,15 +283,16 @@ describe('serve: journal and replay', () => {
     expect(q.status('a1')!.state).toBe('live');
     expect(editor.edits()).toEqual(['a1']);
     await q.close();
-    // the checkpoint holds a1; the journal keeps only the failure (and its edit line)
+    // the checkpoint holds a1; the journal keeps only the history of a2 (rolled back) and a3 (failed)
     const after = Journal.open(jr);
     after.journal.close();
-    expect(after.entries.map((e) => `${e.op}:${e.id}`)).toEqual(['edit:a3', 'failed:a3']);
+    expect(after.entries.map((e) => `${e.op}:${e.id}`).sort()).toEqual(['edit:a2', 'edit:a3', 'failed:a3', 'rollback:a2']);
     const ed2 = await Editor.load(model, mem);
     expect(ed2.edits()).toEqual(['a1']);
     const q2 = await EditQueue.open(ed2, { memoryPath: mem });
     expect(q2.status('a1')!.state).toBe('live');
     expect(q2.status('a3')!.state).toBe('failed');
+    expect(q2.status('a2')!.state).toBe('rolled_back');
     expect(q2.depth).toBe(0);
     await q2.close();
     expect(readFileSync(jr, 'utf8').endsWith('\n')).toBe(true);

@@ -399,27 +399,21 @@ export class EditQueue {
     await this.editor.save(this.memoryPath);
     this.#sinceCheckpoint = 0;
     this.checkpoints++;
-    const keep: JournalEntry[] = [];
+    // what the file does not hold: the history of failed and rolled-back edits (their statuses), then
+    // the queued edits and rollbacks, in queue order
+    const history: JournalEntry[] = [];
+    const outcomes: JournalEntry[] = [];
     for (const s of this.#status.values()) {
-      if (s.state === 'failed' && s.source === 'request') keep.push({ op: 'failed', id: s.id, code: s.error!.code, message: s.error!.message, at: s.created_at ?? 0 });
+      if (s.source !== 'request' || (s.state !== 'failed' && s.state !== 'rolled_back')) continue;
+      const at = s.created_at ?? 0;
+      history.push({ op: 'edit', id: s.id, request: { prompt: s.prompt, target: s.target, id: s.id }, at });
+      outcomes.push(s.state === 'failed' ? { op: 'failed', id: s.id, code: s.error!.code, message: s.error!.message, at } : { op: 'rollback', id: s.id, at });
     }
-    const byId = new Map([...this.#status.values()].map((s) => [s.id, s]));
-    for (const op of this.#ops) {
-      const s = byId.get(op.id);
-      if (op.kind === 'edit') keep.push({ op: 'edit', id: op.id, request: op.request, at: s?.created_at ?? Date.now() });
-      else keep.push({ op: 'rollback', id: op.id, at: Date.now() });
-    }
-    // failed entries must follow their edit lines for replay to see both: edits first, failures after
-    const failedIds = new Set(keep.filter((e) => e.op === 'failed').map((e) => e.id));
-    const failures = keep.filter((e) => e.op === 'failed');
-    const ordered = [
-      ...failures.map((f) => {
-        const s = byId.get(f.id)!;
-        return { op: 'edit', id: s.id, request: { prompt: s.prompt, target: s.target, id: s.id }, at: s.created_at ?? 0 } as JournalEntry;
-      }),
-      ...keep.filter((e) => !(e.op === 'failed' && failedIds.has(e.id))),
-      ...failures,
-    ];
+    const now = Date.now();
+    const queued: JournalEntry[] = this.#ops.map((op) =>
+      op.kind === 'edit' ? { op: 'edit', id: op.id, request: op.request, at: this.#status.get(op.id)?.created_at ?? now } : { op: 'rollback', id: op.id, at: now },
+    );
+    const ordered = [...history, ...outcomes, ...queued];
     this.#journal?.rewrite(ordered);
   }
 
