@@ -155,6 +155,17 @@ function clientSignal(reply: FastifyReply): AbortSignal {
 
 type Kind = 'chat' | 'text';
 
+/**
+ * The completion text of a /v1/completions answer: what follows the prompt in decode(prompt ++ tokens),
+ * so `prompt + text` reads as the model wrote it (GenerateResult.completion decodes the new tokens alone,
+ * which drops the leading space of the first piece; chat answers keep that form).
+ */
+function continuation(ctx: ServerContext, kind: Kind, r: GenerateResult): string {
+  if (kind === 'chat') return r.completion;
+  const p = ctx.model.tokenizer.decode(r.promptTokens);
+  return r.text.startsWith(p) ? r.text.slice(p.length) : r.completion;
+}
+
 async function serve(ctx: ServerContext, kind: Kind, reply: FastifyReply, prompt: Prompt, body: SamplingBody, echo: boolean): Promise<unknown> {
   const opts = generateOptions(ctx, body);
   const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(12).toString('hex')}`;
@@ -179,7 +190,7 @@ async function serve(ctx: ServerContext, kind: Kind, reply: FastifyReply, prompt
     const choice =
       kind === 'chat'
         ? { index: 0, message: { role: 'assistant', content: result.completion, refusal: null }, logprobs: null, finish_reason: fr }
-        : { index: 0, text: echo ? result.text : result.completion, logprobs: null, finish_reason: fr };
+        : { index: 0, text: echo ? result.text : continuation(ctx, kind, result), logprobs: null, finish_reason: fr };
     return reply.send({
       id,
       object: kind === 'chat' ? 'chat.completion' : 'text_completion',
@@ -221,6 +232,10 @@ async function serve(ctx: ServerContext, kind: Kind, reply: FastifyReply, prompt
   let acc = '';
   let sent = 0;
   let stopped = false;
+  // /v1/completions: the first piece keeps its leading space (see continuation()), decoded after the prompt
+  const promptIds = kind === 'text' ? ctx.model.promptTokens(prompt) : [];
+  const promptText = kind === 'text' ? ctx.model.tokenizer.decode(promptIds) : '';
+  const ids: number[] = [];
   try {
     const result = await ctx.queue.gate.read(async () => {
       route = routeJson(await ctx.editor.explain(prompt, { signal }));
@@ -230,7 +245,14 @@ async function serve(ctx: ServerContext, kind: Kind, reply: FastifyReply, prompt
         onToken: (t) => {
           start();
           if (stopped) return;
-          acc += t.text;
+          ids.push(t.id);
+          if (kind === 'text' && acc === '') {
+            const full = ctx.model.tokenizer.decode([...promptIds, ...ids]);
+            const head = full.startsWith(promptText) ? full.slice(promptText.length) : t.text;
+            acc = head.endsWith('\uFFFD') ? '' : head; // a character still incomplete: wait for its next byte
+          } else {
+            acc += t.text;
+          }
           let upto = acc.length - Math.max(0, maxStop - 1);
           for (const s of stops) {
             const i = acc.indexOf(s, Math.max(0, sent - maxStop));
@@ -248,7 +270,7 @@ async function serve(ctx: ServerContext, kind: Kind, reply: FastifyReply, prompt
     });
     start();
     account(result);
-    const final = result.completion;
+    const final = continuation(ctx, kind, result);
     const rest = final.startsWith(acc.slice(0, sent)) ? final.slice(sent) : '';
     if (rest.length > 0) write(chunk([delta(rest)]));
     write(chunk([delta('', finishReason(result.finishReason))]));

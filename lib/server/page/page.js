@@ -7,14 +7,14 @@ const keyInput = $('apikey');
 keyInput.value = sessionStorage.getItem('repair-api-key') || '';
 keyInput.addEventListener('change', () => sessionStorage.setItem('repair-api-key', keyInput.value));
 
-function headers() {
-  const h = { 'content-type': 'application/json' };
+function headers(json = true) {
+  const h = json ? { 'content-type': 'application/json' } : {};
   if (keyInput.value) h.authorization = `Bearer ${keyInput.value}`;
   return h;
 }
 
 async function api(method, path, body) {
-  const r = await fetch(path, { method, headers: headers(), body: body === undefined ? undefined : JSON.stringify(body) });
+  const r = await fetch(path, { method, headers: headers(body !== undefined), body: body === undefined ? undefined : JSON.stringify(body) });
   const j = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(j.error ? `${j.error.code}: ${j.error.message}` : `HTTP ${r.status}`);
   return j;
@@ -22,6 +22,7 @@ async function api(method, path, body) {
 
 function routeText(route) {
   if (!route) return '';
+  if (route.memory === 'main' && route.threshold >= 1e6) return 'route: main weights (no edits yet)';
   const where = route.memory === 'main' ? 'main weights (no memory cleared its threshold)' : route.memory === 'working' ? 'the working memory' : `side memory ${route.memory}`;
   return `route: ${where} — score ${route.score.toFixed(3)} ${route.memory === 'main' ? '<' : '≥'} threshold ${route.threshold.toFixed(3)}`;
 }
