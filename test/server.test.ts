@@ -405,3 +405,63 @@ describe.skipIf(!haveFacts)('serve: a chat edit on the facts model through the o
     }
   });
 });
+
+describe('serve: clients that go away, an editor that goes away', () => {
+  it('aborts a stream whose client disconnects and keeps serving (the gate is released)', async () => {
+    await using model = await loadModel(STORIES, { backend: 'cpu' });
+    const editor = await Editor.create(model, { nIter: 10 });
+    const server = await createServer(editor, { port: 0 });
+    try {
+      const base = await server.listen();
+      const ac = new AbortController();
+      const r = await fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 500, temperature: 0, stream: true }),
+        signal: ac.signal,
+      });
+      const reader = r.body!.getReader();
+      const first = new TextDecoder().decode((await reader.read()).value);
+      expect(first.startsWith('data: ')).toBe(true);
+      ac.abort();
+      await reader.cancel().catch(() => {});
+      // an edit (a writer: it needs every reader gone) and a generation both go through afterwards
+      const id = (await json(await post(`${base}/v1/edits`, EDIT))).data[0].id as string;
+      expect((await waitFor(base, id, (s) => s.state === 'live' || s.state === 'failed')).state).toBe('live');
+      const after = await json(await post(`${base}/v1/completions`, { prompt: 'Once upon a time', max_tokens: 3, temperature: 0 }));
+      expect(after.choices[0].text.length).toBeGreaterThan(0);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('answers 503 when its editor is disposed, and keeps the queued edits queued', async () => {
+    await using model = await loadModel(STORIES, { backend: 'cpu' });
+    const editor = await Editor.create(model, { nIter: 10 });
+    const server = await createServer(editor, { port: 0 });
+    try {
+      const base = await server.listen();
+      let release!: () => void;
+      let held!: Promise<void>;
+      await new Promise<void>((acquired) => {
+        held = server.queue.gate.read(() => {
+          acquired();
+          return new Promise<void>((r) => (release = r));
+        });
+      });
+      const id = (await json(await post(`${base}/v1/edits`, EDIT))).data[0].id as string;
+      await editor.dispose();
+      release();
+      await held;
+      await waitFor(base, id, (s) => s.state === 'queued' && server.queue.training === undefined);
+      const gen = await post(`${base}/v1/completions`, { prompt: 'Once', max_tokens: 2 });
+      expect(gen.status).toBe(503);
+      expect((await json(gen)).error).toMatchObject({ code: 'model_unavailable', type: 'server_error' });
+      const more = await post(`${base}/v1/edits`, EDIT);
+      expect(more.status).toBe(503);
+      expect(server.queue.depth).toBe(1);
+    } finally {
+      await server.close();
+    }
+  });
+});

@@ -110,6 +110,8 @@ export class EditQueue {
   #current: Op | undefined;
   #worker: Promise<void> | undefined;
   #closing = false;
+  /** The editor went away under the worker: nothing more can train here. */
+  #stopped = false;
   #sinceCheckpoint = 0;
   #lastLatencyMs: number | null = null;
   #onApplied: EditQueueOptions['onApplied'];
@@ -250,7 +252,7 @@ export class EditQueue {
    * durable. Throws (nothing accepted) on a full queue (429), a duplicate id (409) or a journal failure.
    */
   accept(requests: readonly EditRequest[]): EditStatus[] {
-    if (this.#closing) throw new HttpError(503, 'server_shutting_down', 'the server is shutting down', 'server_error');
+    this.#open();
     if (this.#ops.length + requests.length > this.maxQueue) {
       throw new HttpError(429, 'queue_full', `the edit queue holds ${this.#ops.length} of at most ${this.maxQueue} edits and rollbacks; retry later`, 'rate_limit_error');
     }
@@ -297,7 +299,7 @@ export class EditQueue {
    * one is rolled back by the worker after what is queued before it. Journaled before it returns.
    */
   rollback(id: string): EditStatus {
-    if (this.#closing) throw new HttpError(503, 'server_shutting_down', 'the server is shutting down', 'server_error');
+    this.#open();
     const st = this.#status.get(id);
     if (!st) throw new HttpError(404, 'edit_not_found', `no edit with id ${id}`, 'invalid_request_error', 'id');
     if (st.state === 'failed' || st.state === 'rolled_back' || st.state === 'rolling_back') {
@@ -319,8 +321,13 @@ export class EditQueue {
     return { ...st };
   }
 
+  #open(): void {
+    if (this.#closing) throw new HttpError(503, 'server_shutting_down', 'the server is shutting down', 'server_error');
+    if (this.#stopped || this.editor.disposed) throw new HttpError(503, 'model_unavailable', 'the editor has been disposed: edits cannot be applied', 'server_error');
+  }
+
   #kick(): void {
-    if (this.#worker || this.#closing || this.#ops.length === 0) return;
+    if (this.#worker || this.#closing || this.#stopped || this.#ops.length === 0) return;
     this.#worker = this.#work().finally(() => {
       this.#worker = undefined;
       this.#kick();
@@ -328,7 +335,7 @@ export class EditQueue {
   }
 
   async #work(): Promise<void> {
-    while (this.#ops.length > 0 && !this.#closing) {
+    while (this.#ops.length > 0 && !this.#closing && !this.#stopped) {
       const op = this.#ops.shift()!;
       this.#current = op;
       try {
@@ -364,6 +371,14 @@ export class EditQueue {
         this.#lastLatencyMs = st.latency_ms;
       } catch (e) {
         const err = toRepairError(e);
+        if (err.code === 'ERR_DISPOSED' || err.code === 'ERR_ABORTED') {
+          // not the edit's fault: the editor or model went away (or the work was cancelled). It stays
+          // queued (and journaled), the worker stops, a restart trains it.
+          st.state = 'queued';
+          this.#ops.unshift(op);
+          this.#stopped = true;
+          return;
+        }
         st.state = 'failed';
         st.error = { code: err.code, message: err.message };
         this.#ops = this.#ops.filter((o) => o.id !== op.id); // a rollback of it has nothing to undo
@@ -380,6 +395,11 @@ export class EditQueue {
         st.memory = null;
       } catch (e) {
         const err = toRepairError(e);
+        if (err.code === 'ERR_DISPOSED' || err.code === 'ERR_ABORTED') {
+          this.#ops.unshift(op); // as for an edit: still queued, journaled, retried on restart
+          this.#stopped = true;
+          return;
+        }
         if (err.code === 'ERR_UNKNOWN_EDIT') {
           st.state = 'rolled_back';
         } else {
@@ -423,7 +443,7 @@ export class EditQueue {
     this.#closing = true;
     await this.#worker;
     try {
-      if (this.#sinceCheckpoint > 0) await this.gate.write(() => this.#checkpoint());
+      if (this.#sinceCheckpoint > 0 && !this.editor.disposed) await this.gate.write(() => this.#checkpoint());
     } finally {
       this.#journal?.close();
     }
