@@ -219,10 +219,9 @@ describe('serve: a request that arrives while an edit trains waits and is answer
     try {
       const base = await server.listen();
       const id = (await json(await post(`${base}/v1/edits`, EDIT))).data[0].id as string;
-      await waitFor(base, id, (s) => s.state !== 'queued');
-      const s0 = await json(await fetch(`${base}/v1/edits/${id}`));
-      expect(s0.state).toBe('training'); // the request below is sent during training
-      const sent = Date.now();
+      const s0 = await waitFor(base, id, (s) => s.state !== 'queued');
+      expect(s0.state).toBe('training');
+      const sent = Date.now(); // trained_at >= sent below: the request was sent while the edit trained
       const r = await json(await post(`${base}/v1/completions`, { prompt: EDIT.prompt, max_tokens: 8, temperature: 0 }));
       const got = Date.now();
       const st = await json(await fetch(`${base}/v1/edits/${id}`));
