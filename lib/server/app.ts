@@ -171,14 +171,12 @@ const explainBody = {
   additionalProperties: false,
   properties: {
     prompt: { type: 'string', minLength: 1, maxLength: 65536 },
-    messages: (
-      {
-        type: 'array',
-        minItems: 1,
-        maxItems: 256,
-        items: { type: 'object', required: ['role', 'content'], properties: { role: { enum: ['system', 'developer', 'user', 'assistant'] }, content: { type: 'string' } } },
-      }
-    ),
+    messages: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 256,
+      items: { type: 'object', required: ['role', 'content'], properties: { role: { enum: ['system', 'developer', 'user', 'assistant'] }, content: { type: 'string' } } },
+    },
   },
 };
 

@@ -195,7 +195,7 @@ export class EditQueue {
         } else if (held(e.id)) {
           this.#status.set(e.id, { ...this.#fromEditor(e.id, 'request'), created_at: e.at });
         } else if (rolledBack.has(e.id)) {
-          this.#status.set(e.id, { ...base, state: 'rolled_back' });
+          this.#status.set(e.id, { ...base, state: 'rolled_back' }); // never trained, or trained and undone: no op either way
         } else {
           this.#status.set(e.id, base);
           this.#ops.push({ kind: 'edit', id: e.id, request: e.request });
@@ -206,15 +206,6 @@ export class EditQueue {
           if (st) st.state = 'rolling_back';
           this.#ops.push({ kind: 'rollback', id: e.id });
         }
-      }
-    }
-    // an edit queued and rolled back before it trained needs neither op
-    for (const id of rolledBack) {
-      const i = this.#ops.findIndex((o) => o.kind === 'edit' && o.id === id);
-      if (i >= 0 && !held(id)) {
-        this.#ops = this.#ops.filter((o) => o.id !== id);
-        const st = this.#status.get(id);
-        if (st) st.state = 'rolled_back';
       }
     }
   }
