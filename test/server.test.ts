@@ -114,6 +114,16 @@ describe('serve: OpenAI API, edits, rollbacks (stories260K)', () => {
     expect(fr).toBe('stop');
   });
 
+  it('echoes the prompt when asked, streamed or not', async () => {
+    const body = { prompt: 'Once upon a time', max_tokens: 6, temperature: 0, echo: true };
+    const plain = await client.completions.create({ ...body, echo: false });
+    const whole = await client.completions.create(body);
+    expect(whole.choices[0]!.text).toBe(`Once upon a time${plain.choices[0]!.text}`);
+    let text = '';
+    for await (const c of await client.completions.create({ ...body, stream: true })) text += c.choices[0]?.text ?? '';
+    expect(text).toBe(whole.choices[0]!.text);
+  });
+
   it('samples reproducibly with a seed', async () => {
     const body = { prompt: 'The cat', max_tokens: 12, temperature: 1, top_p: 0.9, seed: 7 };
     const a = await client.completions.create(body);

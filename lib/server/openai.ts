@@ -214,6 +214,9 @@ async function serve(ctx: ServerContext, kind: Kind, reply: FastifyReply, prompt
   const write = (s: string) => {
     if (!raw.destroyed) raw.write(s);
   };
+  // /v1/completions: the first piece keeps its leading space (see continuation()), decoded after the prompt
+  const promptIds = kind === 'text' ? ctx.model.promptTokens(prompt) : [];
+  const promptText = kind === 'text' ? ctx.model.tokenizer.decode(promptIds) : '';
   let route: RouteJson | undefined;
   const start = () => {
     if (started) return;
@@ -222,7 +225,7 @@ async function serve(ctx: ServerContext, kind: Kind, reply: FastifyReply, prompt
     raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
     const first = kind === 'chat' ? { index: 0, delta: { role: 'assistant', content: '', refusal: null }, logprobs: null, finish_reason: null } : undefined;
     if (first) write(chunk([first], { repair: { route } }));
-    else if (echo) write(chunk([delta(ctx.model.tokenizer.decode(ctx.model.promptTokens(prompt), { skipSpecialTokens: true }))], { repair: { route } }));
+    else if (echo) write(chunk([delta(promptText)], { repair: { route } }));
     else write(chunk([delta('')], { repair: { route } }));
   };
   // Text that may still turn out to be the start of a stop string is held back; a token that completes
@@ -232,9 +235,6 @@ async function serve(ctx: ServerContext, kind: Kind, reply: FastifyReply, prompt
   let acc = '';
   let sent = 0;
   let stopped = false;
-  // /v1/completions: the first piece keeps its leading space (see continuation()), decoded after the prompt
-  const promptIds = kind === 'text' ? ctx.model.promptTokens(prompt) : [];
-  const promptText = kind === 'text' ? ctx.model.tokenizer.decode(promptIds) : '';
   const ids: number[] = [];
   try {
     const result = await ctx.queue.gate.read(async () => {
