@@ -31,3 +31,6 @@ export { loadDataset, loadZsre, loadCounterFact, loadHallucination, loadTemporal
 export type { Dataset, EditRecord, DatasetFormat, DataDir, LoadOptions } from './datasets.js';
 export { evaluate, evaluateVariants, recordsTooLong } from './eval.js';
 export type { EvalOptions, EvalReport, EvalRun, EvalSummary, EvalVariant, RoutingBasis, RoutingReport, RoutingCase, RoutePoint, RoutingSummary, TooLongRecord } from './eval.js';
+export { createServer } from './server/app.js';
+export type { ServerOptions, RepairServer } from './server/app.js';
+export type { EditStatus, EditState } from './server/edits.js';

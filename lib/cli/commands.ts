@@ -9,5 +9,6 @@ import { explainCommand } from './explain.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { memoryCommand } from './memories.js';
+import { serveCommand } from './serve.js';
 
-export const commands: CliCommand[] = [infoCommand, generateCommand, editCommand, explainCommand, memoryCommand, evalCommand, demoCommand];
+export const commands: CliCommand[] = [infoCommand, generateCommand, editCommand, explainCommand, memoryCommand, evalCommand, demoCommand, serveCommand];
