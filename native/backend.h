@@ -8,6 +8,7 @@
 //
 // Errors: ops throw re::Error (never exit/abort); the binding turns it into a JS Error with a code.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -47,6 +48,19 @@ class Backend {
   virtual size_t bytes_in_use() const = 0;
   virtual size_t peak_bytes() const = 0;  // high-water mark of bytes_in_use() since the last reset_peak()
   virtual void reset_peak() = 0;          // peak := bytes in use now
+
+  // FNV-1a 64 of `bytes` bytes at backend pointer `src`, continuing from hash h (memory files carry the hash of
+  // their base matrix: base_fingerprint). This default streams the bytes through an 8 MiB host buffer (the CUDA
+  // backend: no host copy of the whole matrix); the CPU backend hashes them in place.
+  virtual uint64_t fnv1a64(const void* src, size_t bytes, uint64_t h) {
+    std::vector<uint8_t> buf(std::min(bytes, (size_t)8 << 20));
+    for (size_t off = 0; off < bytes; off += buf.size()) {
+      const size_t n = std::min(buf.size(), bytes - off);
+      download(buf.data(), static_cast<const uint8_t*>(src) + off, n);
+      for (size_t i = 0; i < n; ++i) h = (h ^ buf[i]) * 1099511628211ull;
+    }
+    return h;
+  }
 
   // ---- ops: one pure virtual per line of ops.def (the op list, with each op's contract) --------------------
 #define RE_OP(name, file, params, args) virtual void name params = 0;

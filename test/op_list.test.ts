@@ -5,7 +5,7 @@
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, expect } from 'vitest';
-import { native } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
 
 const root = join(import.meta.dirname, '..');
 
@@ -27,9 +27,10 @@ describe('the op list (native/ops.def)', () => {
     .map((f) => readFileSync(join(root, 'test', f), 'utf8'))
     .join('\n');
 
-  it('lists the 28 ops of backend.h, each once', () => {
+  it('lists the 28 ops of backend.h, each once, and is the table runOp runs', () => {
     expect(ops.length).toBe(28);
     expect(new Set(ops.map((o) => o.name)).size).toBe(ops.length);
+    expect(testing().opNames()).toEqual(ops.map((o) => o.name));
   });
 
   it('native/cpu/ and cuda/ pair file for file', () => {
@@ -55,7 +56,7 @@ describe('the op list (native/ops.def)', () => {
       // an empty call is rejected as a missing argument, not as an unknown op
       let err: { code?: string; message?: string } = {};
       try {
-        native().runOp('cpu', name, {});
+        testing().runOp('cpu', name, {});
       } catch (e) {
         err = e as typeof err;
       }

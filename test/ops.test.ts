@@ -1,4 +1,4 @@
-// Backend op tests (ggml test-backend-ops style), through native().runOp(backend, op, args).
+// Backend op tests (ggml test-backend-ops style), through testing().runOp(backend, op, args).
 //
 // Two layers:
 //   (a) always (no GPU needed): the CPU backend against a plain float64 reference written here, plus
@@ -16,6 +16,7 @@
 // generation, native calls) happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
 import { cpuIsas, cpuBackend } from './helpers/isa.js';
 import { TOL_CUDA } from './helpers/tolerances.js';
 
@@ -601,7 +602,7 @@ function gpuOnlyCases(): Case[] {
 // ---- runners --------------------------------------------------------------------------------------------
 
 function run(backend: string, b: Built) {
-  const res = native().runOp(backend, b.op, b.args);
+  const res = testing().runOp(backend, b.op, b.args);
   expect(res.guardOk, `${backend} ${b.op}: guard region overwritten (out-of-bounds write)`).toBe(true);
   return res;
 }
@@ -626,7 +627,7 @@ describe('native ops: op table', () => {
       // an empty call must be rejected as a missing argument, not as an unknown op
       let err: { code?: string; message?: string } = {};
       try {
-        native().runOp('cpu', op, {});
+        testing().runOp('cpu', op, {});
       } catch (e) {
         err = e as typeof err;
       }
@@ -659,35 +660,35 @@ describe.each(cpuIsas())('cpu backend (%s kernels) vs float64 reference', (isa) 
 describe('runOp argument validation', () => {
   const x = new Float32Array(6), W = new Float32Array(6);
   it('rejects an unknown op', () => {
-    expect(errCode(() => native().runOp('cpu', 'conv2d', {}))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'conv2d', {}))).toBe('ERR_INVALID_ARG');
   });
   it('rejects mis-sized tensors', () => {
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 4, x, W }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'add', { a: x, b: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'rope', { n_tok: 1, n_head: 1, head_dim: 6, x, pos: new Int32Array(1), inv_freq: new Float32Array(2) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 4, x, W }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'add', { a: x, b: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'rope', { n_tok: 1, n_head: 1, head_dim: 6, x, pos: new Int32Array(1), inv_freq: new Float32Array(2) }))).toBe('ERR_INVALID_ARG');
   });
   it('rejects non-integral or negative sizes', () => {
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 1.5, N: 2, K: 3, x, W }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: -2, N: 2, K: 3, x, W }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 1.5, N: 2, K: 3, x, W }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: -2, N: 2, K: 3, x, W }))).toBe('ERR_INVALID_ARG');
   });
   it('rejects a weight given in the wrong array type for its dtype', () => {
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W, dtype: 'BF16' }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W: new Uint16Array(6), dtype: 'F32' }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W, dtype: 'F64' }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W, dtype: 'BF16' }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W: new Uint16Array(6), dtype: 'F32' }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W, dtype: 'F64' }))).toBe('ERR_INVALID_ARG');
   });
   it('rejects out-of-range indices and cache overflows', () => {
-    expect(errCode(() => native().runOp('cpu', 'embedding', { D: 2, ids: Int32Array.of(3), table: x }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'gather_rows', { D: 3, idx: Int32Array.of(-1), x }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'embedding', { D: 2, ids: Int32Array.of(3), table: x }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'gather_rows', { D: 3, idx: Int32Array.of(-1), x }))).toBe('ERR_INVALID_ARG');
     const k = new Float32Array(2 * 4);
-    expect(errCode(() => native().runOp('cpu', 'kv_store', { B: 1, Tn: 2, Hkv: 1, hd: 4, S: 3, P: 2, k, v: k }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'kv_store', { B: 1, Tn: 2, Hkv: 1, hd: 4, S: 3, P: 2, k, v: k }))).toBe('ERR_INVALID_ARG');
     expect(
-      errCode(() => native().runOp('cpu', 'attention', { B: 1, Tn: 1, Hq: 3, Hkv: 2, hd: 4, S: 2, P: 0, q: new Float32Array(12), kc: new Float32Array(16), vc: new Float32Array(16), pad: Int32Array.of(0) })),
+      errCode(() => testing().runOp('cpu', 'attention', { B: 1, Tn: 1, Hq: 3, Hkv: 2, hd: 4, S: 2, P: 0, q: new Float32Array(12), kc: new Float32Array(16), vc: new Float32Array(16), pad: Int32Array.of(0) })),
     ).toBe('ERR_INVALID_ARG');
   });
   it.skipIf(cudaAvailable)('the cuda backend reports ERR_CUDA_UNAVAILABLE when there is no device', () => {
     expect(info.cuda.reason.length).toBeGreaterThan(0);
-    expect(errCode(() => native().runOp('cuda', 'add', { a: x, b: x }))).toBe('ERR_CUDA_UNAVAILABLE');
+    expect(errCode(() => testing().runOp('cuda', 'add', { a: x, b: x }))).toBe('ERR_CUDA_UNAVAILABLE');
   });
 });
 
@@ -716,10 +717,10 @@ describe.skipIf(!cudaAvailable)('cuda backend vs cpu backend', () => {
   }
   it('rejects bad arguments with ERR_INVALID_ARG (not a CUDA error)', () => {
     const x = new Float32Array(6);
-    expect(errCode(() => native().runOp('cuda', 'linear', { M: 2, N: 2, K: 4, x, W: x }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cuda', 'attention', { B: 1, Tn: 1, Hq: 1, Hkv: 1, hd: 300, S: 1, P: 0, q: new Float32Array(300), kc: new Float32Array(300), vc: new Float32Array(300), pad: Int32Array.of(0) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'linear', { M: 2, N: 2, K: 4, x, W: x }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'attention', { B: 1, Tn: 1, Hq: 1, Hkv: 1, hd: 300, S: 1, P: 0, q: new Float32Array(300), kc: new Float32Array(300), vc: new Float32Array(300), pad: Int32Array.of(0) }))).toBe('ERR_INVALID_ARG');
     // the backend stays usable afterwards
-    const r = native().runOp('cuda', 'add', { a: x, b: x });
+    const r = testing().runOp('cuda', 'add', { a: x, b: x });
     expect(r.guardOk).toBe(true);
   });
 });

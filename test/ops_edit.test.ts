@@ -1,4 +1,4 @@
-// Editing-op tests (backend.h "editing" + "WISE kernels"), through native().runOp(backend, op, args).
+// Editing-op tests (backend.h "editing" + "WISE kernels"), through testing().runOp(backend, op, args).
 //
 //   (a) always (no GPU): every op on the CPU backend against a float64 reference written here; every
 //       backward op also against a central finite difference (float64) of a float64 forward written here
@@ -16,6 +16,7 @@
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
 import { cpuIsas, cpuBackend } from './helpers/isa.js';
 
 const VERBOSE = !!process.env.OPS_VERBOSE;
@@ -577,7 +578,7 @@ function expectFinite(label: string, got: Float32Array): void {
 // ---- runners -----------------------------------------------------------------------------------------
 
 function run(backend: Backend | string, op: string, args: Args): Record<string, Float32Array> {
-  const res = native().runOp(backend, op, args);
+  const res = testing().runOp(backend, op, args);
   expect(res.guardOk, `${backend} ${op}: guard region overwritten (out-of-bounds write)`).toBe(true);
   const out: Record<string, Float32Array> = {};
   for (const [k, v] of Object.entries(res)) if (v instanceof Float32Array) out[k] = v;
@@ -1154,7 +1155,7 @@ describe('editing ops: op table', () => {
     for (const op of Object.keys(CASES)) {
       let err: { code?: string; message?: string } = {};
       try {
-        native().runOp('cpu', op, {});
+        testing().runOp('cpu', op, {});
       } catch (e) {
         err = e as typeof err;
       }
@@ -1311,24 +1312,24 @@ describe('ties_merge: exact semantics', () => {
 describe('editing ops: argument validation', () => {
   it('rejects bad arguments with ERR_INVALID_ARG', () => {
     const x = new Float32Array(6);
-    expect(errCode(() => native().runOp('cpu', 'scatter_add_rows', { D: 3, idx: Int32Array.of(1, 1), x, y: x }))).toBe('ERR_INVALID_ARG'); // repeated idx
-    expect(errCode(() => native().runOp('cpu', 'scatter_add_rows', { D: 3, idx: Int32Array.of(2), x: new Float32Array(3), y: x }))).toBe('ERR_INVALID_ARG'); // idx >= R
-    expect(errCode(() => native().runOp('cpu', 'linear_dx', { M: 2, N: 3, K: 2, dy: x, W: x, dx: x }))).toBe('ERR_INVALID_ARG'); // dx given, accumulate 0
-    expect(errCode(() => native().runOp('cpu', 'linear_dx', { M: 2, N: 3, K: 2, dy: x, W: x, accumulate: 1 }))).toBe('ERR_INVALID_ARG'); // dx missing
-    expect(errCode(() => native().runOp('cpu', 'cross_entropy', { R: 1, V: 6, logits: x, labels: Int32Array.of(6), weight: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'act_dist', { n: 1, nm: 1, D: 6, act: 3, os: x, om: x }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'attention_bwd', { B: 1, T: 1, Hq: 1, Hkv: 1, hd: 6, dout: x, q: x, kc: x, vc: x, pad: Int32Array.of(2) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'scatter_add_rows', { D: 3, idx: Int32Array.of(1, 1), x, y: x }))).toBe('ERR_INVALID_ARG'); // repeated idx
+    expect(errCode(() => testing().runOp('cpu', 'scatter_add_rows', { D: 3, idx: Int32Array.of(2), x: new Float32Array(3), y: x }))).toBe('ERR_INVALID_ARG'); // idx >= R
+    expect(errCode(() => testing().runOp('cpu', 'linear_dx', { M: 2, N: 3, K: 2, dy: x, W: x, dx: x }))).toBe('ERR_INVALID_ARG'); // dx given, accumulate 0
+    expect(errCode(() => testing().runOp('cpu', 'linear_dx', { M: 2, N: 3, K: 2, dy: x, W: x, accumulate: 1 }))).toBe('ERR_INVALID_ARG'); // dx missing
+    expect(errCode(() => testing().runOp('cpu', 'cross_entropy', { R: 1, V: 6, logits: x, labels: Int32Array.of(6), weight: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'act_dist', { n: 1, nm: 1, D: 6, act: 3, os: x, om: x }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'attention_bwd', { B: 1, T: 1, Hq: 1, Hkv: 1, hd: 6, dout: x, q: x, kc: x, vc: x, pad: Int32Array.of(2) }))).toBe('ERR_INVALID_ARG');
     const sgd = { M: 1, N: 2, K: 3, Wp: x, G: new Float32Array(2), A: new Float32Array(3), Wv: x, rho: 0.2, lr: 1, wd: 0, clamp: 0 };
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd }))).toBe('ERR_INVALID_ARG'); // no seed
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed: 2 ** 53 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed: 1.5 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed_lo: 1 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed: 1, seed_lo: 1, seed_hi: 0 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed_lo: 2 ** 32, seed_hi: 0 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd }))).toBe('ERR_INVALID_ARG'); // no seed
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed: 2 ** 53 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed: 1.5 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed_lo: 1 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed: 1, seed_lo: 1, seed_hi: 0 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed_lo: 2 ** 32, seed_hi: 0 }))).toBe('ERR_INVALID_ARG');
     const ties = { k: 2, base: new Float32Array(3), shards: x, weights: Float32Array.of(1, 1) };
-    expect(errCode(() => native().runOp('cpu', 'ties_merge', { ...ties, density: 1.5 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'ties_merge', { ...ties, density: 0.5, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'ties_merge', { ...ties, density: 0.5, alias: 2 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'ties_merge', { ...ties, density: 1.5 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'ties_merge', { ...ties, density: 0.5, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'ties_merge', { ...ties, density: 0.5, alias: 2 }))).toBe('ERR_INVALID_ARG');
   });
 });
 
@@ -1377,8 +1378,8 @@ describe.skipIf(!cudaAvailable)('editing ops: cuda backend vs cpu backend', () =
 
   it('rejects bad arguments with ERR_INVALID_ARG and stays usable', () => {
     const x = new Float32Array(300);
-    expect(errCode(() => native().runOp('cuda', 'attention_bwd', { B: 1, T: 1, Hq: 1, Hkv: 1, hd: 300, dout: x, q: x, kc: x, vc: x, pad: Int32Array.of(0) }))).toBe('ERR_INVALID_ARG');
-    const r = native().runOp('cuda', 'swiglu_bwd', { dy: x, gate: x, up: x });
+    expect(errCode(() => testing().runOp('cuda', 'attention_bwd', { B: 1, T: 1, Hq: 1, Hkv: 1, hd: 300, dout: x, q: x, kc: x, vc: x, pad: Int32Array.of(0) }))).toBe('ERR_INVALID_ARG');
+    const r = testing().runOp('cuda', 'swiglu_bwd', { dy: x, gate: x, up: x });
     expect(r.guardOk).toBe(true);
   });
 });

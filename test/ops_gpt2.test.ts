@@ -1,4 +1,4 @@
-// GPT-2 family ops (backend.h "GPT-2 family ops" + their input gradients), through native().runOp:
+// GPT-2 family ops (backend.h "GPT-2 family ops" + their input gradients), through testing().runOp:
 //   layernorm, layernorm_bwd, gelu, gelu_bwd, add_bias.
 //
 //   (a) always (no GPU): each op on the CPU backend against a float64 reference written here, on several
@@ -11,6 +11,7 @@
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
 
 type Arg = Float32Array | Int32Array | Uint16Array | number | string;
 type Args = Record<string, Arg>;
@@ -175,7 +176,7 @@ function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
 
 // ---- running ---------------------------------------------------------------------------------------
 function run(backend: 'cpu' | 'cuda', op: string, args: Args): Record<string, Float32Array> {
-  const r = native().runOp(backend, op, args);
+  const r = testing().runOp(backend, op, args);
   expect(r.guardOk, `${op} on ${backend}: guard bytes around an output were overwritten`).toBe(true);
   const out: Record<string, Float32Array> = {};
   for (const [k, v] of Object.entries(r)) {
@@ -318,7 +319,7 @@ describe.skipIf(!haveAddon)('GPT-2 ops on the CPU backend vs float64 references'
   });
 
   it('bad arguments are refused with ERR_INVALID_ARG', () => {
-    const call = (op: string, args: Args) => () => native().runOp('cpu', op, args);
+    const call = (op: string, args: Args) => () => testing().runOp('cpu', op, args);
     expect(call('layernorm', { x: new Float32Array(4), w: new Float32Array(3), M: 1, D: 4, eps: 1e-5 })).toThrow(/'w' has 3 elements, expected 4/);
     expect(call('layernorm', { x: new Float32Array(4), w: new Float32Array(4), b: new Float32Array(2), M: 1, D: 4, eps: 1e-5 })).toThrow(/'b' has 2 elements/);
     expect(call('add_bias', { y: new Float32Array(6), b: new Float32Array(4), M: 2, N: 3 })).toThrow(/'b' has 4 elements/);

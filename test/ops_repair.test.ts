@@ -1,4 +1,4 @@
-// REPAIR-kernel tests (backend.h "REPAIR kernels": kd_loss, kl_distill, loss_aware_merge), through native().runOp.
+// REPAIR-kernel tests (backend.h "REPAIR kernels": kd_loss, kl_distill, loss_aware_merge), through testing().runOp.
 //
 //   (a) always (no GPU), CPU backend:
 //       kd_loss           vs a float64 reference of Eq. 4 as written in backend.h / ALGORITHM.md §2.5
@@ -28,6 +28,7 @@
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
 
 const VERBOSE = !!process.env.OPS_VERBOSE;
 
@@ -172,7 +173,7 @@ function expectFinite(label: string, got: Float32Array): void {
 }
 
 function run(backend: Backend, op: string, args: Args): Record<string, Float32Array> {
-  const res = native().runOp(backend, op, args);
+  const res = testing().runOp(backend, op, args);
   expect(res.guardOk, `${backend} ${op}: guard region overwritten (out-of-bounds write)`).toBe(true);
   const out: Record<string, Float32Array> = {};
   for (const [k, v] of Object.entries(res)) if (v instanceof Float32Array) out[k] = v;
@@ -561,7 +562,7 @@ describe('repair ops: op table and arguments', () => {
     for (const op of ['kd_loss', 'loss_aware_merge']) {
       let err: { code?: string; message?: string } = {};
       try {
-        native().runOp('cpu', op, {});
+        testing().runOp('cpu', op, {});
       } catch (e) {
         err = e as typeof err;
       }
@@ -573,16 +574,16 @@ describe('repair ops: op table and arguments', () => {
   it('rejects bad arguments with ERR_INVALID_ARG', () => {
     const feat = new Float32Array(6);
     const kd = { feat, b: 2, D: 3, lambda: 0.2, theta: 0.1 };
-    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, b: 1, D: 6 }))).toBe('ERR_INVALID_ARG'); // b < 2
-    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, D: 4 }))).toBe('ERR_INVALID_ARG'); // length
-    expect(errCode(() => native().runOp('cpu', 'kd_loss', { feat, b: 2, D: 3, lambda: 0.2 }))).toBe('ERR_INVALID_ARG'); // theta
-    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, theta: NaN }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'kd_loss', { ...kd, b: 1, D: 6 }))).toBe('ERR_INVALID_ARG'); // b < 2
+    expect(errCode(() => testing().runOp('cpu', 'kd_loss', { ...kd, D: 4 }))).toBe('ERR_INVALID_ARG'); // length
+    expect(errCode(() => testing().runOp('cpu', 'kd_loss', { feat, b: 2, D: 3, lambda: 0.2 }))).toBe('ERR_INVALID_ARG'); // theta
+    expect(errCode(() => testing().runOp('cpu', 'kd_loss', { ...kd, theta: NaN }))).toBe('ERR_INVALID_ARG');
     const m = { k: 2, base: new Float32Array(3), shards: feat, weights: Float32Array.of(0.5, 0.5) };
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, weights: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, alias: 2 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, n: 4 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, dtype: 'F16' }))).toBe('ERR_INVALID_ARG'); // f32 base, F16 dtype
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, weights: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, alias: 2 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, n: 4 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, dtype: 'F16' }))).toBe('ERR_INVALID_ARG'); // f32 base, F16 dtype
     expect(run('cpu', 'loss_aware_merge', { ...m, n: 3 }).out.length).toBe(3);
   });
 });
@@ -658,7 +659,7 @@ describe('kl_distill: cpu backend vs float64 reference (Eq. 4, logit term)', () 
   it('runOp knows kl_distill', () => {
     let err: { code?: string; message?: string } = {};
     try {
-      native().runOp('cpu', 'kl_distill', {});
+      testing().runOp('cpu', 'kl_distill', {});
     } catch (e) {
       err = e as typeof err;
     }
@@ -714,7 +715,7 @@ describe('kl_distill: cpu backend vs float64 reference (Eq. 4, logit term)', () 
 
   it('a NaN logit reaches the loss and the gradient (never dropped as a 0·log 0 term)', () => {
     const logits = Float32Array.of(0, 1, 2, 0, NaN, 2);
-    const res = native().runOp('cpu', 'kl_distill', { logits, student: Int32Array.of(1), teacher: Int32Array.of(0), w: Float32Array.of(1), rows: 2, V: 3, P: 1, T: 2 });
+    const res = testing().runOp('cpu', 'kl_distill', { logits, student: Int32Array.of(1), teacher: Int32Array.of(0), w: Float32Array.of(1), rows: 2, V: 3, P: 1, T: 2 });
     expect(res.guardOk).toBe(true);
     expect(Number.isNaN(res.loss[0])).toBe(true);
     expect(Number.isNaN(res.dlogits[3])).toBe(true);
@@ -770,7 +771,7 @@ describe('kl_distill: cpu backend vs float64 reference (Eq. 4, logit term)', () 
       ['student as Float32Array', { ...ok, student: Float32Array.of(1, 2) }],
       ['P = 0 with non-empty arrays', { ...ok, P: 0 }],
     ];
-    for (const [label, args] of bad) expect(errCode(() => native().runOp('cpu', 'kl_distill', args)), label).toBe('ERR_INVALID_ARG');
+    for (const [label, args] of bad) expect(errCode(() => testing().runOp('cpu', 'kl_distill', args)), label).toBe('ERR_INVALID_ARG');
   });
 });
 
@@ -922,15 +923,15 @@ describe.skipIf(!cudaAvailable)('repair ops: cuda backend vs cpu backend', () =>
     expect(res.loss.length).toBe(0);
     expect(Array.from(res.dlogits)).toEqual(Array.from(g0));
     const ok = { logits: new Float32Array(12), student: Int32Array.of(1, 2), teacher: Int32Array.of(0, 0), w: Float32Array.of(1, 1), rows: 3, V: 4, P: 2, T: 2 };
-    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, T: 0 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, student: Int32Array.of(2, 2) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, teacher: Int32Array.of(0, 9) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'kl_distill', { ...ok, T: 0 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'kl_distill', { ...ok, student: Int32Array.of(2, 2) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'kl_distill', { ...ok, teacher: Int32Array.of(0, 9) }))).toBe('ERR_INVALID_ARG');
     const r = run('cuda', 'kl_distill', ok);
     expect(Array.from(r.loss)).toEqual([0, 0]); // all-zero logits: identical rows
   });
 
   it('rejects bad arguments with ERR_INVALID_ARG and stays usable', () => {
-    expect(errCode(() => native().runOp('cuda', 'kd_loss', { feat: new Float32Array(5), b: 1, D: 5, lambda: 1, theta: 1 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'kd_loss', { feat: new Float32Array(5), b: 1, D: 5, lambda: 1, theta: 1 }))).toBe('ERR_INVALID_ARG');
     const r = run('cuda', 'kd_loss', { feat: Float32Array.of(1, 2, 3, 4), b: 2, D: 2, lambda: 1, theta: 1 });
     expectFinite('kd after error', r.out);
   });

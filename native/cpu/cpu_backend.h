@@ -67,6 +67,11 @@ class CpuBackend final : public Backend {
   size_t bytes_in_use() const override { return in_use_.load(); }
   size_t peak_bytes() const override { return peak_.load(); }
   void reset_peak() override { peak_ = in_use_.load(); }
+  uint64_t fnv1a64(const void* src, size_t bytes, uint64_t h) override {  // in place: host memory
+    const uint8_t* p = static_cast<const uint8_t*>(src);
+    for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+  }
 
   // every op of ops.def, defined in native/cpu/<file>.cpp (the file named in its line)
 #define RE_OP(name, file, params, args) void name params override;
