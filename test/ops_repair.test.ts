@@ -24,18 +24,14 @@
 //       NaN/Inf; loss_aware_merge bit-identical, kd_loss within TOL_CUDA_KD, kl_distill within TOL_CUDA_KL
 //       (V up to 151936, the Qwen2.5 vocabulary) with untouched rows bit-identical.
 //
-// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i| (denominator 1 when the reference is all zero).
+// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i| (denominator 1 when the reference is all zero); data,
+// codecs, comparison and runners: test/helpers/optest.ts.
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
 import { testing } from '../lib/testing.js';
+import { type Args, type DT, DTYPES, VERBOSE, Rand, encodeWeight, expectClose, expectExact, expectFinite, run, errCode } from './helpers/optest.js';
 
-const VERBOSE = !!process.env.OPS_VERBOSE;
-
-type Arg = Float32Array | Int32Array | Uint16Array | number | string;
-type Args = Record<string, Arg>;
-type DT = 'F32' | 'F16' | 'BF16';
-type Backend = 'cpu' | 'cuda';
 
 // ---- tolerances ----------------------------------------------------------------------------------
 // kd_loss on the CPU is double throughout with one f32 rounding per output (the −λ/(b−1) coefficient is
@@ -51,142 +47,6 @@ const TOL_KL_CPU = 1e-6;
 // CUDA vs CPU for kl_distill: both double with the same exponents x = z·(1/T); only the summation order and
 // exp's last bit differ, then one f32 rounding each (expected ~1e-7; the bound leaves room).
 const TOL_CUDA_KL = 1e-5;
-
-// ---- seeded PRNG -----------------------------------------------------------------------------------
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function hashName(name: string): number {
-  let h = 2166136261;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
-  return h >>> 0;
-}
-class Rand {
-  r: () => number;
-  constructor(name: string) {
-    this.r = mulberry32(hashName(name));
-  }
-  u(scale = 1): number {
-    return scale * (2 * this.r() - 1);
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.r() * (hi - lo + 1));
-  }
-}
-
-// ---- f16 / bf16 (exact decode; round-to-nearest-even encode) ------------------------------------------
-
-const f32b = new Float32Array(1);
-const u32b = new Uint32Array(f32b.buffer);
-function bf16Decode(b: number): number {
-  u32b[0] = (b & 0xffff) << 16;
-  return f32b[0];
-}
-function bf16Encode(v: number): number {
-  f32b[0] = v;
-  const x = u32b[0];
-  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
-}
-function f16Decode(b: number): number {
-  const s = b & 0x8000 ? -1 : 1, e = (b >>> 10) & 0x1f, m = b & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
-/** x >= 0 rounded to an integer, ties to even. */
-function rne(x: number): number {
-  const f = Math.floor(x), d = x - f;
-  return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
-}
-/** Round-to-nearest-even f16 encode of a finite f32 value with |v| < 65504 (subnormals included). */
-function f16Encode(v: number): number {
-  const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
-  const a = Math.abs(v);
-  if (a < 2 ** -14) return sign | rne(a / 2 ** -24); // subnormal (a result of 0x400 is the smallest normal)
-  let e = Math.floor(Math.log2(a));
-  if (2 ** e > a) e--;
-  if (2 ** (e + 1) <= a) e++;
-  let m = rne((a / 2 ** e - 1) * 1024); // exact: a power-of-two division, then an exact subtraction
-  let ee = e + 15;
-  if (m === 1024) {
-    m = 0;
-    ee++;
-  }
-  return sign | (ee << 10) | m;
-}
-function encodeBase(f: Float64Array, dt: DT): { arg: Float32Array | Uint16Array; vals: Float64Array } {
-  const n = f.length, vals = new Float64Array(n);
-  if (dt === 'F32') {
-    const a = Float32Array.from(f);
-    for (let i = 0; i < n; i++) vals[i] = a[i];
-    return { arg: a, vals };
-  }
-  const bits = new Uint16Array(n);
-  for (let i = 0; i < n; i++) {
-    bits[i] = dt === 'F16' ? f16Encode(Math.fround(f[i])) : bf16Encode(f[i]);
-    vals[i] = dt === 'F16' ? f16Decode(bits[i]) : bf16Decode(bits[i]);
-  }
-  return { arg: bits, vals };
-}
-
-// ---- comparison ------------------------------------------------------------------------------------
-
-function expectClose(label: string, got: Float32Array, ref: ArrayLike<number>, tol: number): void {
-  expect(got.length, `${label}: length`).toBe(ref.length);
-  let maxErr = 0, maxRef = 0, nonFinite = 0, worst = -1;
-  for (let i = 0; i < ref.length; i++) {
-    if (!Number.isFinite(got[i])) {
-      nonFinite++;
-      if (worst < 0) worst = i;
-      continue;
-    }
-    const e = Math.abs(got[i] - ref[i]);
-    if (e > maxErr) {
-      maxErr = e;
-      worst = i;
-    }
-    maxRef = Math.max(maxRef, Math.abs(ref[i]));
-  }
-  const rel = maxErr / (maxRef > 0 ? maxRef : 1);
-  const msg = `rel=${rel.toExponential(2)} nonFinite=${nonFinite}` + (worst >= 0 ? ` worst[${worst}] got=${got[worst]} ref=${ref[worst]}` : '');
-  if (VERBOSE) console.log(`[ops_repair] ${label}: ${msg} (tol ${tol})`);
-  expect(nonFinite, `${label}: NaN/Inf (${msg})`).toBe(0);
-  expect(rel, `${label}: ${msg} > ${tol}`).toBeLessThanOrEqual(tol);
-}
-function expectExact(label: string, got: Float32Array, ref: ArrayLike<number>): void {
-  expect(got.length, `${label}: length`).toBe(ref.length);
-  for (let i = 0; i < ref.length; i++) {
-    const want = Math.fround(ref[i]);
-    if (!Object.is(got[i], want) && !(got[i] === 0 && want === 0)) expect.fail(`${label}: element ${i} is ${got[i]}, expected ${want} (exact)`);
-  }
-}
-function expectFinite(label: string, got: Float32Array): void {
-  for (let i = 0; i < got.length; i++) if (!Number.isFinite(got[i])) expect.fail(`${label}: element ${i} is ${got[i]}`);
-}
-
-function run(backend: Backend, op: string, args: Args): Record<string, Float32Array> {
-  const res = testing().runOp(backend, op, args);
-  expect(res.guardOk, `${backend} ${op}: guard region overwritten (out-of-bounds write)`).toBe(true);
-  const out: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(res)) if (v instanceof Float32Array) out[k] = v;
-  return out;
-}
-function errCode(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code ?? 'NO_CODE';
-  }
-  return undefined;
-}
 
 // ---- kd_loss: float64 reference of Eq. 4 ---------------------------------------------------------------
 
@@ -493,7 +353,7 @@ function mergeBuild(c: MergeCase): { args: Args; base: Float64Array; shards: Flo
   const r = new Rand(c.name);
   const f = new Float64Array(c.n);
   for (let p = 0; p < c.n; p++) f[p] = c.quant ? Math.round(r.u(0.5) * 256) / 256 : r.u(0.5);
-  const b = encodeBase(f, c.dt);
+  const b = encodeWeight(f, c.dt);
   const w = c.weights ? Float32Array.from(c.weights) : softmaxWeights(Array.from({ length: c.k }, () => 0.2 + 3 * r.r()), 1.5);
   const shards: Float32Array[] = [];
   for (let i = 0; i < c.k; i++) shards.push(c.make(r, b.vals, i));
@@ -525,7 +385,6 @@ const quantShard = (nz: number, levels: number) => (r: Rand, base: Float64Array)
   }
   return a;
 };
-const DTYPES: DT[] = ['F32', 'F16', 'BF16'];
 function mergeCases(): MergeCase[] {
   const out: MergeCase[] = [];
   for (const dt of DTYPES)
