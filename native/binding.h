@@ -70,8 +70,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // Start a call: ERR_DISPOSED / ERR_BUSY, else marks the model busy (and referenced) until worker_done().
   re::Model* begin_call(Napi::Env env);
   // Called on the JS thread when a worker finishes: frees the stores released while it ran, and the memory
-  // if dispose() came while it ran.
-  void worker_done();
+  // if dispose() came while it ran; reports the model's memory to V8.
+  void worker_done(Napi::Env env);
   // Queue a closure on the model as an async call (serialised by begin_call); resolves with result().
   Napi::Value run_async(Napi::Env env, std::function<void(re::Model*)> run, std::function<Napi::Value(Napi::Env)> result);
   void report_memory(Napi::Env env);
@@ -111,10 +111,7 @@ class ModelWorker : public Worker {
   ModelWorker(Napi::Env env, NativeModel* owner, re::Model* m) : Worker(env), owner_(owner), m_(m) {}
 
  protected:
-  void Done() override {
-    owner_->report_memory(Env());
-    owner_->worker_done();
-  }
+  void Done() override { owner_->worker_done(Env()); }
   NativeModel* owner_;
   re::Model* m_;
   const std::atomic<bool>* abort_flag() const { return owner_->abort_flag(); }

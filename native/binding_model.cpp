@@ -125,7 +125,7 @@ re::Model* NativeModel::begin_call(Napi::Env env) {
   return m;
 }
 
-void NativeModel::worker_done() {
+void NativeModel::worker_done(Napi::Env env) {
   busy_ = false;
   if (dispose_pending_) release();
   if (model_) {
@@ -137,6 +137,7 @@ void NativeModel::worker_done() {
     }
   }
   pending_free_.clear();
+  report_memory(env);
   Unref();
 }
 
