@@ -9,6 +9,7 @@ import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { loadModel, modelInternals, type Model } from '../lib/model.js';
 import { native, type BackendName, type NativeDType } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
 import type { ModelConfig } from '../lib/config.js';
 import type { BenchContext, BenchSection, SectionResult } from './run.js';
 
@@ -328,7 +329,7 @@ function matmulCases(backend: BackendName): MatmulCase[] {
 }
 
 function benchMatmul(ctx: BenchContext, c: MatmulCase): MatmulFigure {
-  const addon = native();
+  const addon = testing();
   const target = ctx.quick ? 0.1 : 0.3; // seconds per sample
   const samples = ctx.quick ? 3 : 7;
   ctx.log(`matmul ${c.M}x${c.N}x${c.K} ${c.dtype}`);

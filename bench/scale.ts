@@ -18,6 +18,7 @@ import { parseArgs } from 'node:util';
 import { loadModel } from '../lib/model.js';
 import { Editor } from '../lib/editor.js';
 import { loadNative } from '../lib/info.js';
+import { testing } from '../lib/testing.js';
 import { generateModel, paramCount, SCALES, type GenShape } from './gen-model.js';
 
 const { values } = parseArgs({
@@ -116,7 +117,8 @@ async function main(): Promise<number> {
       copyGBps = (2 * a.length) / Math.min(...ts) / GB;
       copyMethod = 'host memcpy of 256 MiB, best of 5 (bytes read + written per second)';
     }
-    const addon = loadNative();
+    loadNative(); // a clear error when the addon is not built
+    const addon = testing();
     const gemvIters = backend === 'cuda' ? 50 : 3;
     const gemvS = Math.min(...[0, 1, 2].map(() => addon.benchLinear(backend, 1, F, D, 'BF16', gemvIters)));
     const gemvGBps = (F * D * es) / gemvS / GB;

@@ -24,7 +24,8 @@
 
 #include <algorithm>
 
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 
 namespace re {
@@ -48,7 +49,7 @@ __global__ void kv_store_kernel(float* kc, float* vc, const float* k, const floa
   }
 }
 
-void kv_store_forward(cudaStream_t st, float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv,
+void kv_store_launch(cudaStream_t st, int /*sm_count*/, float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv,
                       int hd, int S, int P) {
   check_arg(B >= 0 && Tn >= 0 && Hkv >= 0 && hd >= 0 && S >= 0 && P >= 0, "kv_store", "negative size");
   check_arg((long long)P + Tn <= S, "kv_store", "P + Tn exceeds the cache capacity S");
@@ -229,7 +230,7 @@ static void launch_attention(cudaStream_t st, bool vec, dim3 grid, float* out, c
 static constexpr int kMinKeysPerSplit = 128;
 static constexpr int kMaxSplits = 64;
 
-void attention_forward(cudaStream_t st, int sm_count, float* out, const float* q, const float* kc, const float* vc,
+void attention_launch(cudaStream_t st, int sm_count, float* out, const float* q, const float* kc, const float* vc,
                        const int32_t* pad, int B, int Tn, int Hq, int Hkv, int hd, int S, int P, float scale) {
   check_arg(B >= 0 && Tn >= 0 && Hq >= 0 && Hkv >= 0 && hd >= 0 && S >= 0 && P >= 0, "attention", "negative size");
   check_arg(Hkv > 0 && Hq % Hkv == 0, "attention", "Hq must be a positive multiple of Hkv");

@@ -30,7 +30,8 @@
 
 #include <algorithm>
 
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 
 namespace re {
@@ -172,11 +173,6 @@ __global__ void linear_dx_reduce_kernel(float* dx, const float* part, int splits
 
 constexpr int kNormBwdBlock = 256;
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 template <typename WT>
 __global__ void __launch_bounds__(kNormBwdBlock)
@@ -400,7 +396,7 @@ void launch_attention_bwd(cudaStream_t st, float* dq, float* dk, float* dv, floa
 
 __global__ void swiglu_bwd_kernel(float* dgate, float* dup, const float* dy, const float* gate, const float* up, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    const double g = gate[i], s = 1.0 / (1.0 + exp(-g)), silu = g * s;
+    const double g = gate[i], s = act::sigmoid(g), silu = g * s;
     const double ds = s * (1.0 + g * (1.0 - s));
     const float u = up[i], d = dy[i];
     const float du = __fmul_rn(d, u);  // the CPU forms d·u in f32 first
@@ -467,7 +463,7 @@ __global__ void __launch_bounds__(kCeBlock)
 
 // ---- launchers (declared in cuda_backend.cu) -------------------------------------------------------
 
-void scatter_add_rows_backward(cudaStream_t st, float* y, const float* x, const int32_t* idx, int n, int D) {
+void scatter_add_rows_launch(cudaStream_t st, int /*sm_count*/, float* y, const float* x, const int32_t* idx, int n, int D) {
   check_arg(n >= 0 && D >= 0, "scatter_add_rows", "negative size");
   const size_t total = (size_t)n * D;
   if (total == 0) return;
@@ -475,7 +471,7 @@ void scatter_add_rows_backward(cudaStream_t st, float* y, const float* x, const 
   RE_CUDA_LAUNCH("scatter_add_rows");
 }
 
-void linear_dx_backward(cudaStream_t st, int sm_count, float* dx, const float* dy, WeightRef W, int M, int N, int K,
+void linear_dx_launch(cudaStream_t st, int sm_count, float* dx, const float* dy, WeightRef W, int M, int N, int K,
                         bool accumulate) {
   check_arg(M >= 0 && N >= 0 && K >= 0, "linear_dx", "negative size");
   check_arg(W.p != nullptr || (size_t)N * K == 0, "linear_dx", "null weight");
@@ -530,7 +526,7 @@ void linear_dx_backward(cudaStream_t st, int sm_count, float* dx, const float* d
   }
 }
 
-void rmsnorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
+void rmsnorm_bwd_launch(cudaStream_t st, int /*sm_count*/, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
                           float eps, bool accumulate) {
   check_arg(M >= 0 && D >= 0, "rmsnorm_bwd", "negative size");
   check_arg(w.p != nullptr || M == 0 || D == 0, "rmsnorm_bwd", "null weight");
@@ -544,7 +540,7 @@ void rmsnorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const flo
   RE_CUDA_LAUNCH("rmsnorm_bwd");
 }
 
-void rope_bwd_backward(cudaStream_t st, float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head,
+void rope_bwd_launch(cudaStream_t st, int /*sm_count*/, float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head,
                        int head_dim) {
   check_arg(n_tok >= 0 && n_head >= 0 && head_dim >= 0, "rope_bwd", "negative size");
   check_arg(head_dim % 2 == 0, "rope_bwd", "head_dim must be even");
@@ -554,7 +550,7 @@ void rope_bwd_backward(cudaStream_t st, float* dx, const int32_t* pos, const flo
   RE_CUDA_LAUNCH("rope_bwd");
 }
 
-void attention_bwd_backward(cudaStream_t st, float* dq, float* dk, float* dv, const float* dout, const float* q,
+void attention_bwd_launch(cudaStream_t st, int /*sm_count*/, float* dq, float* dk, float* dv, const float* dout, const float* q,
                             const float* kc, const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd,
                             float scale) {
   check_arg(B >= 0 && T >= 0 && Hq >= 0 && Hkv >= 0 && hd >= 0, "attention_bwd", "negative size");
@@ -572,14 +568,14 @@ void attention_bwd_backward(cudaStream_t st, float* dq, float* dk, float* dv, co
   else launch_attention_bwd<8>(st, dq, dk, dv, sp, dout, q, kc, vc, pad, B, T, Hq, Hkv, hd, scale);
 }
 
-void swiglu_bwd_backward(cudaStream_t st, float* dgate, float* dup, const float* dy, const float* gate, const float* up,
+void swiglu_bwd_launch(cudaStream_t st, int /*sm_count*/, float* dgate, float* dup, const float* dy, const float* gate, const float* up,
                          size_t n) {
   if (n == 0) return;
   swiglu_bwd_kernel<<<grid_for(n, 256), 256, 0, st>>>(dgate, dup, dy, gate, up, n);
   RE_CUDA_LAUNCH("swiglu_bwd");
 }
 
-void cross_entropy_backward(cudaStream_t st, float* loss, float* dlogits, const float* logits, const int32_t* labels,
+void cross_entropy_launch(cudaStream_t st, int /*sm_count*/, float* loss, float* dlogits, const float* logits, const int32_t* labels,
                             const float* weight, int R, int V) {
   check_arg(R >= 0 && V >= 0, "cross_entropy", "negative size");
   if (R == 0) return;

@@ -1,4 +1,6 @@
-// common.cuh — shared helpers of the CUDA backend (cuda/*.cu only; never include from native/*.cpp).
+// common.cuh — shared helpers of the CUDA backend (cuda/*.cu only; never include from native/*.cpp): error checks,
+// dtype loads, warp reductions (float and double), the stream-ordered Scratch allocator, and the declaration of
+// each op launcher (generated from ops.def).
 //
 // Rules of this folder:
 //   - errors THROW re::Error (ERR_CUDA / ERR_OOM / ERR_INVALID_ARG); nothing here exits or aborts.
@@ -14,6 +16,7 @@
 #include <cstdint>
 #include <string>
 
+#include "activation.h"  // SiLU / GELU-tanh / WISE φ and derivatives (host and device, shared with the CPU)
 #include "backend.h"
 #include "errors.h"
 
@@ -125,6 +128,11 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -132,6 +140,8 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 inline bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
+// x rounded up to a multiple of a (offsets of the parts of one Scratch allocation).
+inline size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 // ---- stream-ordered scratch ----------------------------------------------------------------------
 // Counts `delta` bytes of scratch on the backend that owns stream `st` (cuda_backend.cu), so bytes_in_use() and
@@ -168,25 +178,12 @@ class Scratch {
   size_t bytes_ = 0;
 };
 
-// ---- launchers (one .cu per op family; all enqueue on `st`) ----------------------------------
-// matmul.cu
-void linear_forward(cudaStream_t st, int sm_count, float* y, const float* x, WeightRef W, WeightRef bias, int M,
-                    int N, int K, bool accumulate);
-// norm.cu
-void rmsnorm_forward(cudaStream_t st, float* y, const float* x, WeightRef w, int M, int D, float eps);
-// rope.cu
-void rope_forward(cudaStream_t st, float* x, const int32_t* pos, const float* inv_freq, int n_tok, int n_head,
-                  int head_dim);
-// attention.cu
-void kv_store_forward(cudaStream_t st, float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv,
-                      int hd, int S, int P);
-void attention_forward(cudaStream_t st, int sm_count, float* out, const float* q, const float* kc, const float* vc,
-                       const int32_t* pad, int B, int Tn, int Hq, int Hkv, int hd, int S, int P, float scale);
-// elementwise.cu
-void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* up, size_t n);
-void add_forward(cudaStream_t st, float* y, const float* a, const float* b, size_t n);
-void embedding_forward(cudaStream_t st, float* y, const int32_t* ids, WeightRef table, int n, int D);
-void gather_rows_forward(cudaStream_t st, float* y, const float* x, const int32_t* idx, int n, int D);
+// ---- launchers: one per op of ops.def, `name_launch` in cuda/<file>.cu (the file named in its line) ---------
+// All enqueue on `st` and return; sm_count is the device's multiprocessor count (for split-K / grid sizing; the
+// launchers that do not size grids by it ignore it). CudaBackend's overrides (cuda_backend.cu) call them.
+#define RE_UNPAREN(...) __VA_ARGS__
+#define RE_OP(name, file, params, args) void name##_launch(cudaStream_t st, int sm_count, RE_UNPAREN params);
+#include "ops.def"
 
 }  // namespace cuda
 }  // namespace re

@@ -1,4 +1,6 @@
-// cuda_backend.cu — re::Backend on one CUDA device, plus cuda_info() / make_cuda_backend().
+// cuda_backend.cu — re::Backend on one CUDA device, plus cuda_info() / make_cuda_backend() (twin of
+// native/cpu/cpu_backend.cpp). The op overrides are generated from ops.def; each enqueues name##_launch from
+// the cuda/<file>.cu ops.def names.
 //
 // One stream per backend; every op enqueues on it and returns (sync() waits). Memory comes from
 // cudaMalloc (cudaErrorMemoryAllocation -> ERR_OOM); each allocation's size is tracked for
@@ -16,50 +18,14 @@
 #include <mutex>
 #include <unordered_map>
 
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp sums, Scratch,
+// and the launcher of every op of ops.def
 #include "common.cuh"
 // defines: philox4x32 / philox_keep (the mask RNG; masked_sgd in wise.cu uses it, included here so it stays nvcc-clean)
 #include "philox.h"
 
 namespace re {
 namespace cuda {
-
-// ---- launchers of the editing ops (backward.cu, wise.cu, repair.cu; all enqueue on `st`) ------------------
-void scatter_add_rows_backward(cudaStream_t st, float* y, const float* x, const int32_t* idx, int n, int D);
-void linear_dx_backward(cudaStream_t st, int sm_count, float* dx, const float* dy, WeightRef W, int M, int N, int K,
-                        bool accumulate);
-void rmsnorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
-                          float eps, bool accumulate);
-void rope_bwd_backward(cudaStream_t st, float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head,
-                       int head_dim);
-void attention_bwd_backward(cudaStream_t st, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                            const float* kc, const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd,
-                            float scale);
-void swiglu_bwd_backward(cudaStream_t st, float* dgate, float* dup, const float* dy, const float* gate, const float* up,
-                         size_t n);
-void cross_entropy_backward(cudaStream_t st, float* loss, float* dlogits, const float* logits, const int32_t* labels,
-                            const float* weight, int R, int V);
-void act_dist_wise(cudaStream_t st, float* d, const float* os, const float* om, int n, int nm, int D, int act);
-void act_dist_bwd_wise(cudaStream_t st, float* dos, const float* gd, const float* os, const float* om, int n, int D,
-                       int act, bool accumulate);
-void masked_sgd_wise(cudaStream_t st, float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K,
-                     uint64_t seed, float rho, float lr, float wd, float clamp);
-void ties_merge_wise(cudaStream_t st, int sm_count, float* out, WeightRef base, const float* const* shards,
-                     const float* weights, int k, size_t n, float density);
-// gpt2.cu
-void layernorm_forward(cudaStream_t st, float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps);
-void layernorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
-                            float eps, bool accumulate);
-void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n);
-void gelu_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n);
-void add_bias_forward(cudaStream_t st, float* y, WeightRef b, int M, int N);
-// repair.cu
-void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat, int b, int D, float lambda,
-                    float theta);
-void kl_distill_repair(cudaStream_t st, float* loss, float* dlogits, const float* logits, const int32_t* student,
-                       const int32_t* teacher, const float* w, int P, int V, float T);
-void loss_aware_merge_repair(cudaStream_t st, float* out, WeightRef base, const float* const* shards,
-                             const float* weights, int k, size_t n);
 
 class CudaBackend;
 
@@ -184,137 +150,13 @@ class CudaBackend final : public Backend {
     peak_ = in_use_;
   }
 
-  // ---- ops -------------------------------------------------------------------------------------
-  void linear(float* y, const float* x, WeightRef W, WeightRef bias, int M, int N, int K, bool accumulate) override {
-    enter("linear");
-    run("linear", [&] { linear_forward(stream_, sm_count_, y, x, W, bias, M, N, K, accumulate); });
+  // ---- ops: one override per line of ops.def, enqueuing its launcher (cuda/<file>.cu) on this stream ---------
+#define RE_OP(name, file, params, args)                                                   \
+  void name params override {                                                              \
+    enter(#name);                                                                          \
+    run(#name, [&] { name##_launch(stream_, sm_count_, RE_UNPAREN args); });              \
   }
-  void rmsnorm(float* y, const float* x, WeightRef w, int M, int D, float eps) override {
-    enter("rmsnorm");
-    run("rmsnorm", [&] { rmsnorm_forward(stream_, y, x, w, M, D, eps); });
-  }
-  void embedding(float* y, const int32_t* ids, WeightRef table, int n, int D) override {
-    enter("embedding");
-    run("embedding", [&] { embedding_forward(stream_, y, ids, table, n, D); });
-  }
-  void rope(float* x, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override {
-    enter("rope");
-    run("rope", [&] { rope_forward(stream_, x, pos, inv_freq, n_tok, n_head, head_dim); });
-  }
-  void kv_store(float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv, int hd, int S,
-                int P) override {
-    enter("kv_store");
-    run("kv_store", [&] { kv_store_forward(stream_, kc, vc, k, v, B, Tn, Hkv, hd, S, P); });
-  }
-  void attention(float* out, const float* q, const float* kc, const float* vc, const int32_t* pad, int B, int Tn,
-                 int Hq, int Hkv, int hd, int S, int P, float scale) override {
-    enter("attention");
-    run("attention", [&] { attention_forward(stream_, sm_count_, out, q, kc, vc, pad, B, Tn, Hq, Hkv, hd, S, P, scale); });
-  }
-  void swiglu(float* y, const float* gate, const float* up, size_t n) override {
-    enter("swiglu");
-    run("swiglu", [&] { swiglu_forward(stream_, y, gate, up, n); });
-  }
-  void add(float* y, const float* a, const float* b, size_t n) override {
-    enter("add");
-    run("add", [&] { add_forward(stream_, y, a, b, n); });
-  }
-  void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override {
-    enter("gather_rows");
-    run("gather_rows", [&] { gather_rows_forward(stream_, y, x, idx, n, D); });
-  }
-
-  // ---- GPT-2 family ops (gpt2.cu) ------------------------------------------------------------------
-  void layernorm(float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) override {
-    enter("layernorm");
-    run("layernorm", [&] { layernorm_forward(stream_, y, x, w, b, M, D, eps); });
-  }
-  void gelu(float* y, const float* x, size_t n) override {
-    enter("gelu");
-    run("gelu", [&] { gelu_forward(stream_, y, x, n); });
-  }
-  void add_bias(float* y, WeightRef b, int M, int N) override {
-    enter("add_bias");
-    run("add_bias", [&] { add_bias_forward(stream_, y, b, M, N); });
-  }
-  void layernorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
-                     bool accumulate) override {
-    enter("layernorm_bwd");
-    run("layernorm_bwd", [&] { layernorm_bwd_backward(stream_, dx, dy, x, w, M, D, eps, accumulate); });
-  }
-  void gelu_bwd(float* dx, const float* dy, const float* x, size_t n) override {
-    enter("gelu_bwd");
-    run("gelu_bwd", [&] { gelu_bwd_backward(stream_, dx, dy, x, n); });
-  }
-
-  // ---- editing ops (backward.cu, wise.cu) ---------------------------------------------------------
-  void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) override {
-    enter("scatter_add_rows");
-    run("scatter_add_rows", [&] { scatter_add_rows_backward(stream_, y, x, idx, n, D); });
-  }
-  void linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) override {
-    enter("linear_dx");
-    run("linear_dx", [&] { linear_dx_backward(stream_, sm_count_, dx, dy, W, M, N, K, accumulate); });
-  }
-  void rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
-                   bool accumulate) override {
-    enter("rmsnorm_bwd");
-    run("rmsnorm_bwd", [&] { rmsnorm_bwd_backward(stream_, dx, dy, x, w, M, D, eps, accumulate); });
-  }
-  void rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override {
-    enter("rope_bwd");
-    run("rope_bwd", [&] { rope_bwd_backward(stream_, dx, pos, inv_freq, n_tok, n_head, head_dim); });
-  }
-  void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kc,
-                     const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd, float scale) override {
-    enter("attention_bwd");
-    run("attention_bwd",
-        [&] { attention_bwd_backward(stream_, dq, dk, dv, dout, q, kc, vc, pad, B, T, Hq, Hkv, hd, scale); });
-  }
-  void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, size_t n) override {
-    enter("swiglu_bwd");
-    run("swiglu_bwd", [&] { swiglu_bwd_backward(stream_, dgate, dup, dy, gate, up, n); });
-  }
-  void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* labels, const float* weight,
-                     int R, int V) override {
-    enter("cross_entropy");
-    run("cross_entropy", [&] { cross_entropy_backward(stream_, loss, dlogits, logits, labels, weight, R, V); });
-  }
-  void act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) override {
-    enter("act_dist");
-    run("act_dist", [&] { act_dist_wise(stream_, d, os, om, n, nm, D, act); });
-  }
-  void act_dist_bwd(float* dos, const float* gd, const float* os, const float* om, int n, int D, int act,
-                    bool accumulate) override {
-    enter("act_dist_bwd");
-    run("act_dist_bwd", [&] { act_dist_bwd_wise(stream_, dos, gd, os, om, n, D, act, accumulate); });
-  }
-  void masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K, uint64_t seed,
-                  float rho, float lr, float wd, float clamp) override {
-    enter("masked_sgd");
-    run("masked_sgd", [&] { masked_sgd_wise(stream_, Wp, G, A, Wv, M, N, K, seed, rho, lr, wd, clamp); });
-  }
-  void ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k, size_t n,
-                  float density) override {
-    enter("ties_merge");
-    run("ties_merge", [&] { ties_merge_wise(stream_, sm_count_, out, base, shards, weights, k, n, density); });
-  }
-
-  // ---- REPAIR kernels (repair.cu) -------------------------------------------------------------------
-  void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) override {
-    enter("kd_loss");
-    run("kd_loss", [&] { kd_loss_repair(stream_, out, dfeat, feat, b, D, lambda, theta); });
-  }
-  void kl_distill(float* loss, float* dlogits, const float* logits, const int32_t* student, const int32_t* teacher,
-                  const float* w, int P, int V, float T) override {
-    enter("kl_distill");
-    run("kl_distill", [&] { kl_distill_repair(stream_, loss, dlogits, logits, student, teacher, w, P, V, T); });
-  }
-  void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
-                        size_t n) override {
-    enter("loss_aware_merge");
-    run("loss_aware_merge", [&] { loss_aware_merge_repair(stream_, out, base, shards, weights, k, n); });
-  }
+#include "ops.def"
 
  private:
   // Every entry point: reject if the context is already broken, and bind this device to the

@@ -4,7 +4,8 @@
 // 16-byte aligned and the length allows it, a scalar tail otherwise. Aliasing y == input is safe
 // because each element is read before it is written by the same thread.
 //   n: elements; D: row width; ids/idx: int32 row indices (validated by the caller).
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 
 namespace re {
@@ -69,7 +70,7 @@ __global__ void gather_rows_kernel4(float4* y, const float4* x, const int32_t* i
 
 static constexpr int kBlock = 256;
 
-void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* up, size_t n) {
+void swiglu_launch(cudaStream_t st, int /*sm_count*/, float* y, const float* gate, const float* up, size_t n) {
   if (n == 0) return;
   if (aligned16(y) && aligned16(gate) && aligned16(up)) {
     size_t n4 = (size_t)n / 4;
@@ -82,7 +83,7 @@ void swiglu_forward(cudaStream_t st, float* y, const float* gate, const float* u
   RE_CUDA_LAUNCH("swiglu");
 }
 
-void add_forward(cudaStream_t st, float* y, const float* a, const float* b, size_t n) {
+void add_launch(cudaStream_t st, int /*sm_count*/, float* y, const float* a, const float* b, size_t n) {
   if (n == 0) return;
   if (aligned16(y) && aligned16(a) && aligned16(b)) {
     size_t n4 = (size_t)n / 4;
@@ -95,7 +96,7 @@ void add_forward(cudaStream_t st, float* y, const float* a, const float* b, size
   RE_CUDA_LAUNCH("add");
 }
 
-void embedding_forward(cudaStream_t st, float* y, const int32_t* ids, WeightRef table, int n, int D) {
+void embedding_launch(cudaStream_t st, int /*sm_count*/, float* y, const int32_t* ids, WeightRef table, int n, int D) {
   check_arg(n >= 0 && D >= 0, "embedding", "negative size");
   check_arg(table.p != nullptr || (size_t)n * D == 0, "embedding", "null table");
   if ((size_t)n * D == 0) return;
@@ -107,7 +108,7 @@ void embedding_forward(cudaStream_t st, float* y, const int32_t* ids, WeightRef 
   RE_CUDA_LAUNCH("embedding");
 }
 
-void gather_rows_forward(cudaStream_t st, float* y, const float* x, const int32_t* idx, int n, int D) {
+void gather_rows_launch(cudaStream_t st, int /*sm_count*/, float* y, const float* x, const int32_t* idx, int n, int D) {
   check_arg(n >= 0 && D >= 0, "gather_rows", "negative size");
   if ((size_t)n * D == 0) return;
   if (D % 4 == 0 && aligned16(y) && aligned16(x)) {

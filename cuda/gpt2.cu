@@ -8,7 +8,8 @@
 //                  dx = r·(g − mean g − x̂·mean(g·x̂)).
 //   gelu / gelu_bwd elementwise, grid-stride; tanh form evaluated in double (as the CPU), rounded to f32.
 //   add_bias       y[m, n] += b[n], one thread per element.
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 
 namespace re {
@@ -17,37 +18,25 @@ namespace cuda {
 namespace {
 
 constexpr int kLnBlock = 256;
-constexpr double kGeluC = 0.7978845608028654;  // sqrt(2/pi)
-constexpr double kGeluA = 0.044715;
 
-__device__ __forceinline__ double warp_sum_dbl(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Sum of v over the block (blockDim.x a multiple of 32, <= kLnBlock); every thread gets the result.
 // `red` is shared scratch of kLnBlock/32 + 1 doubles; safe to call repeatedly.
 __device__ __forceinline__ double block_sum_dbl(double v, double* red) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-  v = warp_sum_dbl(v);
+  v = warp_sum_d(v);
   __syncthreads();  // a previous call's readers are done with red[]
   if (lane == 0) red[warp] = v;
   __syncthreads();
   if (warp == 0) {
     double t = lane < nwarps ? red[lane] : 0.0;
-    t = warp_sum_dbl(t);
+    t = warp_sum_d(t);
     if (lane == 0) red[kLnBlock / 32] = t;
   }
   __syncthreads();
   return red[kLnBlock / 32];
 }
 
-__device__ __forceinline__ double gelu_d(double x) { return 0.5 * x * (1.0 + tanh(kGeluC * (x + kGeluA * x * x * x))); }
-__device__ __forceinline__ double gelu_grad_d(double x) {
-  const double t = tanh(kGeluC * (x + kGeluA * x * x * x));
-  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * kGeluC * (1.0 + 3.0 * kGeluA * x * x);
-}
 
 template <typename WT>
 __global__ void __launch_bounds__(kLnBlock)
@@ -107,12 +96,12 @@ __global__ void __launch_bounds__(kLnBlock)
 
 __global__ void gelu_kernel(float* y, const float* x, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    y[i] = (float)gelu_d((double)x[i]);
+    y[i] = (float)act::gelu((double)x[i]);
 }
 
 __global__ void gelu_bwd_kernel(float* dx, const float* dy, const float* x, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    dx[i] = (float)((double)dy[i] * gelu_grad_d((double)x[i]));
+    dx[i] = (float)((double)dy[i] * act::gelu_grad((double)x[i]));
 }
 
 template <typename WT>
@@ -125,7 +114,7 @@ int ln_block(int D) { return D >= kLnBlock ? kLnBlock : ((D + 31) / 32) * 32; }
 
 }  // namespace
 
-void layernorm_forward(cudaStream_t st, float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) {
+void layernorm_launch(cudaStream_t st, int /*sm_count*/, float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) {
   check_arg(M >= 0 && D >= 0, "layernorm", "negative size");
   check_arg(w.p != nullptr || M == 0 || D == 0, "layernorm", "null weight");
   if (M == 0 || D == 0) return;
@@ -137,7 +126,7 @@ void layernorm_forward(cudaStream_t st, float* y, const float* x, WeightRef w, W
   RE_CUDA_LAUNCH("layernorm");
 }
 
-void layernorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
+void layernorm_bwd_launch(cudaStream_t st, int /*sm_count*/, float* dx, const float* dy, const float* x, WeightRef w, int M, int D,
                             float eps, bool accumulate) {
   check_arg(M >= 0 && D >= 0, "layernorm_bwd", "negative size");
   check_arg(w.p != nullptr || M == 0 || D == 0, "layernorm_bwd", "null weight");
@@ -150,19 +139,19 @@ void layernorm_bwd_backward(cudaStream_t st, float* dx, const float* dy, const f
   RE_CUDA_LAUNCH("layernorm_bwd");
 }
 
-void gelu_forward(cudaStream_t st, float* y, const float* x, size_t n) {
+void gelu_launch(cudaStream_t st, int /*sm_count*/, float* y, const float* x, size_t n) {
   if (n == 0) return;
   gelu_kernel<<<grid_for((size_t)n, 256), 256, 0, st>>>(y, x, (size_t)n);
   RE_CUDA_LAUNCH("gelu");
 }
 
-void gelu_bwd_backward(cudaStream_t st, float* dx, const float* dy, const float* x, size_t n) {
+void gelu_bwd_launch(cudaStream_t st, int /*sm_count*/, float* dx, const float* dy, const float* x, size_t n) {
   if (n == 0) return;
   gelu_bwd_kernel<<<grid_for((size_t)n, 256), 256, 0, st>>>(dx, dy, x, (size_t)n);
   RE_CUDA_LAUNCH("gelu_bwd");
 }
 
-void add_bias_forward(cudaStream_t st, float* y, WeightRef b, int M, int N) {
+void add_bias_launch(cudaStream_t st, int /*sm_count*/, float* y, WeightRef b, int M, int N) {
   check_arg(M >= 0 && N >= 0, "add_bias", "negative size");
   check_arg(b.p != nullptr || (size_t)M * N == 0, "add_bias", "null bias");
   const size_t total = (size_t)M * N;

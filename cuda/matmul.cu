@@ -22,7 +22,8 @@
 //      threads, 4×4 outputs per thread, sequential f32 FMA over k (agrees with the CPU to ~1e-6).
 #include <mma.h>
 
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 
 namespace re {
@@ -334,7 +335,7 @@ __global__ void __launch_bounds__(256)
 
 // ---- dispatcher ------------------------------------------------------------------------------
 
-void linear_forward(cudaStream_t st, int sm_count, float* y, const float* x, WeightRef W, WeightRef bias, int M,
+void linear_launch(cudaStream_t st, int sm_count, float* y, const float* x, WeightRef W, WeightRef bias, int M,
                     int N, int K, bool accumulate) {
   check_arg(M >= 0 && N >= 0 && K >= 0, "linear", "negative size");
   check_arg(W.p != nullptr || (size_t)N * K == 0, "linear", "null weight");

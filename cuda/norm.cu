@@ -6,7 +6,8 @@
 // memory finish the reduction (a tree, so the f32 sum is more accurate than a serial loop), then
 // every thread scales its own slice. In-place is safe: all reads of the row complete at the
 // __syncthreads before the first write.
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 
 namespace re {
@@ -41,7 +42,7 @@ __global__ void rmsnorm_kernel(float* y, const float* x, const typename WT::stor
   for (int i = threadIdx.x; i < D; i += blockDim.x) yr[i] = xr[i] * r * wload<WT>(w, (size_t)i);
 }
 
-void rmsnorm_forward(cudaStream_t st, float* y, const float* x, WeightRef w, int M, int D, float eps) {
+void rmsnorm_launch(cudaStream_t st, int /*sm_count*/, float* y, const float* x, WeightRef w, int M, int D, float eps) {
   check_arg(M >= 0 && D >= 0, "rmsnorm", "negative size");
   check_arg(w.p != nullptr || M == 0 || D == 0, "rmsnorm", "null weight");
   if (M == 0 || D == 0) return;

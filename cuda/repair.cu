@@ -40,7 +40,8 @@
 
 #include <math_constants.h>
 
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 
 namespace re {
@@ -50,13 +51,7 @@ namespace {
 
 // Stream-ordered scratch: Scratch in common.cuh (counted in the backend's memory figures).
 
-size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 constexpr int kRowBlock = 256;
 
@@ -314,7 +309,7 @@ __global__ void loss_aware_merge_kernel(float* out, const typename WT::storage* 
 
 // ---- launchers (declared in cuda_backend.cu) -------------------------------------------------------
 
-void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat, int b, int D, float lambda,
+void kd_loss_launch(cudaStream_t st, int /*sm_count*/, float* out, float* dfeat, const float* feat, int b, int D, float lambda,
                     float theta) {
   check_arg(b >= 2, "kd_loss", "b must be >= 2 (row 0 is the teacher)");
   check_arg(D >= 1, "kd_loss", "D must be >= 1");
@@ -345,7 +340,7 @@ void kd_loss_repair(cudaStream_t st, float* out, float* dfeat, const float* feat
   RE_CUDA_LAUNCH("kd_loss (gradient)");
 }
 
-void kl_distill_repair(cudaStream_t st, float* loss, float* dlogits, const float* logits, const int32_t* student,
+void kl_distill_launch(cudaStream_t st, int /*sm_count*/, float* loss, float* dlogits, const float* logits, const int32_t* student,
                        const int32_t* teacher, const float* w, int P, int V, float T) {
   check_arg(P >= 0, "kl_distill", "P must be >= 0");
   check_arg(V >= 1 && V <= 0x7fffffff - kKlBlock * kKlUnroll, "kl_distill",
@@ -360,7 +355,7 @@ void kl_distill_repair(cudaStream_t st, float* loss, float* dlogits, const float
   RE_CUDA_LAUNCH("kl_distill");
 }
 
-void loss_aware_merge_repair(cudaStream_t st, float* out, WeightRef base, const float* const* shards,
+void loss_aware_merge_launch(cudaStream_t st, int /*sm_count*/, float* out, WeightRef base, const float* const* shards,
                              const float* weights, int k, size_t n) {
   check_arg(k >= 0 && k <= 65535, "loss_aware_merge", "k must be in 0..65535");
   check_arg(base.p != nullptr || n == 0, "loss_aware_merge", "null base");

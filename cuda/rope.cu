@@ -6,7 +6,8 @@
 //
 // One thread per rotated pair. sincosf is the accurate libdevice version (this folder is built
 // without --use_fast_math), so large positions (θ of thousands of radians) keep full precision.
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 
 namespace re {
@@ -29,7 +30,7 @@ __global__ void rope_kernel(float* x, const int32_t* pos, const float* inv_freq,
   }
 }
 
-void rope_forward(cudaStream_t st, float* x, const int32_t* pos, const float* inv_freq, int n_tok, int n_head,
+void rope_launch(cudaStream_t st, int /*sm_count*/, float* x, const int32_t* pos, const float* inv_freq, int n_tok, int n_head,
                   int head_dim) {
   check_arg(n_tok >= 0 && n_head >= 0 && head_dim >= 0, "rope", "negative size");
   check_arg(head_dim % 2 == 0, "rope", "head_dim must be even");

@@ -32,7 +32,8 @@
 #include <cstring>
 #include <vector>
 
-// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/max, launchers
+// defines: RE_CUDA_CHECK, RE_CUDA_LAUNCH, check_arg, wload/wpair/load_any, dispatch_dtype, warp_sum/_d/max,
+// align_up, Scratch, act:: (activation.h), and the launcher declarations of every op of ops.def
 #include "common.cuh"
 #include "philox.h"
 
@@ -43,34 +44,12 @@ namespace {
 
 // Stream-ordered scratch: Scratch in common.cuh (counted in the backend's memory figures).
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // ---- act_dist / act_dist_bwd --------------------------------------------------------------------
 
-__device__ __forceinline__ double act_fn(double x, int act) {
-  switch (act) {
-    case 1: return x / (1.0 + exp(-x));
-    case 2: return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-    default: return x;
-  }
-}
-__device__ __forceinline__ double act_grad(double x, int act) {
-  switch (act) {
-    case 1: {
-      const double s = 1.0 / (1.0 + exp(-x));
-      return s * (1.0 + x * (1.0 - s));
-    }
-    case 2: {
-      const double k = 0.7978845608028654, t = tanh(k * (x + 0.044715 * x * x * x));
-      return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
-    }
-    default: return 1.0;
-  }
-}
+// φ and φ' (activation.h, shared with the CPU kernels)
+__device__ __forceinline__ double act_fn(double x, int act) { return act::phi(x, act); }
+__device__ __forceinline__ double act_grad(double x, int act) { return act::phi_grad(x, act); }
 
 constexpr int kDistWarps = 8;
 
@@ -383,13 +362,12 @@ __global__ void ties_merge_kernel(float* out, const typename WT::storage* base, 
   }
 }
 
-size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 }  // namespace
 
 // ---- launchers (declared in cuda_backend.cu) -------------------------------------------------------
 
-void act_dist_wise(cudaStream_t st, float* d, const float* os, const float* om, int n, int nm, int D, int act) {
+void act_dist_launch(cudaStream_t st, int /*sm_count*/, float* d, const float* os, const float* om, int n, int nm, int D, int act) {
   check_arg(n >= 0 && nm >= 0 && D >= 0, "act_dist", "negative size");
   check_arg(act >= 0 && act <= 2, "act_dist", "act must be 0, 1 or 2");
   const size_t tasks = (size_t)n * nm;
@@ -400,7 +378,7 @@ void act_dist_wise(cudaStream_t st, float* d, const float* os, const float* om, 
   RE_CUDA_LAUNCH("act_dist");
 }
 
-void act_dist_bwd_wise(cudaStream_t st, float* dos, const float* gd, const float* os, const float* om, int n, int D,
+void act_dist_bwd_launch(cudaStream_t st, int /*sm_count*/, float* dos, const float* gd, const float* os, const float* om, int n, int D,
                        int act, bool accumulate) {
   check_arg(n >= 0 && D >= 0, "act_dist_bwd", "negative size");
   check_arg(act >= 0 && act <= 2, "act_dist_bwd", "act must be 0, 1 or 2");
@@ -410,7 +388,7 @@ void act_dist_bwd_wise(cudaStream_t st, float* dos, const float* gd, const float
   RE_CUDA_LAUNCH("act_dist_bwd");
 }
 
-void masked_sgd_wise(cudaStream_t st, float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K,
+void masked_sgd_launch(cudaStream_t st, int /*sm_count*/, float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K,
                      uint64_t seed, float rho, float lr, float wd, float clamp) {
   check_arg(M >= 0 && N >= 0 && K >= 0, "masked_sgd", "negative size");
   check_arg(Wv.p != nullptr || clamp <= 0 || (size_t)N * K == 0, "masked_sgd", "null base weight");
@@ -425,7 +403,7 @@ void masked_sgd_wise(cudaStream_t st, float* Wp, const float* G, const float* A,
   RE_CUDA_LAUNCH("masked_sgd");
 }
 
-void ties_merge_wise(cudaStream_t st, int sm_count, float* out, WeightRef base, const float* const* shards,
+void ties_merge_launch(cudaStream_t st, int sm_count, float* out, WeightRef base, const float* const* shards,
                      const float* weights, int k, size_t n, float density) {
   check_arg(k >= 0 && k <= 65535, "ties_merge", "k must be in 0..65535");
   check_arg(base.p != nullptr || n == 0, "ties_merge", "null base");

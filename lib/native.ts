@@ -1,5 +1,5 @@
-// native.ts — loads the compiled addon and declares exactly what it exports.
-// This file is the contract between lib/ and native/binding.cpp: keep the two in step.
+// native.ts — loads the compiled addon and declares exactly what it exports (the test/bench hooks: lib/testing.ts).
+// This file is the contract between lib/ and native/binding*.cpp: keep the two in step.
 import { createRequire } from 'node:module';
 import { packageRoot } from './paths.js';
 
@@ -151,7 +151,37 @@ export interface NativeEditResult {
   earlyStop: boolean;
 }
 
-export interface NativeModel {
+/**
+ * One side-memory store (native/binding_side.cpp): f32 copies of one layer's FFN matrix, stacked as slots (slot
+ * meaning is the caller's). It keeps its model alive; dispose() frees it at once (its finalizer otherwise). Calls
+ * on a disposed store or model reject or throw ERR_DISPOSED; they run on the model's queue (ERR_BUSY meanwhile).
+ */
+export interface NativeSideMemory {
+  /** The store's id: what forward/generate routes name as `side`. */
+  readonly id: number;
+  readonly layer: number;
+  readonly target: 0 | 1;
+  slots(): number;
+  add(from: number): Promise<number>; // copy of slot `from` (-1 = base weight); new slot index
+  remove(slots: Int32Array): Promise<void>; // later slots move down
+  reset(slot: number): Promise<void>; // slot <- base weight
+  read(slot: number): Promise<Float32Array>; // [D*F]
+  write(slot: number, weights: Float32Array): Promise<void>;
+  /** TIES-merge source slots against the base weight into dst (dst may be one of the sources). */
+  ties(dst: number, srcs: Int32Array, weights: Float32Array, density: number): Promise<void>;
+  /** Per-token routing distances of every slot, [slots * B*T] (slot-major); one stacked GEMM. */
+  score(tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number): Promise<Float32Array>;
+  /** One whole edit (all steps) in one call; the slot is restored on any failure. */
+  edit(slot: number, batch: NativeEditBatch, hyper: NativeEditHyper, onProgress?: (step: number, loss: number) => void): Promise<NativeEditResult>;
+  /** REPAIR's loss-aware merge (Alg. 4) of source slots into dst with the given weights. */
+  mergeLossAware(dst: number, srcs: Int32Array, weights: Float32Array): Promise<void>;
+  /** Batching features: mean over each row's valid tokens of the edited layer's FFN activation, [B * F]. */
+  features(tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<Float32Array>;
+  dispose(): void;
+}
+
+/** The compiled class (native/binding_model.cpp); lib/ uses NativeModel, which adds the id-keyed side API. */
+export interface NativeModelCore {
   /** Read every tensor from disk and upload it to the backend. */
   load(): Promise<void>;
   /**
@@ -165,7 +195,7 @@ export interface NativeModel {
     T: number,
     pad: Int32Array,
     logitRows: Int32Array,
-    route?: { side: number; slots: Int32Array }, // per row: side-memory slot (-1 = main weight)
+    route?: { side: number; slots: Int32Array }, // per row: side-memory slot (-1 = main weight) of store `side` (its id)
   ): Promise<Float32Array>;
   /** Batch-1 generation with a persistent KV cache (see NativeGenerateOptions). Returns the sampled ids. */
   generate(ids: Int32Array, opts: NativeGenerateOptions): Promise<Int32Array>;
@@ -179,13 +209,24 @@ export interface NativeModel {
   memoryPeakBytes(reset?: boolean): number;
   /** Free everything now (waits for nothing: a running call finishes first, then memory is freed). */
   dispose(): void;
-
-  // ---- side memories (f32 copies of one layer's FFN matrix, stacked; slot meaning is the caller's) ----
   /**
-   * Returns a store id (no slots yet). target 0 (default): the value matrix (down_proj; GPT-2 mlp.c_proj as
+   * A new side-memory store (no slots yet). target 0 (default): the value matrix (down_proj; GPT-2 mlp.c_proj as
    * [D, F], its bias added to every output); 1: the key matrix, GPT-2 only (mlp.c_fc as [F, D] with its bias;
    * the FFN activation is gelu of its output): the reference's choice, for parity studies.
    */
+  createSideMemory(layer: number, target?: 0 | 1): NativeSideMemory;
+  /** Hex fingerprint (FNV-1a 64) of a layer's base down_proj bytes (target 1: GPT-2 c_fc). */
+  baseFingerprint(layer: number, target?: 0 | 1): Promise<string>;
+}
+
+/**
+ * A loaded model as lib/ sees it: the compiled class plus side memories by id (the stores' `id`), so the
+ * Editor keeps plain numbers (routes name the store by id). sideCreate keeps the store object until sideFree.
+ */
+export interface NativeModel extends NativeModelCore {
+  /** The store object behind an id (ERR_INVALID_ARG for an unknown or freed id). */
+  sideMemory(side: number): NativeSideMemory;
+  /** Returns a store id (no slots yet); see createSideMemory. */
   sideCreate(layer: number, target?: 0 | 1): number;
   sideFree(side: number): void;
   sideSlots(side: number): number;
@@ -210,32 +251,102 @@ export interface NativeModel {
   sideMergeLossAware(side: number, dst: number, srcs: Int32Array, weights: Float32Array): Promise<void>;
   /** Batching features: mean over each row's valid tokens of the edited layer's FFN activation, [B * F]. */
   sideFeatures(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<Float32Array>;
-  /** Hex fingerprint (FNV-1a 64) of a layer's base down_proj bytes (target 1: GPT-2 c_fc). */
-  baseFingerprint(layer: number, target?: 0 | 1): Promise<string>;
-}
-
-/** Op-level access for CPU-vs-CUDA tests: runs one backend op on host inputs. */
-export interface NativeOpResult {
-  [output: string]: Float32Array | boolean | number;
-  guardOk: boolean; // the guard regions around every output were left untouched
 }
 
 export interface NativeAddon {
   info(): NativeInfo;
   NativeModel: new (spec: NativeModelSpec) => NativeModel;
-  /** Seconds per backend linear() call of y[M,N] = x[M,K]·W[N,K]ᵀ (timed natively; for bench/). backend: 'cpu', 'cpu:<isa>' or 'cuda'. */
-  benchLinear(backend: BackendName | string, M: number, N: number, K: number, dtype: NativeDType, iters: number, threads?: number): number;
-  /** One backend op on host arrays (tests). backend: 'cpu', 'cpu:baseline' | 'cpu:v3' | 'cpu:v4' (forces an ISA level), or 'cuda'. */
-  runOp(backend: BackendName | string, op: string, args: Record<string, Float32Array | Int32Array | Uint16Array | number | string>): NativeOpResult;
 }
 
+/** What the compiled module exports (native/binding.cpp); loadTesting is reached only through lib/testing.ts. */
+export interface NativeModule {
+  info(): NativeInfo;
+  NativeModel: new (spec: NativeModelSpec) => NativeModelCore;
+  loadTesting(): unknown;
+}
+
+function unknownSide(side: number): Error {
+  return Object.assign(new Error(`side-memory store ${side} does not exist`), { code: 'ERR_INVALID_ARG' });
+}
+
+// The compiled class with the id-keyed side API on top (a JS subclass: instances are still the native objects).
+function withSideIds(Core: new (spec: NativeModelSpec) => NativeModelCore): new (spec: NativeModelSpec) => NativeModel {
+  return class NativeModel extends Core {
+    #sides = new Map<number, NativeSideMemory>();
+    sideMemory(side: number): NativeSideMemory {
+      const s = this.#sides.get(side);
+      if (!s) throw unknownSide(side);
+      return s;
+    }
+    // async calls on an unknown id reject (as the native id check inside the call did)
+    #on<T>(side: number, f: (s: NativeSideMemory) => Promise<T>): Promise<T> {
+      const s = this.#sides.get(side);
+      return s ? f(s) : Promise.reject(unknownSide(side));
+    }
+    sideCreate(layer: number, target?: 0 | 1): number {
+      const s = this.createSideMemory(layer, target);
+      this.#sides.set(s.id, s);
+      return s.id;
+    }
+    sideFree(side: number): void {
+      const s = this.#sides.get(side);
+      if (!s) return;
+      this.#sides.delete(side);
+      s.dispose();
+    }
+    sideSlots(side: number): number {
+      return this.sideMemory(side).slots();
+    }
+    sideAdd(side: number, from: number): Promise<number> {
+      return this.#on(side, (s) => s.add(from));
+    }
+    sideRemove(side: number, slots: Int32Array): Promise<void> {
+      return this.#on(side, (s) => s.remove(slots));
+    }
+    sideReset(side: number, slot: number): Promise<void> {
+      return this.#on(side, (s) => s.reset(slot));
+    }
+    sideRead(side: number, slot: number): Promise<Float32Array> {
+      return this.#on(side, (s) => s.read(slot));
+    }
+    sideWrite(side: number, slot: number, weights: Float32Array): Promise<void> {
+      return this.#on(side, (s) => s.write(slot, weights));
+    }
+    sideTies(side: number, dst: number, srcs: Int32Array, weights: Float32Array, density: number): Promise<void> {
+      return this.#on(side, (s) => s.ties(dst, srcs, weights, density));
+    }
+    sideScore(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number): Promise<Float32Array> {
+      return this.#on(side, (s) => s.score(tokens, B, T, pad, act));
+    }
+    sideEdit(side: number, slot: number, batch: NativeEditBatch, hyper: NativeEditHyper, onProgress?: (step: number, loss: number) => void): Promise<NativeEditResult> {
+      return this.#on(side, (s) => s.edit(slot, batch, hyper, onProgress));
+    }
+    sideMergeLossAware(side: number, dst: number, srcs: Int32Array, weights: Float32Array): Promise<void> {
+      return this.#on(side, (s) => s.mergeLossAware(dst, srcs, weights));
+    }
+    sideFeatures(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<Float32Array> {
+      return this.#on(side, (s) => s.features(tokens, B, T, pad));
+    }
+  };
+}
+
+let loaded: NativeModule | undefined;
 let cached: NativeAddon | undefined;
+
+/** The compiled module itself (lib/testing.ts reaches the test hooks through it). */
+export function nativeModule(): NativeModule {
+  if (!loaded) {
+    const require = createRequire(import.meta.url);
+    const load = require('node-gyp-build') as (dir: string) => NativeModule;
+    loaded = load(packageRoot());
+  }
+  return loaded;
+}
 
 export function native(): NativeAddon {
   if (!cached) {
-    const require = createRequire(import.meta.url);
-    const load = require('node-gyp-build') as (dir: string) => NativeAddon;
-    cached = load(packageRoot());
+    const m = nativeModule();
+    cached = { info: () => m.info(), NativeModel: withSideIds(m.NativeModel) };
   }
   return cached;
 }

@@ -173,11 +173,10 @@ uint64_t Model::base_fingerprint(int layer, int target) {
   if (layer < 0 || layer >= arch_.L) fail(RE_ERR_ARG, "layer out of range");
   if (target != 0 && !(target == 1 && gpt2())) fail(RE_ERR_ARG, "fingerprint: target must be 0, or 1 for gpt2");
   const WeightRef w = target ? layers_[layer].up : layers_[layer].down;
-  std::vector<uint8_t> raw((size_t)arch_.D * arch_.F * dtype_size(w.dt));
-  be_->download(raw.data(), w.p, raw.size());
+  // FNV-1a 64 over the stored bytes (the value saved memory files carry: keep the definition), hashed by the
+  // backend where the matrix lives (in place on the CPU; streamed through a small host buffer from a GPU).
   be_->sync();
-  uint64_t h = 1469598103934665603ull;
-  for (uint8_t c : raw) h = (h ^ c) * 1099511628211ull;
+  const uint64_t h = be_->fnv1a64(w.p, (size_t)arch_.D * arch_.F * dtype_size(w.dt), 1469598103934665603ull);
   return h ^ ((uint64_t)w.dt << 56) ^ ((uint64_t)layer << 48) ^ ((uint64_t)target << 40);
 }
 

@@ -1,4 +1,5 @@
-// optest.cpp — re::run_op: run one backend op on host inputs (for test/ops.test.ts, CPU vs CUDA).
+// optest.cpp — re::run_op: run one backend op on host inputs (the op tests, test/ops*.test.ts, CPU vs CUDA).
+// The op table is generated from ops.def: every op there needs its op_<name> here (a missing one fails to compile).
 //
 // Works with any Backend. Per call: validate every argument (ERR_INVALID_ARG on anything missing,
 // mis-sized, non-integral or out of range), upload inputs, allocate each output with kGuard floats
@@ -426,6 +427,13 @@ OpResult binary_op(Backend& be, const Args& A, const char* an, const char* bn, R
     run(y, da, db, n);
   }
   return s.finish();
+}
+
+OpResult op_swiglu(Backend& be, const Args& A) {
+  return binary_op(be, A, "gate", "up", [&](float* y, const float* g, const float* u, int n) { be.swiglu(y, g, u, n); });
+}
+OpResult op_add(Backend& be, const Args& A) {
+  return binary_op(be, A, "a", "b", [&](float* y, const float* a, const float* b, int n) { be.add(y, a, b, n); });
 }
 
 OpResult op_gather_rows(Backend& be, const Args& A) {
@@ -950,49 +958,31 @@ OpResult op_elementwise_big(Backend& be, const Args& A) {
   return r;
 }
 
+// The op table: one row per line of ops.def, each op_<name> above. elementwise_big is a harness op (not in
+// ops.def): the size_t element-count paths past 2^31 elements.
+using OpFn = OpResult (*)(Backend&, const Args&);
+struct OpRow {
+  const char* name;
+  OpFn fn;
+};
+const OpRow kOps[] = {
+#define RE_OP(name, file, params, args) {#name, op_##name},
+#include "ops.def"
+};
+
 }  // namespace
 
 std::vector<std::string> op_names() {
-  return {"linear",     "rmsnorm",       "embedding",  "rope",          "kv_store",     "attention",
-          "swiglu",     "add",           "gather_rows", "scatter_add_rows", "linear_dx", "rmsnorm_bwd",
-          "rope_bwd",   "attention_bwd", "swiglu_bwd", "cross_entropy", "act_dist",     "act_dist_bwd",
-          "masked_sgd", "ties_merge",    "kd_loss",    "loss_aware_merge", "layernorm",   "layernorm_bwd",
-          "gelu",       "gelu_bwd",      "add_bias",   "kl_distill"};
+  std::vector<std::string> v;
+  for (const OpRow& r : kOps) v.push_back(r.name);
+  return v;
 }
 
 OpResult run_op(Backend& be, const std::string& op, const OpArgs& args) {
   Args A{op, args};
-  if (op == "linear") return op_linear(be, A);
-  if (op == "rmsnorm") return op_rmsnorm(be, A);
-  if (op == "embedding") return op_embedding(be, A);
-  if (op == "rope") return op_rope(be, A);
-  if (op == "kv_store") return op_kv_store(be, A);
-  if (op == "attention") return op_attention(be, A);
-  if (op == "swiglu")
-    return binary_op(be, A, "gate", "up", [&](float* y, const float* g, const float* u, int n) { be.swiglu(y, g, u, n); });
-  if (op == "add")
-    return binary_op(be, A, "a", "b", [&](float* y, const float* a, const float* b, int n) { be.add(y, a, b, n); });
-  if (op == "gather_rows") return op_gather_rows(be, A);
-  if (op == "scatter_add_rows") return op_scatter_add_rows(be, A);
-  if (op == "linear_dx") return op_linear_dx(be, A);
-  if (op == "rmsnorm_bwd") return op_rmsnorm_bwd(be, A);
-  if (op == "rope_bwd") return op_rope_bwd(be, A);
-  if (op == "attention_bwd") return op_attention_bwd(be, A);
-  if (op == "swiglu_bwd") return op_swiglu_bwd(be, A);
-  if (op == "cross_entropy") return op_cross_entropy(be, A);
-  if (op == "act_dist") return op_act_dist(be, A);
-  if (op == "act_dist_bwd") return op_act_dist_bwd(be, A);
-  if (op == "masked_sgd") return op_masked_sgd(be, A);
-  if (op == "ties_merge") return op_ties_merge(be, A);
-  if (op == "kd_loss") return op_kd_loss(be, A);
-  if (op == "kl_distill") return op_kl_distill(be, A);
-  if (op == "loss_aware_merge") return op_loss_aware_merge(be, A);
-  if (op == "layernorm") return op_layernorm(be, A);
-  if (op == "layernorm_bwd") return op_layernorm_bwd(be, A);
-  if (op == "gelu") return op_gelu(be, A);
-  if (op == "gelu_bwd") return op_gelu_bwd(be, A);
-  if (op == "add_bias") return op_add_bias(be, A);
-  if (op == "elementwise_big") return op_elementwise_big(be, A);  // a test harness op, not a backend.h op
+  for (const OpRow& r : kOps)
+    if (op == r.name) return r.fn(be, A);
+  if (op == "elementwise_big") return op_elementwise_big(be, A);
   std::string known;
   for (const auto& n : op_names()) known += (known.empty() ? "" : ", ") + n;
   fail(RE_ERR_ARG, "runOp: unknown op '" + op + "' (known: " + known + ")");

@@ -1,4 +1,4 @@
-// optest.h — run one backend op on host inputs, for the CPU-vs-CUDA op tests (test/ops.test.ts).
+// optest.h — run one backend op on host inputs, for the CPU-vs-CUDA op tests (test/ops*.test.ts).
 // Inputs are copied to the backend, the op runs, outputs come back. Every output buffer is
 // allocated with a guard region (a sentinel bit pattern) on both sides; guard_ok reports whether
 // the op left them untouched (catches out-of-bounds writes).
@@ -27,7 +27,7 @@ struct OpResult {
 // Throws re::Error(ERR_INVALID_ARG) on an unknown op or missing/mis-sized argument.
 OpResult run_op(Backend& be, const std::string& op, const OpArgs& args);
 
-// Names of the ops run_op knows (for the test table).
+// Names of the ops run_op knows: the ops of ops.def, in its order (test/op_list.test.ts checks them).
 std::vector<std::string> op_names();
 
 }  // namespace re

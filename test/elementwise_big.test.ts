@@ -1,6 +1,6 @@
 // Element counts of the elementwise ops are size_t end to end (backend.h, both backends, model/edit callers):
 // with an int count, swiglu over [tokens, d_ff] wraps negative at about 150k tokens for d_ff 14336 and the CPU
-// loop silently does nothing. native().runOp(backend, 'elementwise_big', { n, kind }) (native/optest.cpp) fills one
+// loop silently does nothing. testing().runOp(backend, 'elementwise_big', { n, kind }) (native/optest.cpp) fills one
 // backend buffer of n floats, runs the op in place, and reads back samples at the start, around every multiple
 // of 2^31 and at the end.
 //
@@ -12,6 +12,7 @@
 import { describe, it, expect } from 'vitest';
 import os from 'node:os';
 import { native } from '../lib/native.js';
+import { run } from './helpers/optest.js';
 
 let haveAddon = true;
 let cudaFree = 0;
@@ -50,8 +51,7 @@ function expected(kind: Kind, x: number): [number, number?] {
 }
 
 function check(backend: string, kind: Kind, n: number): void {
-  const r = native().runOp(backend, 'elementwise_big', { n, kind });
-  const o = r as unknown as Record<string, Float32Array>;
+  const o = run(backend, 'elementwise_big', { n, kind }); // test/helpers/optest.ts
   const idx = Array.from(o.index_hi!, (h, j) => h * 65536 + o.index_lo![j]!);
   // the samples cover the start, both sides of every 2^31 boundary below n, and the end
   expect(idx[0]).toBe(0);

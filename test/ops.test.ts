@@ -1,4 +1,4 @@
-// Backend op tests (ggml test-backend-ops style), through native().runOp(backend, op, args).
+// Backend op tests (ggml test-backend-ops style), through testing().runOp(backend, op, args).
 //
 // Two layers:
 //   (a) always (no GPU needed): the CPU backend against a plain float64 reference written here, plus
@@ -8,22 +8,18 @@
 //       make sense on a GPU (long contexts, many tiles) are compared against the CPU only.
 // Inputs are uniform in [-1, 1] (scaled per case) from a seeded PRNG, so every run sees the same data.
 //
-// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i|  (a max-norm relative error; NMSE is
+// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i|  (a max-norm relative error; NMSE and ULPs are
 // printed alongside on failure). Ops that only move data (add, embedding, gather_rows, kv_store) must
-// be bit-exact.
+// be bit-exact. Data, codecs, comparison and runners: test/helpers/optest.ts.
 //
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body, so all work (data
 // generation, native calls) happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
 import { cpuIsas, cpuBackend } from './helpers/isa.js';
 import { TOL_CUDA } from './helpers/tolerances.js';
-
-const VERBOSE = !!process.env.OPS_VERBOSE; // print every measured error (scripts/gpu-check.sh sets it)
-
-type Arg = Float32Array | Int32Array | Uint16Array | number | string;
-type Args = Record<string, Arg>;
-type DT = 'F32' | 'F16' | 'BF16';
+import { type Args, type DT, DTYPES, Rand, weight, errCode, expectRef, expectCudaMatchesCpu } from './helpers/optest.js';
 
 // ---- tolerances (max-norm relative error) --------------------------------------------------------
 // CPU vs float64: the CPU works in f32 with f64 reductions (norm/attention/trig) or f32 vector sums
@@ -36,110 +32,6 @@ const TOL_CPU: Record<string, number> = {
   swiglu: 1e-6,
 };
 // CUDA vs CPU: test/helpers/tolerances.ts (test/parity.test.ts derives its logit tolerance from the same bounds).
-
-// ---- seeded PRNG and data --------------------------------------------------------------------------
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function seedOf(name: string): number {
-  let h = 2166136261;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
-  return h >>> 0;
-}
-class Rand {
-  r: () => number;
-  constructor(name: string) {
-    this.r = mulberry32(seedOf(name));
-  }
-  uniform(n: number, scale = 1, offset = 0): Float32Array {
-    const a = new Float32Array(n);
-    for (let i = 0; i < n; i++) a[i] = offset + scale * (2 * this.r() - 1);
-    return a;
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.r() * (hi - lo + 1));
-  }
-  ints(n: number, lo: number, hi: number): Int32Array {
-    const a = new Int32Array(n);
-    for (let i = 0; i < n; i++) a[i] = this.int(lo, hi);
-    return a;
-  }
-}
-
-// ---- f16 / bf16 bits <-> numbers (exact decode; round-to-nearest-even encode) ----------------------
-
-const f32buf = new Float32Array(1);
-const u32buf = new Uint32Array(f32buf.buffer);
-
-function bf16ToNumber(b: number): number {
-  u32buf[0] = (b & 0xffff) << 16;
-  return f32buf[0];
-}
-function numberToBf16(v: number): number {
-  f32buf[0] = v;
-  const bits = u32buf[0];
-  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff; // RNE (finite inputs only)
-}
-function f16ToNumber(b: number): number {
-  const s = b & 0x8000 ? -1 : 1;
-  const e = (b >>> 10) & 0x1f;
-  const m = b & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
-function roundHalfEven(x: number): number {
-  const f = Math.floor(x);
-  const d = x - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
-function numberToF16(v: number): number {
-  const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
-  const a = Math.abs(v);
-  if (a >= 65520) return sign | 0x7c00;
-  if (a < 2 ** -14) return sign | roundHalfEven(a / 2 ** -24); // subnormal (1024 rounds up into the min normal)
-  let e = Math.floor(Math.log2(a));
-  if (2 ** e > a) e -= 1;
-  if (2 ** (e + 1) <= a) e += 1;
-  let m = roundHalfEven((a / 2 ** e - 1) * 1024);
-  if (m === 1024) {
-    m = 0;
-    e += 1;
-  }
-  return sign | ((e + 15) << 10) | m;
-}
-
-/** A weight tensor in a stored dtype: what runOp gets, and its exact values for the reference. */
-function makeWeight(rand: Rand, dt: DT, n: number, scale = 1, offset = 0, specials: 'none' | 'tiny' | 'all' = 'none'): { arg: Float32Array | Uint16Array; vals: Float64Array } {
-  const f = rand.uniform(n, scale, offset);
-  const vals = new Float64Array(n);
-  if (dt === 'F32') {
-    for (let i = 0; i < n; i++) vals[i] = f[i];
-    return { arg: f, vals };
-  }
-  const bits = new Uint16Array(n);
-  for (let i = 0; i < n; i++) bits[i] = dt === 'F16' ? numberToF16(f[i]) : numberToBf16(f[i]);
-  if (specials !== 'none') {
-    // exact-conversion corner cases: subnormals, signed zero, smallest normal, 1+ulp; 'all' adds the
-    // largest finite values (only for ops that do no arithmetic on them: bf16 max overflows a dot product)
-    const tiny = dt === 'F16' ? [0x0001, 0x83ff, 0x0400, 0x8000, 0x3c01] : [0x0001, 0x807f, 0x0080, 0x8000, 0x3f81];
-    const big = dt === 'F16' ? [0x7bff, 0xfbff] : [0x7f7f, 0xff7f];
-    const sp = specials === 'all' ? [...tiny, ...big] : tiny;
-    for (let i = 0; i < sp.length && i < n; i++) bits[i] = sp[i];
-  }
-  for (let i = 0; i < n; i++) vals[i] = dt === 'F16' ? f16ToNumber(bits[i]) : bf16ToNumber(bits[i]);
-  return { arg: bits, vals };
-}
 
 // ---- float64 references ------------------------------------------------------------------------------
 
@@ -225,58 +117,10 @@ function refAttention(q: Float32Array, kc: Float32Array, vc: Float32Array, pad: 
   return out;
 }
 
-// ---- comparison ---------------------------------------------------------------------------------------
-
-interface Cmp {
-  rel: number;
-  nmse: number;
-  nonFinite: number;
-  worst: number;
-}
-function compare(got: Float32Array, ref: ArrayLike<number>): Cmp {
-  let maxErr = 0, maxRef = 0, se = 0, sr = 0, nonFinite = 0, worst = -1;
-  for (let i = 0; i < ref.length; i++) {
-    const g = got[i], r = ref[i];
-    if (!Number.isFinite(g)) {
-      nonFinite++;
-      if (worst < 0) worst = i;
-      continue;
-    }
-    const e = Math.abs(g - r);
-    if (e > maxErr) {
-      maxErr = e;
-      worst = i;
-    }
-    maxRef = Math.max(maxRef, Math.abs(r));
-    se += e * e;
-    sr += r * r;
-  }
-  return { rel: maxRef > 0 ? maxErr / maxRef : maxErr, nmse: sr > 0 ? se / sr : se, nonFinite, worst };
-}
-function describeCmp(c: Cmp, got: Float32Array, ref: ArrayLike<number>): string {
-  const w = c.worst;
-  return `rel=${c.rel.toExponential(2)} nmse=${c.nmse.toExponential(2)} nonFinite=${c.nonFinite}` + (w >= 0 ? ` worst[${w}] got=${got[w]} ref=${ref[w]}` : '');
-}
-function expectClose(label: string, got: Float32Array, ref: ArrayLike<number>, tol: number): void {
-  expect(got.length, `${label}: length`).toBe(ref.length);
-  const c = compare(got, ref);
-  if (VERBOSE) console.log(`[ops] ${label}: rel=${c.rel.toExponential(2)} nmse=${c.nmse.toExponential(2)} (tol ${tol})`);
-  expect(c.nonFinite, `${label}: NaN/Inf (${describeCmp(c, got, ref)})`).toBe(0);
-  expect(c.rel, `${label}: ${describeCmp(c, got, ref)} > ${tol}`).toBeLessThanOrEqual(tol);
-}
-function expectExact(label: string, got: Float32Array, ref: ArrayLike<number>): void {
-  expect(got.length, `${label}: length`).toBe(ref.length);
-  for (let i = 0; i < ref.length; i++) {
-    if (!Object.is(got[i], Math.fround(ref[i]))) {
-      expect.fail(`${label}: element ${i} is ${got[i]}, expected ${ref[i]} (bit-exact op)`);
-    }
-  }
-}
-
 // ---- the case table -----------------------------------------------------------------------------------
 
 interface Built {
-  op: string;
+  op: string; // (a Judged call of test/helpers/optest.ts)
   args: Args;
   /** float64 (or exact f32) reference per output; absent for GPU-only cases */
   ref?: () => Record<string, ArrayLike<number>>;
@@ -289,7 +133,6 @@ interface Case {
   build: () => Built;
 }
 
-const DTYPES: DT[] = ['F32', 'F16', 'BF16'];
 
 function linearCase(M: number, N: number, K: number, dt: DT, bias: boolean, acc: boolean, xScale = 1): Case {
   const name = `linear ${dt} M=${M} N=${N} K=${K}${bias ? ' +bias' : ''}${acc ? ' accumulate' : ''}${xScale !== 1 ? ` |x|~${xScale}` : ''}`;
@@ -298,8 +141,8 @@ function linearCase(M: number, N: number, K: number, dt: DT, bias: boolean, acc:
     build: () => {
       const r = new Rand(name);
       const x = r.uniform(M * K, xScale);
-      const W = makeWeight(r, dt, N * K, 1, 0, 'tiny');
-      const b = bias ? makeWeight(r, dt, N, 0.5) : null;
+      const W = weight(r, dt, N * K, 1, 0, 'tiny');
+      const b = bias ? weight(r, dt, N, 0.5) : null;
       const y0 = acc ? r.uniform(M * N) : null;
       const args: Args = { M, N, K, dtype: dt, x, W: W.arg, accumulate: acc ? 1 : 0 };
       if (b) args.bias = b.arg;
@@ -352,7 +195,7 @@ function rmsnormCases(): Case[] {
         build: () => {
           const r = new Rand(name);
           const x = r.uniform(M * D, 3, 0.5);
-          const w = makeWeight(r, dt, D, 0.5, 1);
+          const w = weight(r, dt, D, 0.5, 1);
           return {
             op: 'rmsnorm',
             args: { M, D, eps, dtype: dt, x, w: w.arg, inplace: inplace ? 1 : 0 },
@@ -375,7 +218,7 @@ function embeddingCases(): Case[] {
         name,
         build: () => {
           const r = new Rand(name);
-          const table = makeWeight(r, dt, V * D, 1, 0, 'all');
+          const table = weight(r, dt, V * D, 1, 0, 'all');
           const ids = r.ints(n, 0, V - 1);
           ids[0] = 0; // the row holding the special values
           if (n > 1) ids[n - 1] = V - 1;
@@ -592,30 +435,13 @@ function gpuOnlyCases(): Case[] {
     name,
     build: () => {
       const r = new Rand(name);
-      return { op: 'rmsnorm', args: { M: 300, D: 4096, eps: 1e-6, dtype: 'BF16', x: r.uniform(300 * 4096, 4), w: makeWeight(r, 'BF16', 4096, 0.5, 1).arg }, tolCuda: TOL_CUDA.rmsnorm };
+      return { op: 'rmsnorm', args: { M: 300, D: 4096, eps: 1e-6, dtype: 'BF16', x: r.uniform(300 * 4096, 4), w: weight(r, 'BF16', 4096, 0.5, 1).arg }, tolCuda: TOL_CUDA.rmsnorm };
     },
   });
   return out;
 }
 
 // ---- runners --------------------------------------------------------------------------------------------
-
-function run(backend: string, b: Built) {
-  const res = native().runOp(backend, b.op, b.args);
-  expect(res.guardOk, `${backend} ${b.op}: guard region overwritten (out-of-bounds write)`).toBe(true);
-  return res;
-}
-function outputsOf(res: Record<string, unknown>): string[] {
-  return Object.keys(res).filter((k) => res[k] instanceof Float32Array);
-}
-function errCode(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code ?? 'NO_CODE';
-  }
-  return undefined;
-}
 
 const info = native().info();
 const cudaAvailable = info.cuda.available;
@@ -626,7 +452,7 @@ describe('native ops: op table', () => {
       // an empty call must be rejected as a missing argument, not as an unknown op
       let err: { code?: string; message?: string } = {};
       try {
-        native().runOp('cpu', op, {});
+        testing().runOp('cpu', op, {});
       } catch (e) {
         err = e as typeof err;
       }
@@ -642,14 +468,7 @@ describe.each(cpuIsas())('cpu backend (%s kernels) vs float64 reference', (isa) 
       for (const c of make()) {
         it(c.name, () => {
           const b = c.build();
-          const res = run(cpuBackend(isa), b);
-          const ref = b.ref!();
-          for (const [k, r] of Object.entries(ref)) {
-            const got = res[k];
-            expect(got, `output ${k}`).toBeInstanceOf(Float32Array);
-            if (b.exact) expectExact(`cpu ${c.name} ${k}`, got as Float32Array, r);
-            else expectClose(`cpu ${c.name} ${k}`, got as Float32Array, r, b.tolCpu!);
-          }
+          expectRef(`cpu ${c.name}`, cpuBackend(isa), { ...b, signedZero: true }, b.ref!(), b.tolCpu!);
         });
       }
     });
@@ -659,35 +478,35 @@ describe.each(cpuIsas())('cpu backend (%s kernels) vs float64 reference', (isa) 
 describe('runOp argument validation', () => {
   const x = new Float32Array(6), W = new Float32Array(6);
   it('rejects an unknown op', () => {
-    expect(errCode(() => native().runOp('cpu', 'conv2d', {}))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'conv2d', {}))).toBe('ERR_INVALID_ARG');
   });
   it('rejects mis-sized tensors', () => {
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 4, x, W }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'add', { a: x, b: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'rope', { n_tok: 1, n_head: 1, head_dim: 6, x, pos: new Int32Array(1), inv_freq: new Float32Array(2) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 4, x, W }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'add', { a: x, b: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'rope', { n_tok: 1, n_head: 1, head_dim: 6, x, pos: new Int32Array(1), inv_freq: new Float32Array(2) }))).toBe('ERR_INVALID_ARG');
   });
   it('rejects non-integral or negative sizes', () => {
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 1.5, N: 2, K: 3, x, W }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: -2, N: 2, K: 3, x, W }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 1.5, N: 2, K: 3, x, W }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: -2, N: 2, K: 3, x, W }))).toBe('ERR_INVALID_ARG');
   });
   it('rejects a weight given in the wrong array type for its dtype', () => {
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W, dtype: 'BF16' }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W: new Uint16Array(6), dtype: 'F32' }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W, dtype: 'F64' }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W, dtype: 'BF16' }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W: new Uint16Array(6), dtype: 'F32' }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'linear', { M: 2, N: 2, K: 3, x, W, dtype: 'F64' }))).toBe('ERR_INVALID_ARG');
   });
   it('rejects out-of-range indices and cache overflows', () => {
-    expect(errCode(() => native().runOp('cpu', 'embedding', { D: 2, ids: Int32Array.of(3), table: x }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'gather_rows', { D: 3, idx: Int32Array.of(-1), x }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'embedding', { D: 2, ids: Int32Array.of(3), table: x }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'gather_rows', { D: 3, idx: Int32Array.of(-1), x }))).toBe('ERR_INVALID_ARG');
     const k = new Float32Array(2 * 4);
-    expect(errCode(() => native().runOp('cpu', 'kv_store', { B: 1, Tn: 2, Hkv: 1, hd: 4, S: 3, P: 2, k, v: k }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'kv_store', { B: 1, Tn: 2, Hkv: 1, hd: 4, S: 3, P: 2, k, v: k }))).toBe('ERR_INVALID_ARG');
     expect(
-      errCode(() => native().runOp('cpu', 'attention', { B: 1, Tn: 1, Hq: 3, Hkv: 2, hd: 4, S: 2, P: 0, q: new Float32Array(12), kc: new Float32Array(16), vc: new Float32Array(16), pad: Int32Array.of(0) })),
+      errCode(() => testing().runOp('cpu', 'attention', { B: 1, Tn: 1, Hq: 3, Hkv: 2, hd: 4, S: 2, P: 0, q: new Float32Array(12), kc: new Float32Array(16), vc: new Float32Array(16), pad: Int32Array.of(0) })),
     ).toBe('ERR_INVALID_ARG');
   });
   it.skipIf(cudaAvailable)('the cuda backend reports ERR_CUDA_UNAVAILABLE when there is no device', () => {
     expect(info.cuda.reason.length).toBeGreaterThan(0);
-    expect(errCode(() => native().runOp('cuda', 'add', { a: x, b: x }))).toBe('ERR_CUDA_UNAVAILABLE');
+    expect(errCode(() => testing().runOp('cuda', 'add', { a: x, b: x }))).toBe('ERR_CUDA_UNAVAILABLE');
   });
 });
 
@@ -703,23 +522,15 @@ describe.skipIf(!cudaAvailable)('cuda backend vs cpu backend', () => {
   for (const c of all) {
     it(c.name, () => {
       const b = c.build();
-      const cpu = run('cpu', b);
-      const gpu = run('cuda', b);
-      const names = outputsOf(cpu);
-      expect(outputsOf(gpu).sort()).toEqual([...names].sort());
-      for (const k of names) {
-        const want = cpu[k] as Float32Array, got = gpu[k] as Float32Array;
-        if (b.exact) expectExact(`cuda ${c.name} ${k}`, got, want);
-        else expectClose(`cuda ${c.name} ${k}`, got, want, b.tolCuda);
-      }
+      expectCudaMatchesCpu(c.name, { ...b, signedZero: true }, b.tolCuda);
     });
   }
   it('rejects bad arguments with ERR_INVALID_ARG (not a CUDA error)', () => {
     const x = new Float32Array(6);
-    expect(errCode(() => native().runOp('cuda', 'linear', { M: 2, N: 2, K: 4, x, W: x }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cuda', 'attention', { B: 1, Tn: 1, Hq: 1, Hkv: 1, hd: 300, S: 1, P: 0, q: new Float32Array(300), kc: new Float32Array(300), vc: new Float32Array(300), pad: Int32Array.of(0) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'linear', { M: 2, N: 2, K: 4, x, W: x }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'attention', { B: 1, Tn: 1, Hq: 1, Hkv: 1, hd: 300, S: 1, P: 0, q: new Float32Array(300), kc: new Float32Array(300), vc: new Float32Array(300), pad: Int32Array.of(0) }))).toBe('ERR_INVALID_ARG');
     // the backend stays usable afterwards
-    const r = native().runOp('cuda', 'add', { a: x, b: x });
+    const r = testing().runOp('cuda', 'add', { a: x, b: x });
     expect(r.guardOk).toBe(true);
   });
 });

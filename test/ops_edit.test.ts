@@ -1,4 +1,4 @@
-// Editing-op tests (backend.h "editing" + "WISE kernels"), through native().runOp(backend, op, args).
+// Editing-op tests (backend.h "editing" + "WISE kernels"), through testing().runOp(backend, op, args).
 //
 //   (a) always (no GPU): every op on the CPU backend against a float64 reference written here; every
 //       backward op also against a central finite difference (float64) of a float64 forward written here
@@ -12,18 +12,15 @@
 //   (d) with a CUDA device: CUDA vs CPU on the same inputs for every case (+ larger GPU-only shapes),
 //       identical Philox masks on both backends, identical TIES tie-breaking.
 //
-// Error metric (as in ops.test.ts): rel = max_i |got_i − ref_i| / max_i |ref_i|.
+// Error metric (as in ops.test.ts): rel = max_i |got_i − ref_i| / max_i |ref_i|. Data, codecs, comparison and
+// runners: test/helpers/optest.ts.
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
 import { cpuIsas, cpuBackend } from './helpers/isa.js';
+import { type Args, type DT, DTYPES, Rand, weight, encodeWeight, f16Decode, bf16Decode, expectClose, expectExact, run, errCode, fdGrad, dot, expectRef, expectCudaMatchesCpu } from './helpers/optest.js';
 
-const VERBOSE = !!process.env.OPS_VERBOSE;
-
-type Arg = Float32Array | Int32Array | Uint16Array | number | string;
-type Args = Record<string, Arg>;
-type DT = 'F32' | 'F16' | 'BF16';
-type Backend = 'cpu' | 'cuda';
 
 // ---- tolerances ----------------------------------------------------------------------------------
 // CPU vs float64 reference: the CPU rounds to f32 once or twice per element (f64 reductions in
@@ -59,105 +56,6 @@ const TOL_CUDA: Record<string, number> = {
   masked_sgd: 2e-5, // g in f32 (tile FMA order = the CPU's m order when it uses FMA); identical mask
   ties_merge: 0, // identical threshold/tie selection and f64 arithmetic with explicit rounding: exact
 };
-
-// ---- seeded PRNG and data -------------------------------------------------------------------------
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function hashName(name: string): number {
-  let h = 2166136261;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
-  return h >>> 0;
-}
-class Rand {
-  r: () => number;
-  constructor(name: string) {
-    this.r = mulberry32(hashName(name));
-  }
-  uniform(n: number, scale = 1, offset = 0): Float32Array {
-    const a = new Float32Array(n);
-    for (let i = 0; i < n; i++) a[i] = offset + scale * (2 * this.r() - 1);
-    return a;
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.r() * (hi - lo + 1));
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[Math.floor(this.r() * xs.length)];
-  }
-}
-
-// ---- f16 / bf16 (exact decode; round-to-nearest-even encode from the f32 bit pattern) --------------
-
-const f32b = new Float32Array(1);
-const u32b = new Uint32Array(f32b.buffer);
-function f32Bits(v: number): number {
-  f32b[0] = v;
-  return u32b[0];
-}
-function bf16Decode(b: number): number {
-  u32b[0] = (b & 0xffff) << 16;
-  return f32b[0];
-}
-function bf16Encode(v: number): number {
-  const x = f32Bits(v);
-  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
-}
-function f16Decode(b: number): number {
-  const s = b & 0x8000 ? -1 : 1, e = (b >>> 10) & 0x1f, m = b & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
-function f16Encode(v: number): number {
-  // finite inputs; from the f32 bits: rebias the exponent, round the 23-bit mantissa to 10 bits (RNE)
-  const x = f32Bits(v);
-  const sign = (x >>> 16) & 0x8000;
-  const e = ((x >>> 23) & 0xff) - 127 + 15;
-  let m = x & 0x7fffff;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    m |= 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    let r = m >>> shift;
-    const rest = m & ((1 << shift) - 1);
-    if (rest > half || (rest === half && r & 1)) r++;
-    return sign | r;
-  }
-  let r = (e << 10) | (m >>> 13);
-  const rest = m & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && r & 1)) r++;
-  return sign | r;
-}
-
-/** A weight in a stored dtype: the runOp argument and its exact values. */
-function weight(r: Rand, dt: DT, n: number, scale = 1, offset = 0): { arg: Float32Array | Uint16Array; vals: Float64Array } {
-  return encodeWeight(r.uniform(n, scale, offset), dt);
-}
-function encodeWeight(f: Float32Array, dt: DT): { arg: Float32Array | Uint16Array; vals: Float64Array } {
-  const n = f.length;
-  const vals = new Float64Array(n);
-  if (dt === 'F32') {
-    for (let i = 0; i < n; i++) vals[i] = f[i];
-    return { arg: f, vals };
-  }
-  const bits = new Uint16Array(n);
-  for (let i = 0; i < n; i++) {
-    bits[i] = dt === 'F16' ? f16Encode(f[i]) : bf16Encode(f[i]);
-    vals[i] = dt === 'F16' ? f16Decode(bits[i]) : bf16Decode(bits[i]);
-  }
-  return { arg: bits, vals };
-}
 
 // ---- Philox4x32-10 (native/philox.h) in JS ---------------------------------------------------------
 
@@ -207,29 +105,6 @@ function sigmoid(x: number): number {
 function f64(a: ArrayLike<number>): Float64Array {
   return Float64Array.from(a as ArrayLike<number>);
 }
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-}
-
-/** Central differences of a scalar function. */
-function fdGrad(f: (x: Float64Array) => number, x0: ArrayLike<number>): Float64Array {
-  const x = f64(x0);
-  const g = new Float64Array(x.length);
-  for (let i = 0; i < x.length; i++) {
-    const h = 1e-6 * Math.max(1, Math.abs(x[i]));
-    const v = x[i];
-    x[i] = v + h;
-    const fp = f(x);
-    x[i] = v - h;
-    const fm = f(x);
-    x[i] = v;
-    g[i] = (fp - fm) / (2 * h);
-  }
-  return g;
-}
-
 function fwdLinear(x: Float64Array, W: Float64Array, M: number, N: number, K: number): Float64Array {
   const y = new Float64Array(M * N);
   for (let m = 0; m < M; m++)
@@ -528,70 +403,6 @@ function refTies(base: Float64Array, shards: Float32Array[], weights: Float32Arr
   return { out, keep };
 }
 
-// ---- comparison ------------------------------------------------------------------------------------
-
-interface Cmp {
-  rel: number;
-  nonFinite: number;
-  worst: number;
-}
-function compare(got: Float32Array, ref: ArrayLike<number>): Cmp {
-  let maxErr = 0, maxRef = 0, nonFinite = 0, worst = -1;
-  for (let i = 0; i < ref.length; i++) {
-    const g = got[i], r = ref[i];
-    if (!Number.isFinite(g)) {
-      nonFinite++;
-      if (worst < 0) worst = i;
-      continue;
-    }
-    const e = Math.abs(g - r);
-    if (e > maxErr) {
-      maxErr = e;
-      worst = i;
-    }
-    maxRef = Math.max(maxRef, Math.abs(r));
-  }
-  return { rel: maxRef > 0 ? maxErr / maxRef : maxErr, nonFinite, worst };
-}
-function expectClose(label: string, got: Float32Array, ref: ArrayLike<number>, tol: number): void {
-  expect(got.length, `${label}: length`).toBe(ref.length);
-  if (tol === 0) return expectExact(label, got, ref);
-  const c = compare(got, ref);
-  const w = c.worst;
-  const msg = `rel=${c.rel.toExponential(2)} nonFinite=${c.nonFinite}` + (w >= 0 ? ` worst[${w}] got=${got[w]} ref=${ref[w]}` : '');
-  if (VERBOSE) console.log(`[ops_edit] ${label}: ${msg} (tol ${tol})`);
-  expect(c.nonFinite, `${label}: NaN/Inf (${msg})`).toBe(0);
-  expect(c.rel, `${label}: ${msg} > ${tol}`).toBeLessThanOrEqual(tol);
-}
-function expectExact(label: string, got: Float32Array, ref: ArrayLike<number>): void {
-  expect(got.length, `${label}: length`).toBe(ref.length);
-  for (let i = 0; i < ref.length; i++) {
-    const want = Math.fround(ref[i]);
-    if (!Object.is(got[i], want) && !(got[i] === 0 && want === 0)) expect.fail(`${label}: element ${i} is ${got[i]}, expected ${want} (exact)`);
-  }
-}
-function expectFinite(label: string, got: Float32Array): void {
-  for (let i = 0; i < got.length; i++) if (!Number.isFinite(got[i])) expect.fail(`${label}: element ${i} is ${got[i]}`);
-}
-
-// ---- runners -----------------------------------------------------------------------------------------
-
-function run(backend: Backend | string, op: string, args: Args): Record<string, Float32Array> {
-  const res = native().runOp(backend, op, args);
-  expect(res.guardOk, `${backend} ${op}: guard region overwritten (out-of-bounds write)`).toBe(true);
-  const out: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(res)) if (v instanceof Float32Array) out[k] = v;
-  return out;
-}
-function errCode(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code ?? 'NO_CODE';
-  }
-  return undefined;
-}
-
 // ---- the case table ---------------------------------------------------------------------------------
 
 interface Built {
@@ -606,7 +417,6 @@ interface Case {
   fd?: boolean; // build() returns a finite-difference check
   build: () => Built;
 }
-const DTYPES: DT[] = ['F32', 'F16', 'BF16'];
 
 function scatterCases(): Case[] {
   const out: Case[] = [];
@@ -1154,7 +964,7 @@ describe('editing ops: op table', () => {
     for (const op of Object.keys(CASES)) {
       let err: { code?: string; message?: string } = {};
       try {
-        native().runOp('cpu', op, {});
+        testing().runOp('cpu', op, {});
       } catch (e) {
         err = e as typeof err;
       }
@@ -1170,11 +980,7 @@ describe.each(cpuIsas())('editing ops: cpu backend (%s kernels) vs float64 refer
       for (const c of make()) {
         it(c.name, () => {
           const b = c.build();
-          const res = run(cpuBackend(isa), b.op, b.args);
-          for (const [k, r] of Object.entries(b.ref!())) {
-            expect(res[k], `output ${k}`).toBeInstanceOf(Float32Array);
-            expectClose(`cpu ${c.name} ${k}`, res[k], r, TOL_CPU[op]);
-          }
+          expectRef(`cpu ${c.name}`, cpuBackend(isa), b, b.ref!(), TOL_CPU[op]!);
         });
       }
     });
@@ -1311,24 +1117,24 @@ describe('ties_merge: exact semantics', () => {
 describe('editing ops: argument validation', () => {
   it('rejects bad arguments with ERR_INVALID_ARG', () => {
     const x = new Float32Array(6);
-    expect(errCode(() => native().runOp('cpu', 'scatter_add_rows', { D: 3, idx: Int32Array.of(1, 1), x, y: x }))).toBe('ERR_INVALID_ARG'); // repeated idx
-    expect(errCode(() => native().runOp('cpu', 'scatter_add_rows', { D: 3, idx: Int32Array.of(2), x: new Float32Array(3), y: x }))).toBe('ERR_INVALID_ARG'); // idx >= R
-    expect(errCode(() => native().runOp('cpu', 'linear_dx', { M: 2, N: 3, K: 2, dy: x, W: x, dx: x }))).toBe('ERR_INVALID_ARG'); // dx given, accumulate 0
-    expect(errCode(() => native().runOp('cpu', 'linear_dx', { M: 2, N: 3, K: 2, dy: x, W: x, accumulate: 1 }))).toBe('ERR_INVALID_ARG'); // dx missing
-    expect(errCode(() => native().runOp('cpu', 'cross_entropy', { R: 1, V: 6, logits: x, labels: Int32Array.of(6), weight: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'act_dist', { n: 1, nm: 1, D: 6, act: 3, os: x, om: x }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'attention_bwd', { B: 1, T: 1, Hq: 1, Hkv: 1, hd: 6, dout: x, q: x, kc: x, vc: x, pad: Int32Array.of(2) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'scatter_add_rows', { D: 3, idx: Int32Array.of(1, 1), x, y: x }))).toBe('ERR_INVALID_ARG'); // repeated idx
+    expect(errCode(() => testing().runOp('cpu', 'scatter_add_rows', { D: 3, idx: Int32Array.of(2), x: new Float32Array(3), y: x }))).toBe('ERR_INVALID_ARG'); // idx >= R
+    expect(errCode(() => testing().runOp('cpu', 'linear_dx', { M: 2, N: 3, K: 2, dy: x, W: x, dx: x }))).toBe('ERR_INVALID_ARG'); // dx given, accumulate 0
+    expect(errCode(() => testing().runOp('cpu', 'linear_dx', { M: 2, N: 3, K: 2, dy: x, W: x, accumulate: 1 }))).toBe('ERR_INVALID_ARG'); // dx missing
+    expect(errCode(() => testing().runOp('cpu', 'cross_entropy', { R: 1, V: 6, logits: x, labels: Int32Array.of(6), weight: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'act_dist', { n: 1, nm: 1, D: 6, act: 3, os: x, om: x }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'attention_bwd', { B: 1, T: 1, Hq: 1, Hkv: 1, hd: 6, dout: x, q: x, kc: x, vc: x, pad: Int32Array.of(2) }))).toBe('ERR_INVALID_ARG');
     const sgd = { M: 1, N: 2, K: 3, Wp: x, G: new Float32Array(2), A: new Float32Array(3), Wv: x, rho: 0.2, lr: 1, wd: 0, clamp: 0 };
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd }))).toBe('ERR_INVALID_ARG'); // no seed
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed: 2 ** 53 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed: 1.5 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed_lo: 1 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed: 1, seed_lo: 1, seed_hi: 0 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'masked_sgd', { ...sgd, seed_lo: 2 ** 32, seed_hi: 0 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd }))).toBe('ERR_INVALID_ARG'); // no seed
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed: 2 ** 53 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed: 1.5 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed_lo: 1 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed: 1, seed_lo: 1, seed_hi: 0 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'masked_sgd', { ...sgd, seed_lo: 2 ** 32, seed_hi: 0 }))).toBe('ERR_INVALID_ARG');
     const ties = { k: 2, base: new Float32Array(3), shards: x, weights: Float32Array.of(1, 1) };
-    expect(errCode(() => native().runOp('cpu', 'ties_merge', { ...ties, density: 1.5 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'ties_merge', { ...ties, density: 0.5, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'ties_merge', { ...ties, density: 0.5, alias: 2 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'ties_merge', { ...ties, density: 1.5 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'ties_merge', { ...ties, density: 0.5, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'ties_merge', { ...ties, density: 0.5, alias: 2 }))).toBe('ERR_INVALID_ARG');
   });
 });
 
@@ -1339,13 +1145,7 @@ describe.skipIf(!cudaAvailable)('editing ops: cuda backend vs cpu backend', () =
   for (const c of all) {
     it(c.name, () => {
       const b = c.build();
-      const cpu = run('cpu', b.op, b.args);
-      const gpu = run('cuda', b.op, b.args);
-      expect(Object.keys(gpu).sort()).toEqual(Object.keys(cpu).sort());
-      for (const k of Object.keys(cpu)) {
-        expectFinite(`cpu ${c.name} ${k}`, cpu[k]);
-        expectClose(`cuda ${c.name} ${k}`, gpu[k], cpu[k], TOL_CUDA[c.op]);
-      }
+      expectCudaMatchesCpu(c.name, { ...b, cpuFinite: true }, TOL_CUDA[c.op]!);
     });
   }
 
@@ -1377,8 +1177,8 @@ describe.skipIf(!cudaAvailable)('editing ops: cuda backend vs cpu backend', () =
 
   it('rejects bad arguments with ERR_INVALID_ARG and stays usable', () => {
     const x = new Float32Array(300);
-    expect(errCode(() => native().runOp('cuda', 'attention_bwd', { B: 1, T: 1, Hq: 1, Hkv: 1, hd: 300, dout: x, q: x, kc: x, vc: x, pad: Int32Array.of(0) }))).toBe('ERR_INVALID_ARG');
-    const r = native().runOp('cuda', 'swiglu_bwd', { dy: x, gate: x, up: x });
+    expect(errCode(() => testing().runOp('cuda', 'attention_bwd', { B: 1, T: 1, Hq: 1, Hkv: 1, hd: 300, dout: x, q: x, kc: x, vc: x, pad: Int32Array.of(0) }))).toBe('ERR_INVALID_ARG');
+    const r = testing().runOp('cuda', 'swiglu_bwd', { dy: x, gate: x, up: x });
     expect(r.guardOk).toBe(true);
   });
 });

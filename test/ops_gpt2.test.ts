@@ -1,4 +1,4 @@
-// GPT-2 family ops (backend.h "GPT-2 family ops" + their input gradients), through native().runOp:
+// GPT-2 family ops (backend.h "GPT-2 family ops" + their input gradients), through testing().runOp:
 //   layernorm, layernorm_bwd, gelu, gelu_bwd, add_bias.
 //
 //   (a) always (no GPU): each op on the CPU backend against a float64 reference written here, on several
@@ -7,14 +7,13 @@
 //       (the op's output must be the gradient of Σ dy·forward(x)). guardOk and no NaN/Inf on every call.
 //   (b) with a CUDA device: CUDA vs CPU on the same inputs (plus larger shapes).
 //
-// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i|.
+// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i|. Data, codecs, comparison and runners:
+// test/helpers/optest.ts.
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
-
-type Arg = Float32Array | Int32Array | Uint16Array | number | string;
-type Args = Record<string, Arg>;
-type DT = 'F32' | 'F16' | 'BF16';
+import { testing } from '../lib/testing.js';
+import { type Args, DTYPES, Rand, weight, fdGrad, dot, run as runOp, relErr } from './helpers/optest.js';
 
 const addonError = (() => {
   try {
@@ -35,77 +34,6 @@ const TOL_CPU = { layernorm: 1e-6, layernorm_bwd: 1e-6, gelu: 1e-6, gelu_bwd: 1e
 const TOL_FD = 1e-5;
 // CUDA vs CPU: the same double arithmetic; only the order of the row reductions differs (~1 ulp of f32).
 const TOL_CUDA = { layernorm: 1e-6, layernorm_bwd: 2e-6, gelu: 1e-7, gelu_bwd: 1e-7, add_bias: 0 };
-
-// ---- data ------------------------------------------------------------------------------------------
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-class Rand {
-  r: () => number;
-  constructor(seed: number) {
-    this.r = mulberry32(seed);
-  }
-  uniform(n: number, scale = 1, offset = 0): Float32Array {
-    const a = new Float32Array(n);
-    for (let i = 0; i < n; i++) a[i] = offset + scale * (2 * this.r() - 1);
-    return a;
-  }
-}
-const f32b = new Float32Array(1);
-const u32b = new Uint32Array(f32b.buffer);
-function bf16Encode(v: number): number {
-  f32b[0] = v;
-  const x = u32b[0]!;
-  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
-}
-function bf16Decode(b: number): number {
-  u32b[0] = (b & 0xffff) << 16;
-  return f32b[0]!;
-}
-function f16Decode(b: number): number {
-  const s = b & 0x8000 ? -1 : 1, e = (b >>> 10) & 0x1f, m = b & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
-/** Nearest f16 by search over the decoded table (small tensors only; exact RNE is not needed here). */
-const F16_TABLE = (() => {
-  const t: { v: number; b: number }[] = [];
-  for (let b = 0; b < 0x7c00; b++) t.push({ v: f16Decode(b), b });
-  return t;
-})();
-function f16Encode(v: number): number {
-  const a = Math.abs(v);
-  let lo = 0, hi = F16_TABLE.length - 1;
-  while (hi - lo > 1) {
-    const mid = (lo + hi) >> 1;
-    if (F16_TABLE[mid]!.v <= a) lo = mid;
-    else hi = mid;
-  }
-  const b = a - F16_TABLE[lo]!.v <= F16_TABLE[hi]!.v - a ? F16_TABLE[lo]!.b : F16_TABLE[hi]!.b;
-  return v < 0 ? b | 0x8000 : b;
-}
-function weight(r: Rand, dt: DT, n: number, scale: number, offset: number): { arg: Float32Array | Uint16Array; vals: Float64Array } {
-  const f = r.uniform(n, scale, offset);
-  const vals = new Float64Array(n);
-  if (dt === 'F32') {
-    for (let i = 0; i < n; i++) vals[i] = f[i]!;
-    return { arg: f, vals };
-  }
-  const bits = new Uint16Array(n);
-  for (let i = 0; i < n; i++) {
-    bits[i] = dt === 'F16' ? f16Encode(f[i]!) : bf16Encode(f[i]!);
-    vals[i] = dt === 'F16' ? f16Decode(bits[i]!) : bf16Decode(bits[i]!);
-  }
-  return { arg: bits, vals };
-}
 
 // ---- float64 references ------------------------------------------------------------------------------
 const GELU_K = 0.7978845608028654;
@@ -152,48 +80,9 @@ function refLayernormBwd(dy: Float32Array, x: Float32Array, w: Float64Array, dx0
   }
   return dx;
 }
-function fdGrad(f: (x: Float64Array) => number, x0: ArrayLike<number>): Float64Array {
-  const x = Float64Array.from(x0 as ArrayLike<number>);
-  const g = new Float64Array(x.length);
-  for (let i = 0; i < x.length; i++) {
-    const h = 1e-6 * Math.max(1, Math.abs(x[i]!));
-    const v = x[i]!;
-    x[i] = v + h;
-    const fp = f(x);
-    x[i] = v - h;
-    const fm = f(x);
-    x[i] = v;
-    g[i] = (fp - fm) / (2 * h);
-  }
-  return g;
-}
-function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
-  return s;
-}
-
 // ---- running ---------------------------------------------------------------------------------------
-function run(backend: 'cpu' | 'cuda', op: string, args: Args): Record<string, Float32Array> {
-  const r = native().runOp(backend, op, args);
-  expect(r.guardOk, `${op} on ${backend}: guard bytes around an output were overwritten`).toBe(true);
-  const out: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(r)) {
-    if (v instanceof Float32Array) {
-      for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i]!)) throw new Error(`${op} on ${backend}: output ${k}[${i}] = ${v[i]}`);
-      out[k] = v;
-    }
-  }
-  return out;
-}
-function rel(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num = Math.max(num, Math.abs(got[i]! - want[i]!));
-    den = Math.max(den, Math.abs(want[i]!));
-  }
-  return den === 0 ? num : num / den;
-}
+const run = (backend: 'cpu' | 'cuda', op: string, args: Args): Record<string, Float32Array> => runOp(backend, op, args, { finite: true });
+const rel = relErr;
 
 interface Case {
   name: string;
@@ -206,7 +95,6 @@ interface Case {
   /** Whether the case is small enough for FD. */
 }
 
-const DTYPES: DT[] = ['F32', 'F16', 'BF16'];
 
 function lnCases(big: boolean): Case[] {
   const out: Case[] = [];
@@ -318,7 +206,7 @@ describe.skipIf(!haveAddon)('GPT-2 ops on the CPU backend vs float64 references'
   });
 
   it('bad arguments are refused with ERR_INVALID_ARG', () => {
-    const call = (op: string, args: Args) => () => native().runOp('cpu', op, args);
+    const call = (op: string, args: Args) => () => testing().runOp('cpu', op, args);
     expect(call('layernorm', { x: new Float32Array(4), w: new Float32Array(3), M: 1, D: 4, eps: 1e-5 })).toThrow(/'w' has 3 elements, expected 4/);
     expect(call('layernorm', { x: new Float32Array(4), w: new Float32Array(4), b: new Float32Array(2), M: 1, D: 4, eps: 1e-5 })).toThrow(/'b' has 2 elements/);
     expect(call('add_bias', { y: new Float32Array(6), b: new Float32Array(4), M: 2, N: 3 })).toThrow(/'b' has 4 elements/);

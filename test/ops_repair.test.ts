@@ -1,4 +1,4 @@
-// REPAIR-kernel tests (backend.h "REPAIR kernels": kd_loss, kl_distill, loss_aware_merge), through native().runOp.
+// REPAIR-kernel tests (backend.h "REPAIR kernels": kd_loss, kl_distill, loss_aware_merge), through testing().runOp.
 //
 //   (a) always (no GPU), CPU backend:
 //       kd_loss           vs a float64 reference of Eq. 4 as written in backend.h / ALGORITHM.md §2.5
@@ -24,17 +24,14 @@
 //       NaN/Inf; loss_aware_merge bit-identical, kd_loss within TOL_CUDA_KD, kl_distill within TOL_CUDA_KL
 //       (V up to 151936, the Qwen2.5 vocabulary) with untouched rows bit-identical.
 //
-// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i| (denominator 1 when the reference is all zero).
+// Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i| (denominator 1 when the reference is all zero); data,
+// codecs, comparison and runners: test/helpers/optest.ts.
 // Note (TOOLCHAIN pitfall 10): describe.skipIf still runs the describe body: all work happens inside `it`.
 import { describe, it, expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { testing } from '../lib/testing.js';
+import { type Args, type DT, DTYPES, VERBOSE, Rand, encodeWeight, expectClose, expectExact, expectFinite, run, errCode } from './helpers/optest.js';
 
-const VERBOSE = !!process.env.OPS_VERBOSE;
-
-type Arg = Float32Array | Int32Array | Uint16Array | number | string;
-type Args = Record<string, Arg>;
-type DT = 'F32' | 'F16' | 'BF16';
-type Backend = 'cpu' | 'cuda';
 
 // ---- tolerances ----------------------------------------------------------------------------------
 // kd_loss on the CPU is double throughout with one f32 rounding per output (the −λ/(b−1) coefficient is
@@ -50,142 +47,6 @@ const TOL_KL_CPU = 1e-6;
 // CUDA vs CPU for kl_distill: both double with the same exponents x = z·(1/T); only the summation order and
 // exp's last bit differ, then one f32 rounding each (expected ~1e-7; the bound leaves room).
 const TOL_CUDA_KL = 1e-5;
-
-// ---- seeded PRNG -----------------------------------------------------------------------------------
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function hashName(name: string): number {
-  let h = 2166136261;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
-  return h >>> 0;
-}
-class Rand {
-  r: () => number;
-  constructor(name: string) {
-    this.r = mulberry32(hashName(name));
-  }
-  u(scale = 1): number {
-    return scale * (2 * this.r() - 1);
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.r() * (hi - lo + 1));
-  }
-}
-
-// ---- f16 / bf16 (exact decode; round-to-nearest-even encode) ------------------------------------------
-
-const f32b = new Float32Array(1);
-const u32b = new Uint32Array(f32b.buffer);
-function bf16Decode(b: number): number {
-  u32b[0] = (b & 0xffff) << 16;
-  return f32b[0];
-}
-function bf16Encode(v: number): number {
-  f32b[0] = v;
-  const x = u32b[0];
-  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
-}
-function f16Decode(b: number): number {
-  const s = b & 0x8000 ? -1 : 1, e = (b >>> 10) & 0x1f, m = b & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
-/** x >= 0 rounded to an integer, ties to even. */
-function rne(x: number): number {
-  const f = Math.floor(x), d = x - f;
-  return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
-}
-/** Round-to-nearest-even f16 encode of a finite f32 value with |v| < 65504 (subnormals included). */
-function f16Encode(v: number): number {
-  const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
-  const a = Math.abs(v);
-  if (a < 2 ** -14) return sign | rne(a / 2 ** -24); // subnormal (a result of 0x400 is the smallest normal)
-  let e = Math.floor(Math.log2(a));
-  if (2 ** e > a) e--;
-  if (2 ** (e + 1) <= a) e++;
-  let m = rne((a / 2 ** e - 1) * 1024); // exact: a power-of-two division, then an exact subtraction
-  let ee = e + 15;
-  if (m === 1024) {
-    m = 0;
-    ee++;
-  }
-  return sign | (ee << 10) | m;
-}
-function encodeBase(f: Float64Array, dt: DT): { arg: Float32Array | Uint16Array; vals: Float64Array } {
-  const n = f.length, vals = new Float64Array(n);
-  if (dt === 'F32') {
-    const a = Float32Array.from(f);
-    for (let i = 0; i < n; i++) vals[i] = a[i];
-    return { arg: a, vals };
-  }
-  const bits = new Uint16Array(n);
-  for (let i = 0; i < n; i++) {
-    bits[i] = dt === 'F16' ? f16Encode(Math.fround(f[i])) : bf16Encode(f[i]);
-    vals[i] = dt === 'F16' ? f16Decode(bits[i]) : bf16Decode(bits[i]);
-  }
-  return { arg: bits, vals };
-}
-
-// ---- comparison ------------------------------------------------------------------------------------
-
-function expectClose(label: string, got: Float32Array, ref: ArrayLike<number>, tol: number): void {
-  expect(got.length, `${label}: length`).toBe(ref.length);
-  let maxErr = 0, maxRef = 0, nonFinite = 0, worst = -1;
-  for (let i = 0; i < ref.length; i++) {
-    if (!Number.isFinite(got[i])) {
-      nonFinite++;
-      if (worst < 0) worst = i;
-      continue;
-    }
-    const e = Math.abs(got[i] - ref[i]);
-    if (e > maxErr) {
-      maxErr = e;
-      worst = i;
-    }
-    maxRef = Math.max(maxRef, Math.abs(ref[i]));
-  }
-  const rel = maxErr / (maxRef > 0 ? maxRef : 1);
-  const msg = `rel=${rel.toExponential(2)} nonFinite=${nonFinite}` + (worst >= 0 ? ` worst[${worst}] got=${got[worst]} ref=${ref[worst]}` : '');
-  if (VERBOSE) console.log(`[ops_repair] ${label}: ${msg} (tol ${tol})`);
-  expect(nonFinite, `${label}: NaN/Inf (${msg})`).toBe(0);
-  expect(rel, `${label}: ${msg} > ${tol}`).toBeLessThanOrEqual(tol);
-}
-function expectExact(label: string, got: Float32Array, ref: ArrayLike<number>): void {
-  expect(got.length, `${label}: length`).toBe(ref.length);
-  for (let i = 0; i < ref.length; i++) {
-    const want = Math.fround(ref[i]);
-    if (!Object.is(got[i], want) && !(got[i] === 0 && want === 0)) expect.fail(`${label}: element ${i} is ${got[i]}, expected ${want} (exact)`);
-  }
-}
-function expectFinite(label: string, got: Float32Array): void {
-  for (let i = 0; i < got.length; i++) if (!Number.isFinite(got[i])) expect.fail(`${label}: element ${i} is ${got[i]}`);
-}
-
-function run(backend: Backend, op: string, args: Args): Record<string, Float32Array> {
-  const res = native().runOp(backend, op, args);
-  expect(res.guardOk, `${backend} ${op}: guard region overwritten (out-of-bounds write)`).toBe(true);
-  const out: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(res)) if (v instanceof Float32Array) out[k] = v;
-  return out;
-}
-function errCode(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (e) {
-    return (e as { code?: string }).code ?? 'NO_CODE';
-  }
-  return undefined;
-}
 
 // ---- kd_loss: float64 reference of Eq. 4 ---------------------------------------------------------------
 
@@ -492,7 +353,7 @@ function mergeBuild(c: MergeCase): { args: Args; base: Float64Array; shards: Flo
   const r = new Rand(c.name);
   const f = new Float64Array(c.n);
   for (let p = 0; p < c.n; p++) f[p] = c.quant ? Math.round(r.u(0.5) * 256) / 256 : r.u(0.5);
-  const b = encodeBase(f, c.dt);
+  const b = encodeWeight(f, c.dt);
   const w = c.weights ? Float32Array.from(c.weights) : softmaxWeights(Array.from({ length: c.k }, () => 0.2 + 3 * r.r()), 1.5);
   const shards: Float32Array[] = [];
   for (let i = 0; i < c.k; i++) shards.push(c.make(r, b.vals, i));
@@ -524,7 +385,6 @@ const quantShard = (nz: number, levels: number) => (r: Rand, base: Float64Array)
   }
   return a;
 };
-const DTYPES: DT[] = ['F32', 'F16', 'BF16'];
 function mergeCases(): MergeCase[] {
   const out: MergeCase[] = [];
   for (const dt of DTYPES)
@@ -561,7 +421,7 @@ describe('repair ops: op table and arguments', () => {
     for (const op of ['kd_loss', 'loss_aware_merge']) {
       let err: { code?: string; message?: string } = {};
       try {
-        native().runOp('cpu', op, {});
+        testing().runOp('cpu', op, {});
       } catch (e) {
         err = e as typeof err;
       }
@@ -573,16 +433,16 @@ describe('repair ops: op table and arguments', () => {
   it('rejects bad arguments with ERR_INVALID_ARG', () => {
     const feat = new Float32Array(6);
     const kd = { feat, b: 2, D: 3, lambda: 0.2, theta: 0.1 };
-    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, b: 1, D: 6 }))).toBe('ERR_INVALID_ARG'); // b < 2
-    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, D: 4 }))).toBe('ERR_INVALID_ARG'); // length
-    expect(errCode(() => native().runOp('cpu', 'kd_loss', { feat, b: 2, D: 3, lambda: 0.2 }))).toBe('ERR_INVALID_ARG'); // theta
-    expect(errCode(() => native().runOp('cpu', 'kd_loss', { ...kd, theta: NaN }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'kd_loss', { ...kd, b: 1, D: 6 }))).toBe('ERR_INVALID_ARG'); // b < 2
+    expect(errCode(() => testing().runOp('cpu', 'kd_loss', { ...kd, D: 4 }))).toBe('ERR_INVALID_ARG'); // length
+    expect(errCode(() => testing().runOp('cpu', 'kd_loss', { feat, b: 2, D: 3, lambda: 0.2 }))).toBe('ERR_INVALID_ARG'); // theta
+    expect(errCode(() => testing().runOp('cpu', 'kd_loss', { ...kd, theta: NaN }))).toBe('ERR_INVALID_ARG');
     const m = { k: 2, base: new Float32Array(3), shards: feat, weights: Float32Array.of(0.5, 0.5) };
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, weights: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, alias: 2 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, n: 4 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cpu', 'loss_aware_merge', { ...m, dtype: 'F16' }))).toBe('ERR_INVALID_ARG'); // f32 base, F16 dtype
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, shards: new Float32Array(5) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, weights: Float32Array.of(1) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, alias: 2 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, n: 4 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cpu', 'loss_aware_merge', { ...m, dtype: 'F16' }))).toBe('ERR_INVALID_ARG'); // f32 base, F16 dtype
     expect(run('cpu', 'loss_aware_merge', { ...m, n: 3 }).out.length).toBe(3);
   });
 });
@@ -658,7 +518,7 @@ describe('kl_distill: cpu backend vs float64 reference (Eq. 4, logit term)', () 
   it('runOp knows kl_distill', () => {
     let err: { code?: string; message?: string } = {};
     try {
-      native().runOp('cpu', 'kl_distill', {});
+      testing().runOp('cpu', 'kl_distill', {});
     } catch (e) {
       err = e as typeof err;
     }
@@ -714,7 +574,7 @@ describe('kl_distill: cpu backend vs float64 reference (Eq. 4, logit term)', () 
 
   it('a NaN logit reaches the loss and the gradient (never dropped as a 0·log 0 term)', () => {
     const logits = Float32Array.of(0, 1, 2, 0, NaN, 2);
-    const res = native().runOp('cpu', 'kl_distill', { logits, student: Int32Array.of(1), teacher: Int32Array.of(0), w: Float32Array.of(1), rows: 2, V: 3, P: 1, T: 2 });
+    const res = testing().runOp('cpu', 'kl_distill', { logits, student: Int32Array.of(1), teacher: Int32Array.of(0), w: Float32Array.of(1), rows: 2, V: 3, P: 1, T: 2 });
     expect(res.guardOk).toBe(true);
     expect(Number.isNaN(res.loss[0])).toBe(true);
     expect(Number.isNaN(res.dlogits[3])).toBe(true);
@@ -770,7 +630,7 @@ describe('kl_distill: cpu backend vs float64 reference (Eq. 4, logit term)', () 
       ['student as Float32Array', { ...ok, student: Float32Array.of(1, 2) }],
       ['P = 0 with non-empty arrays', { ...ok, P: 0 }],
     ];
-    for (const [label, args] of bad) expect(errCode(() => native().runOp('cpu', 'kl_distill', args)), label).toBe('ERR_INVALID_ARG');
+    for (const [label, args] of bad) expect(errCode(() => testing().runOp('cpu', 'kl_distill', args)), label).toBe('ERR_INVALID_ARG');
   });
 });
 
@@ -922,15 +782,15 @@ describe.skipIf(!cudaAvailable)('repair ops: cuda backend vs cpu backend', () =>
     expect(res.loss.length).toBe(0);
     expect(Array.from(res.dlogits)).toEqual(Array.from(g0));
     const ok = { logits: new Float32Array(12), student: Int32Array.of(1, 2), teacher: Int32Array.of(0, 0), w: Float32Array.of(1, 1), rows: 3, V: 4, P: 2, T: 2 };
-    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, T: 0 }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, student: Int32Array.of(2, 2) }))).toBe('ERR_INVALID_ARG');
-    expect(errCode(() => native().runOp('cuda', 'kl_distill', { ...ok, teacher: Int32Array.of(0, 9) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'kl_distill', { ...ok, T: 0 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'kl_distill', { ...ok, student: Int32Array.of(2, 2) }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'kl_distill', { ...ok, teacher: Int32Array.of(0, 9) }))).toBe('ERR_INVALID_ARG');
     const r = run('cuda', 'kl_distill', ok);
     expect(Array.from(r.loss)).toEqual([0, 0]); // all-zero logits: identical rows
   });
 
   it('rejects bad arguments with ERR_INVALID_ARG and stays usable', () => {
-    expect(errCode(() => native().runOp('cuda', 'kd_loss', { feat: new Float32Array(5), b: 1, D: 5, lambda: 1, theta: 1 }))).toBe('ERR_INVALID_ARG');
+    expect(errCode(() => testing().runOp('cuda', 'kd_loss', { feat: new Float32Array(5), b: 1, D: 5, lambda: 1, theta: 1 }))).toBe('ERR_INVALID_ARG');
     const r = run('cuda', 'kd_loss', { feat: Float32Array.of(1, 2, 3, 4), b: 2, D: 2, lambda: 1, theta: 1 });
     expectFinite('kd after error', r.out);
   });

@@ -1,8 +1,10 @@
-// backward.cpp — CPU reference for the suffix backward: input gradients of linear, RMSNorm, RoPE,
-// attention (GQA, causal, left padding), SwiGLU, and the cross-entropy loss at label rows.
+// backward.cpp — CPU reference for the suffix backward (twin: cuda/backward.cu): input gradients of gather_rows
+// (scatter_add_rows), linear (linear_dx, on the packed GEMM of matmul.cpp), RMSNorm, RoPE, attention (GQA, causal,
+// left padding), SwiGLU, and the cross-entropy loss at label rows.
 // No weight gradient is formed here (the side memory's is fused into masked_sgd, cpu/wise.cpp).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "cpu/cpu_backend.h"
@@ -30,7 +32,7 @@ void CpuBackend::rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightR
 void CpuBackend::rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int hd) {
   const int half = hd / 2;
   std::lock_guard<std::mutex> lk(rope_mu_);
-  const float* cs = rope_table(pos, inv_freq, n_tok, half);  // cpu/ops.cpp
+  const float* cs = rope_table(pos, inv_freq, n_tok, half);  // cpu/rope.cpp
   pool_.parallel_for(n_tok, [&](int t) {
     const float* cr = cs + (size_t)t * half * 2;
     const float* sr = cr + half;
@@ -89,6 +91,24 @@ void CpuBackend::cross_entropy(float* loss, float* dlogits, const float* logits,
     }
     k_->ce_row(loss + r, g, logits + (size_t)r * V, y, V, weight[r]);
   }, (double)R * V * 20);
+}
+
+// dx[M,K] (+)= dy[M,N] · W[N,K]: the packed GEMM with W read along its rows (reduction over N).
+void CpuBackend::linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) {
+  const PackFn pack = [&](float* wp, int n0, int nb, int k0, int kc) { gemm_pack_rows(wp, k_->gemm_nr, W, (size_t)K, n0, nb, k0, kc); };
+  const float* bp = W.frozen ? packed_b(W.p, 1, K, N, pack) : nullptr;
+  gemm_packed(M, K, N, dy, (size_t)N, pack,
+              [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
+                for (int i = 0; i < mb; ++i) {
+                  float* o = dx + (size_t)(m0 + i) * K + n0;
+                  const float* t = tile + (size_t)i * ldt;
+                  if (accumulate)
+                    for (int j = 0; j < nb; ++j) o[j] += t[j];
+                  else
+                    std::memcpy(o, t, (size_t)nb * 4);
+                }
+              },
+              false, bp);
 }
 
 }  // namespace re

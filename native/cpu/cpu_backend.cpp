@@ -1,4 +1,5 @@
-// cpu_backend.cpp — CPU backend memory management and dtype conversions.
+// cpu_backend.cpp — the CPU backend object (twin: cuda/cuda_backend.cu): memory management, dtype conversions.
+// Its ops live in the file ops.def names for each (norm.cpp, rope.cpp, attention.cpp, ...).
 #include "cpu/cpu_backend.h"
 
 #include <cstdlib>

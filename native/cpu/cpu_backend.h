@@ -44,6 +44,12 @@ inline float weight_at(WeightRef w, size_t i) {
 // dst[0..n) = weight elements [off, off+n) as f32.
 void weight_row_to_f32(float* dst, WeightRef w, size_t off, size_t n);
 
+// The packed GEMM's output tile width (columns handed to an epilogue at once, cpu/matmul.cpp).
+constexpr int kGemmTileN = 128;
+// Pack B[k][j] = src[(k0 + k)·ld + n0 + j] for gemm_packed (a row-major operand read along its rows) as
+// [ceil(nb/nr)][kc][nr] f32, zero-filled past nb (cpu/matmul.cpp; linear_dx and masked_sgd pack with it).
+void gemm_pack_rows(float* dst, int nr, WeightRef src, size_t ld, int n0, int nb, int k0, int kc);
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend(int nthreads, const std::string& isa);
@@ -61,49 +67,15 @@ class CpuBackend final : public Backend {
   size_t bytes_in_use() const override { return in_use_.load(); }
   size_t peak_bytes() const override { return peak_.load(); }
   void reset_peak() override { peak_ = in_use_.load(); }
+  uint64_t fnv1a64(const void* src, size_t bytes, uint64_t h) override {  // in place: host memory
+    const uint8_t* p = static_cast<const uint8_t*>(src);
+    for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+  }
 
-  void linear(float* y, const float* x, WeightRef W, WeightRef bias, int M, int N, int K, bool accumulate) override;
-  void rmsnorm(float* y, const float* x, WeightRef w, int M, int D, float eps) override;
-  void embedding(float* y, const int32_t* ids, WeightRef table, int n, int D) override;
-  void rope(float* x, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override;
-  void kv_store(float* kc, float* vc, const float* k, const float* v, int B, int Tn, int Hkv, int hd, int S, int P) override;
-  void attention(float* out, const float* q, const float* kc, const float* vc, const int32_t* pad, int B, int Tn,
-                 int Hq, int Hkv, int hd, int S, int P, float scale) override;
-  void swiglu(float* y, const float* gate, const float* up, size_t n) override;
-  void add(float* y, const float* a, const float* b, size_t n) override;
-  void gather_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;
-  // GPT-2 family ops (cpu/gpt2.cpp)
-  void layernorm(float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) override;
-  void gelu(float* y, const float* x, size_t n) override;
-  void add_bias(float* y, WeightRef b, int M, int N) override;
-  void layernorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
-                     bool accumulate) override;
-  void gelu_bwd(float* dx, const float* dy, const float* x, size_t n) override;
-
-  // editing ops (cpu/backward.cpp, cpu/wise.cpp)
-  void scatter_add_rows(float* y, const float* x, const int32_t* idx, int n, int D) override;
-  void linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) override;
-  void rmsnorm_bwd(float* dx, const float* dy, const float* x, WeightRef w, int M, int D, float eps,
-                   bool accumulate) override;
-  void rope_bwd(float* dx, const int32_t* pos, const float* inv_freq, int n_tok, int n_head, int head_dim) override;
-  void attention_bwd(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* kc,
-                     const float* vc, const int32_t* pad, int B, int T, int Hq, int Hkv, int hd, float scale) override;
-  void swiglu_bwd(float* dgate, float* dup, const float* dy, const float* gate, const float* up, size_t n) override;
-  void cross_entropy(float* loss, float* dlogits, const float* logits, const int32_t* labels, const float* weight,
-                     int R, int V) override;
-  void act_dist(float* d, const float* os, const float* om, int n, int nm, int D, int act) override;
-  void act_dist_bwd(float* dos, const float* gd, const float* os, const float* om, int n, int D, int act,
-                    bool accumulate) override;
-  void masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K, uint64_t seed,
-                  float rho, float lr, float wd, float clamp) override;
-  void ties_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k, size_t n,
-                  float density) override;
-
-  void kd_loss(float* out, float* dfeat, const float* feat, int b, int D, float lambda, float theta) override;
-  void kl_distill(float* loss, float* dlogits, const float* logits, const int32_t* student, const int32_t* teacher,
-                  const float* w, int P, int V, float T) override;
-  void loss_aware_merge(float* out, WeightRef base, const float* const* shards, const float* weights, int k,
-                        size_t n) override;
+  // every op of ops.def, defined in native/cpu/<file>.cpp (the file named in its line)
+#define RE_OP(name, file, params, args) void name params override;
+#include "ops.def"
 
   ThreadPool& pool() { return pool_; }
 
@@ -132,7 +104,7 @@ class CpuBackend final : public Backend {
   };
   HugeBuf pa_, pb_;
   // masked_sgd's keep mask for the last (seed, ρ, shape): drawn once per edit, not once per step.
-  // RoPE cos/sin tables for the last (pos, inv_freq) seen (cpu/ops.cpp).
+  // RoPE cos/sin tables for the last (pos, inv_freq) seen (cpu/rope.cpp).
   const float* rope_table(const int32_t* pos, const float* inv_freq, int n_tok, int half);
   std::mutex rope_mu_;
   std::vector<int32_t> rope_pos_;

@@ -6,20 +6,11 @@
 #include <cmath>
 #include <vector>
 
+#include "activation.h"
 #include "cpu/cpu_backend.h"
 
 namespace re {
 
-namespace {
-constexpr double kGeluC = 0.7978845608028654;  // sqrt(2/pi)
-constexpr double kGeluA = 0.044715;
-
-inline double gelu_d(double x) { return 0.5 * x * (1.0 + std::tanh(kGeluC * (x + kGeluA * x * x * x))); }
-inline double gelu_grad_d(double x) {
-  const double t = std::tanh(kGeluC * (x + kGeluA * x * x * x));
-  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * kGeluC * (1.0 + 3.0 * kGeluA * x * x);
-}
-}  // namespace
 
 void CpuBackend::layernorm(float* y, const float* x, WeightRef w, WeightRef b, int M, int D, float eps) {
   std::vector<float> wf(D), bf(D, 0.0f);
@@ -80,7 +71,7 @@ void CpuBackend::gelu(float* y, const float* x, size_t n) {
   const size_t chunk = 4096;
   pool_.parallel_for(chunk_count(n, chunk), [&](int c) {
     const size_t i1 = std::min(n, (size_t)(c + 1) * chunk);
-    for (size_t i = (size_t)c * chunk; i < i1; ++i) y[i] = (float)gelu_d((double)x[i]);
+    for (size_t i = (size_t)c * chunk; i < i1; ++i) y[i] = (float)act::gelu((double)x[i]);
   }, (double)n * 30);
 }
 
@@ -88,7 +79,7 @@ void CpuBackend::gelu_bwd(float* dx, const float* dy, const float* x, size_t n) 
   const size_t chunk = 4096;
   pool_.parallel_for(chunk_count(n, chunk), [&](int c) {
     const size_t i1 = std::min(n, (size_t)(c + 1) * chunk);
-    for (size_t i = (size_t)c * chunk; i < i1; ++i) dx[i] = (float)((double)dy[i] * gelu_grad_d((double)x[i]));
+    for (size_t i = (size_t)c * chunk; i < i1; ++i) dx[i] = (float)((double)dy[i] * act::gelu_grad((double)x[i]));
   }, (double)n * 40);
 }
 

@@ -24,7 +24,7 @@ struct CpuKernels {
   int vec_bits;      // SIMD register width the kernels use: 128 / 256 / 512
   int gemm_mr, gemm_nr;  // packed-GEMM micro-tile (rows of X × columns of one packed panel)
 
-  // GEMM micro-kernels (cpu/matmul.cpp):
+  // GEMM micro-kernels (cpu/matmul.cpp's packed GEMM, behind linear, linear_dx and masked_sgd):
   // tile[i*ldt + j] += Σ_k xp[i/mr][k][i%mr] · wp[j/nr][k][j%nr]   for i < mb, j < nv·nr, k < kc
   // (X and W both packed: X as [ceil(mb/mr)][kc][mr], W as [nv][kc][nr], zero-filled past the edges)
   void (*gemm_block)(const float* xp, int mb, const float* wp, int nv, int kc, float* tile, int ldt);
@@ -32,7 +32,7 @@ struct CpuKernels {
   void (*dot_block)(const float* x, size_t ldx, int mb, const float* w, size_t ldw, int nb, int L, float* tile,
                     int ldt);
 
-  // Elementwise (cpu/ops.cpp, cpu/backward.cpp): y = silu(g)·u and its input gradients, over n elements.
+  // Elementwise (cpu/elementwise.cpp, cpu/backward.cpp): y = silu(g)·u and its input gradients, over n elements.
   void (*swiglu)(float* y, const float* g, const float* u, size_t n);
   void (*swiglu_bwd)(float* dg, float* du, const float* dy, const float* g, const float* u, size_t n);
 

@@ -1,4 +1,5 @@
-// matmul.cpp — CPU linear: y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias[N]), W in F32/F16/BF16.
+// matmul.cpp — CPU linear: y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias[N]), W in F32/F16/BF16 (twin: cuda/matmul.cu), and
+// the packed GEMM (gemm_packed, packed_b) that linear_dx (backward.cpp) and masked_sgd (wise.cpp) also run on.
 //
 // Two paths, both split into output tiles across the thread pool:
 //  - GEMM (M >= 8): BLIS-style. A 64-row slab of W is packed (and widened from f16/bf16) into
@@ -24,7 +25,7 @@ namespace re {
 namespace {
 
 constexpr int MB = 64, NB = 64, KC = 512;          // dot path tiles
-constexpr int PMB = 96, PNB = 128, PKC = 256;      // packed GEMM tiles (PMB multiple of 6, PNB of PG)
+constexpr int PMB = 96, PNB = kGemmTileN, PKC = 256;  // packed GEMM tiles (PMB multiple of 6, PNB of PG)
 constexpr int PG = 64;                             // columns of B packed per pack() call (a multiple of every nr)
 
 // Pack W rows [n0, n0+nb) × cols [k0, k0+kc) as [ceil(nb/nr)][kc][nr] f32 (zero-filled past nb).
@@ -46,9 +47,11 @@ void pack_w(float* dst, int nr, WeightRef W, int K, int n0, int nb, int k0, int 
     }
 }
 
+}  // namespace
+
 // Pack B[k][j] = src[(k0 + k)·ld + n0 + j] (a row-major [K, N] operand read along its rows) as
 // [ceil(nb/nr)][kc][nr] f32, zero-filled past nb. Used when the reduction index is the row index.
-void pack_rows(float* dst, int nr, WeightRef src, size_t ld, int n0, int nb, int k0, int kc) {
+void gemm_pack_rows(float* dst, int nr, WeightRef src, size_t ld, int n0, int nb, int k0, int kc) {
   const int nv = (nb + nr - 1) / nr;
   float row[PG];
   for (int k = 0; k < kc; ++k) {
@@ -63,6 +66,8 @@ void pack_rows(float* dst, int nr, WeightRef src, size_t ld, int n0, int nb, int
     }
   }
 }
+
+namespace {
 
 // Pack X rows [0, mb) × cols [0, kc) as [ceil(mb/mr)][kc][mr], zero-filled past mb. X is row-major with
 // row stride ldx, or (trans) stored transposed: X[i][k] = x[k·ldx + i] (masked_sgd's Gᵀ, never formed).
@@ -294,73 +299,6 @@ void CpuBackend::linear(float* y, const float* x, WeightRef W, WeightRef bias, i
       }
     }
   }, (double)M * N * K);
-}
-
-}  // namespace re
-
-namespace re {
-
-// dx[M,K] (+)= dy[M,N] · W[N,K]: the packed GEMM with W read along its rows (reduction over N).
-void CpuBackend::linear_dx(float* dx, const float* dy, WeightRef W, int M, int N, int K, bool accumulate) {
-  const PackFn pack = [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, k_->gemm_nr, W, (size_t)K, n0, nb, k0, kc); };
-  const float* bp = W.frozen ? packed_b(W.p, 1, K, N, pack) : nullptr;
-  gemm_packed(M, K, N, dy, (size_t)N, pack,
-              [&](const float* tile, int ldt, int m0, int mb, int n0, int nb) {
-                for (int i = 0; i < mb; ++i) {
-                  float* o = dx + (size_t)(m0 + i) * K + n0;
-                  const float* t = tile + (size_t)i * ldt;
-                  if (accumulate)
-                    for (int j = 0; j < nb; ++j) o[j] += t[j];
-                  else
-                    std::memcpy(o, t, (size_t)nb * 4);
-                }
-              },
-              false, bp);
-}
-
-// W' ← clamp(W' − lr·(keep ⊙ Gᵀ·A + wd·W'), Wv ± c), one (96 × 64) tile of Gᵀ·A at a time: the tile is
-// applied in the epilogue and never stored whole.
-// W' ← clamp(W' − lr·(keep ⊙ Gᵀ·A + wd·W'), Wv ± c), one (96 × 128) tile of Gᵀ·A at a time: the tile is
-// applied in the epilogue and never stored whole; Gᵀ is read transposed while packing, never formed.
-// The keep mask depends only on (seed, ρ, shape), so it is drawn once and reused by every step of an edit.
-void CpuBackend::masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K, uint64_t seed,
-                            float rho, float lr, float wd, float clamp) {
-  std::lock_guard<std::mutex> lk(mask_mu_);  // held for the call: the mask is read in the epilogue
-  const uint8_t* keep = nullptr;
-  if (rho < 1.0f) {
-    const size_t n = (size_t)N * K;
-    if (!(mask_seed_ == seed && mask_rho_ == rho && mask_.size() == n && mask_n_ == N)) {
-      mask_.resize(n);
-      const int chunk = 8192;
-      pool_.parallel_for((int)((n + chunk - 1) / chunk), [&](int c) {
-        const size_t p0 = (size_t)c * chunk, p1 = std::min(n, p0 + chunk);
-        for (size_t p = p0; p < p1; ++p) mask_[p] = philox_keep(seed, p, rho) ? 1 : 0;
-      }, (double)n * 40);
-      mask_seed_ = seed;
-      mask_rho_ = rho;
-      mask_n_ = N;
-    }
-    keep = mask_.data();
-  }
-  gemm_packed(N, K, M, G, (size_t)N,
-              [&](float* wp, int n0, int nb, int k0, int kc) { pack_rows(wp, k_->gemm_nr, WeightRef{A, DType::F32}, (size_t)K, n0, nb, k0, kc); },
-              [&](const float* tile, int ldt, int r0, int rb, int c0, int cb) {
-                float base[PNB];
-                for (int i = 0; i < rb; ++i) {
-                  const int nrow = r0 + i;
-                  float* w = Wp + (size_t)nrow * K + c0;
-                  const float* g = tile + (size_t)i * ldt;
-                  const uint8_t* kr = keep ? keep + (size_t)nrow * K + c0 : nullptr;
-                  if (clamp > 0) weight_row_to_f32(base, Wv, (size_t)nrow * K + c0, cb);
-                  for (int j = 0; j < cb; ++j) {
-                    const float kp = kr ? (float)kr[j] : 1.0f;
-                    float v = w[j] - lr * (kp * g[j] + wd * w[j]);
-                    if (clamp > 0) v = std::min(std::max(v, base[j] - clamp), base[j] + clamp);
-                    w[j] = v;
-                  }
-                }
-              },
-              /*x_trans=*/true);
 }
 
 }  // namespace re

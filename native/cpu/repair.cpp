@@ -1,4 +1,4 @@
-// repair.cpp — CPU reference for the REPAIR kernels: the intra-batch distillation loss (Eq. 4) with its
+// repair.cpp — CPU reference for the REPAIR kernels (twin: cuda/repair.cu): the intra-batch distillation loss (Eq. 4) with its
 // gradient to the pooled features, the optional logit-KL term of Eq. 4 (kl_distill: KL(softmax(teacher/T) ‖
 // softmax(student/T)) over row pairs of a logits matrix, with its gradient to the student rows), and the
 // loss-aware merge rule of Alg. 4.

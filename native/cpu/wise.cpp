@@ -1,5 +1,6 @@
-// wise.cpp — CPU reference for the WISE kernels: activation-score distances (routing) and their
-// gradient, the fused masked SGD step of a side memory, and the TIES merge.
+// wise.cpp — CPU reference for the WISE kernels (twin: cuda/wise.cu): activation-score distances (routing) and
+// their gradient, the fused masked SGD step of a side memory (an epilogue of matmul.cpp's packed GEMM), and the
+// TIES merge.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -74,6 +75,49 @@ void CpuBackend::ties_merge(float* out, WeightRef base, const float* const* shar
       out[p] = (float)(b[p] + num / (den == 0 ? 1.0 : den));
     }
   }, (double)n * k * 4);
+}
+
+// W' ← clamp(W' − lr·(keep ⊙ Gᵀ·A + wd·W'), Wv ± c), one (96 × 128) tile of Gᵀ·A at a time: the tile is
+// applied in the epilogue and never stored whole; Gᵀ is read transposed while packing, never formed.
+// The keep mask depends only on (seed, ρ, shape), so it is drawn once and reused by every step of an edit.
+void CpuBackend::masked_sgd(float* Wp, const float* G, const float* A, WeightRef Wv, int M, int N, int K, uint64_t seed,
+                            float rho, float lr, float wd, float clamp) {
+  std::lock_guard<std::mutex> lk(mask_mu_);  // held for the call: the mask is read in the epilogue
+  const uint8_t* keep = nullptr;
+  if (rho < 1.0f) {
+    const size_t n = (size_t)N * K;
+    if (!(mask_seed_ == seed && mask_rho_ == rho && mask_.size() == n && mask_n_ == N)) {
+      mask_.resize(n);
+      const int chunk = 8192;
+      pool_.parallel_for((int)((n + chunk - 1) / chunk), [&](int c) {
+        const size_t p0 = (size_t)c * chunk, p1 = std::min(n, p0 + chunk);
+        for (size_t p = p0; p < p1; ++p) mask_[p] = philox_keep(seed, p, rho) ? 1 : 0;
+      }, (double)n * 40);
+      mask_seed_ = seed;
+      mask_rho_ = rho;
+      mask_n_ = N;
+    }
+    keep = mask_.data();
+  }
+  gemm_packed(N, K, M, G, (size_t)N,
+              [&](float* wp, int n0, int nb, int k0, int kc) { gemm_pack_rows(wp, k_->gemm_nr, WeightRef{A, DType::F32}, (size_t)K, n0, nb, k0, kc); },
+              [&](const float* tile, int ldt, int r0, int rb, int c0, int cb) {
+                float base[kGemmTileN];
+                for (int i = 0; i < rb; ++i) {
+                  const int nrow = r0 + i;
+                  float* w = Wp + (size_t)nrow * K + c0;
+                  const float* g = tile + (size_t)i * ldt;
+                  const uint8_t* kr = keep ? keep + (size_t)nrow * K + c0 : nullptr;
+                  if (clamp > 0) weight_row_to_f32(base, Wv, (size_t)nrow * K + c0, cb);
+                  for (int j = 0; j < cb; ++j) {
+                    const float kp = kr ? (float)kr[j] : 1.0f;
+                    float v = w[j] - lr * (kp * g[j] + wd * w[j]);
+                    if (clamp > 0) v = std::min(std::max(v, base[j] - clamp), base[j] + clamp);
+                    w[j] = v;
+                  }
+                }
+              },
+              /*x_trans=*/true);
 }
 
 }  // namespace re
