@@ -10,7 +10,7 @@
 // per case in run.routing.cases, routed fractions in run.routing.summary.
 
 import { Editor, type EditMethod, type EditorConfig, type EditorOptions, type RepairEvent } from './editor.js';
-import { RepairError } from './errors.js';
+import { abortedError, RepairError } from './errors.js';
 import { packageVersion } from './info.js';
 import type { Model } from './model.js';
 import { irrelevantText, type EditRecord } from './datasets.js';
@@ -103,6 +103,13 @@ export interface EvalRun {
    * (ft has no router; 'single' runs are not covered).
    */
   routing: RoutingReport | null;
+  /**
+   * Set on a run cut short by an abort under EvalOptions.keepPartial: `editsDone` of the `of` planned edits
+   * were made (n = editsDone), `casesEvaluated` of them evaluated ('sequential': the edit phase stopped at
+   * an edit boundary, or the evaluation phase was cut; 'single': the cases done). The summary is over the
+   * cases present. Absent on a complete run.
+   */
+  partial?: { editsDone: number; of: number; casesEvaluated: number; phase: 'edit' | 'eval' };
 }
 
 export interface EvalReport {
@@ -178,6 +185,12 @@ export interface EvalOptions {
   /** Called when the run of one variant at one N is complete. */
   onRun?: (run: EvalRun) => void;
   signal?: AbortSignal;
+  /**
+   * On abort, keep what the run in progress has (see lib/eval/protocols.ts): the partial run (run.partial
+   * set) is handed to onRun, then ERR_ABORTED is thrown as without it. 'sequential' evaluates the edits
+   * finished before the abort without the signal. Default false (an abort stops at once).
+   */
+  keepPartial?: boolean;
 }
 
 /** The default metrics for a set of records: tf + exact, plus ood when they carry OOD texts. */
@@ -302,6 +315,7 @@ async function evaluateOne(
     const run = o.protocol === 'sequential' ? await runSequential(args) : await runSingle(args);
     runs.push(run);
     opts.onRun?.(run);
+    if (run.partial) throw abortedError('the evaluation');
   }
   const c = model.config;
   return {

@@ -83,17 +83,27 @@ export function writeOut(text: string): Promise<void> {
 
 /**
  * An AbortSignal that fires on the first Ctrl-C (SIGINT) or SIGTERM; the command then keeps what it
- * finished and exits 130. A second signal kills the process as usual.
+ * finished and exits 130. A second signal kills the process as usual, or, given `onSecond`, runs it
+ * (synchronous: write what is already finished) and exits 130 at once.
  */
-export function interruptSignal(): { signal: AbortSignal; done(): void } {
+export function interruptSignal(onSecond?: () => void): { signal: AbortSignal; done(): void } {
   const ac = new AbortController();
   const off = (): void => {
     process.off('SIGINT', onSig);
     process.off('SIGTERM', onSig);
   };
   const onSig = (): void => {
+    if (!ac.signal.aborted) {
+      if (!onSecond) off();
+      ac.abort();
+      return;
+    }
     off();
-    ac.abort();
+    try {
+      onSecond?.();
+    } finally {
+      process.exit(EXIT_INTERRUPTED);
+    }
   };
   process.on('SIGINT', onSig);
   process.on('SIGTERM', onSig);

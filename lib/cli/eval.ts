@@ -3,7 +3,9 @@
 // --json-file out.json] [--report out.html] [--config FILE]`: the metrics of docs/metrics.md (lib/eval.ts)
 // for every method × N on one loaded model, a results table on stdout (lib/cli/eval_table.ts), every
 // per-case value in JSON, and a self-contained HTML report (lib/cli/eval_report.ts). On Ctrl-C or SIGTERM
-// the runs that finished are written (JSON and report marked partial) and the command exits 130.
+// the runs that finished and what the run in progress has (sequential: editing stops at the next edit
+// boundary and the k edits made are evaluated; else the cases evaluated) are written, JSON and report
+// marked partial, and the command exits 130; a second Ctrl-C writes the finished runs only and exits 130.
 
 import { resolve } from 'node:path';
 import cliProgress from 'cli-progress';
@@ -251,7 +253,9 @@ export const evalCommand: CliCommand = {
       const maxN = ns[ns.length - 1]!;
       const tooMany = (have: number, why = '') => usageError(cmd, `--n ${maxN} is more than the ${have} record${have === 1 ? '' : 's'} of ${ds.file}${why}`);
       if (maxN > ds.records.length) tooMany(ds.records.length);
-      const intr = interruptSignal();
+      // a second Ctrl-C: the finished runs (not the one in progress) written at once, exit 130
+      let onSecond: (() => void) | undefined;
+      const intr = interruptSignal(() => onSecond?.());
       const bar = progress();
       const t0 = performance.now();
       try {
@@ -300,7 +304,16 @@ export const evalCommand: CliCommand = {
           argv: process.argv.slice(2),
           wallSeconds: (performance.now() - t0) / 1000,
         });
+        intr.signal.addEventListener('abort', () => process.stderr.write('\nrepair-edit: interrupted: keeping what the run in progress has (press Ctrl-C again to stop at once)\n'), { once: true });
         const finished: EvalRun[] = [];
+        const runsPlanned = variants.length * ns.length;
+        onSecond = () => {
+          bar.stop();
+          const whole = finished.filter((r) => !r.partial);
+          const file = runFile(config(), partialReports(whole, variants, ns, o, metrics, ds.name), partialProgress(whole, variants, ns, o.protocol));
+          const wrote = writeFiles(o, file);
+          process.stderr.write(`\nrepair-edit: ERR_ABORTED: interrupted twice after ${whole.length} of ${runsPlanned} runs${wrote.length ? `; the finished runs are in ${wrote.join(' and ')} (marked partial)` : ''}\n`);
+        };
         let reports: EvalReport[];
         try {
           reports = await withConfigErrors(cfg, flags, () =>
@@ -313,9 +326,11 @@ export const evalCommand: CliCommand = {
               routing: ROUTING_OF[o.routing],
               dataset: ds.name,
               signal: intr.signal,
+              keepPartial: true,
               onProgress: (p) => bar.update(p),
               onRun: (r) => {
                 finished.push(r);
+                if (r.partial) return;
                 bar.run(`${r.label} N=${r.n}: ${r.n} edit${r.n === 1 ? '' : 's'} in ${r.timings.editSeconds.toFixed(2)} s (${f2(r.timings.secondsPerEdit, 3)} s/edit), evaluated in ${r.timings.evalSeconds.toFixed(2)} s`);
               },
             }),
@@ -324,10 +339,14 @@ export const evalCommand: CliCommand = {
           bar.stop();
           const err = toRepairError(e);
           if (err.code !== 'ERR_ABORTED') throw err;
-          // Interrupted: keep the runs that finished, marked partial.
-          const file = runFile(config(), partialReports(finished, variants, ns, o, metrics, ds.name), partialProgress(finished, variants, ns));
-          const wrote = await writeResults(o, file, `repair-edit eval (PARTIAL: interrupted after ${finished.length} of ${variants.length * ns.length} runs): ${ds.name}, model ${model.dir} (${model.backend})`);
-          throw new RepairError('ERR_ABORTED', `interrupted after ${finished.length} of ${variants.length * ns.length} runs${wrote.length ? `; the finished runs are in ${wrote.join(' and ')} (marked partial)` : ''}`, { runsDone: finished.length });
+          // Interrupted: keep the runs that finished and the part of the run in progress, marked partial.
+          onSecond = undefined;
+          const whole = finished.filter((r) => !r.partial).length;
+          const cut = finished.find((r) => r.partial);
+          const file = runFile(config(), partialReports(finished, variants, ns, o, metrics, ds.name), partialProgress(finished, variants, ns, o.protocol));
+          const kept = cut ? `; kept ${cut.label} N=${cut.partial!.of} in part (${cut.partial!.editsDone} of ${cut.partial!.of} edits, ${cut.partial!.casesEvaluated} evaluated)` : '';
+          const wrote = await writeResults(o, file, `repair-edit eval (PARTIAL: interrupted after ${whole} of ${runsPlanned} runs${kept}): ${ds.name}, model ${model.dir} (${model.backend})`);
+          throw new RepairError('ERR_ABORTED', `interrupted after ${whole} of ${runsPlanned} runs${kept}${wrote.length ? `; the results are in ${wrote.join(' and ')} (marked partial)` : ''}`, { runsDone: whole });
         } finally {
           bar.stop();
         }
@@ -339,8 +358,8 @@ export const evalCommand: CliCommand = {
   },
 };
 
-/** Write --json-file and --report, then the JSON (--json) or the table on stdout; returns the files written. */
-async function writeResults(o: EvalCliOptions, file: EvalRunFile, title: string): Promise<string[]> {
+/** Write --json-file and --report (synchronously); returns the files written. */
+function writeFiles(o: EvalCliOptions, file: EvalRunFile): string[] {
   const wrote: string[] = [];
   if (o.jsonFile !== undefined) {
     writeFileAtomic(o.jsonFile, `${JSON.stringify(file, null, 2)}\n`);
@@ -350,6 +369,12 @@ async function writeResults(o: EvalCliOptions, file: EvalRunFile, title: string)
     writeFileAtomic(o.report, renderHtmlReport(file));
     wrote.push(resolve(o.report));
   }
+  return wrote;
+}
+
+/** Write --json-file and --report, then the JSON (--json) or the table on stdout; returns the files written. */
+async function writeResults(o: EvalCliOptions, file: EvalRunFile, title: string): Promise<string[]> {
+  const wrote = writeFiles(o, file);
   if (o.json) {
     await writeOut(`${JSON.stringify(file, null, 2)}\n`);
     return wrote;
@@ -374,8 +399,11 @@ function partialReports(finished: readonly EvalRun[], variants: readonly EvalVar
   });
 }
 
-function partialProgress(finished: readonly EvalRun[], variants: readonly EvalVariant[], ns: readonly number[]): NonNullable<EvalRunFile['progress']> {
+function partialProgress(finished: readonly EvalRun[], variants: readonly EvalVariant[], ns: readonly number[], protocol: Protocol): NonNullable<EvalRunFile['progress']> {
   const planned = variants.flatMap((v) => ns.map((n) => ({ label: v.label ?? v.method, n })));
-  const isDone = (p: { label: string; n: number }) => finished.some((r) => r.label === p.label && r.n === p.n);
-  return { runsDone: finished.length, runsPlanned: planned.length, done: planned.filter(isDone), notDone: planned.filter((p) => !isDone(p)), reason: 'Ctrl-C or SIGTERM' };
+  const whole = finished.filter((r) => !r.partial);
+  const isDone = (p: { label: string; n: number }) => whole.some((r) => r.label === p.label && r.n === p.n);
+  const cut = finished.find((r) => r.partial);
+  const partial = cut ? { run: cut.label, n: cut.partial!.of, protocol, ...cut.partial! } : undefined;
+  return { runsDone: whole.length, runsPlanned: planned.length, done: planned.filter(isDone), notDone: planned.filter((p) => !isDone(p)), reason: 'Ctrl-C or SIGTERM', ...(partial ? { partial } : {}) };
 }

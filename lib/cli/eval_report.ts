@@ -256,7 +256,15 @@ export interface EvalRunFile {
   /** true when the run was interrupted: `results` hold the runs (variant × N) that finished. */
   partial?: boolean;
   /** For a partial file: which runs finished and which did not. */
-  progress?: { runsDone: number; runsPlanned: number; done: { label: string; n: number }[]; notDone: { label: string; n: number }[]; reason: string };
+  progress?: {
+    runsDone: number;
+    runsPlanned: number;
+    done: { label: string; n: number }[];
+    notDone: { label: string; n: number }[];
+    reason: string;
+    /** The run in progress when interrupted, kept in part (in `results`, with run.partial): N = editsDone. */
+    partial?: { run: string; n: number; protocol: 'sequential' | 'single'; editsDone: number; of: number; casesEvaluated: number; phase: 'edit' | 'eval' };
+  };
   config: Record<string, unknown>;
   results: EvalReport[];
 }
@@ -264,11 +272,12 @@ export interface EvalRunFile {
 /** The self-contained HTML report: configuration, results table, plots against N, per-case tables. */
 export function renderHtmlReport(out: EvalRunFile): string {
   const reports = out.results;
-  const ns = [...new Set(reports.flatMap((r) => r.runs.map((x) => x.n)))].sort((a, b) => a - b);
+  // the plots against N hold the complete runs; a partial run (run.partial) is in the table and per-case tables
+  const ns = [...new Set(reports.flatMap((r) => r.runs.filter((x) => !x.partial).map((x) => x.n)))].sort((a, b) => a - b);
   const runs = reports.flatMap((r) => r.runs);
   const metric = (name: string, get: (s: EvalReport['runs'][number]['summary']) => number | null) => ({
     name,
-    series: reports.map((r) => ({ label: r.label, points: r.runs.map((x) => ({ n: x.n, y: get(x.summary) })) })),
+    series: reports.map((r) => ({ label: r.label, points: r.runs.filter((x) => !x.partial).map((x) => ({ n: x.n, y: get(x.summary) })) })),
   });
   const ood = runs.some((r) => r.summary.metricOf.gen === 'ood');
   const plots = [
@@ -301,7 +310,8 @@ export function renderHtmlReport(out: EvalRunFile): string {
       const ev = Object.entries(r.events)
         .map(([k, v]) => `${esc(k)} ${v}`)
         .join(', ');
-      return `<details><summary>${esc(r.label)}, N = ${r.n}: ${r.cases.length} cases; edit ${r.timings.editSeconds.toFixed(2)} s, eval ${r.timings.evalSeconds.toFixed(2)} s${ev ? `; events: ${ev}` : ''}</summary><table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${body}</tbody></table></details>`;
+      const cut = r.partial ? ` (partial: ${r.partial.editsDone} of ${r.partial.of} edits made, ${r.partial.casesEvaluated} evaluated)` : '';
+      return `<details><summary>${esc(r.label)}, N = ${r.n}${cut}: ${r.cases.length} cases; edit ${r.timings.editSeconds.toFixed(2)} s, eval ${r.timings.evalSeconds.toFixed(2)} s${ev ? `; events: ${ev}` : ''}</summary><table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${body}</tbody></table></details>`;
     })
     .join('\n');
   // Routing histograms: each variant at its largest N up front, the other Ns folded away.
@@ -324,7 +334,7 @@ ${rest.length ? `<details><summary>routing scores at the other N</summary><div c
   const c = out.config as { data?: string; file?: string; model?: string; backend?: string };
   const p = out.progress;
   const banner = out.partial
-    ? `<p class="banner" role="alert">Partial results: the run was interrupted (${esc(p?.reason ?? 'a signal')}) after ${p?.runsDone ?? runs.length} of ${p?.runsPlanned ?? '?'} runs (method × N). Only finished runs are shown${p?.notDone.length ? `; not run or not finished: ${esc(p.notDone.map((x) => `${x.label} N=${x.n}`).join(', '))}` : ''}.</p>`
+    ? `<p class="banner" role="alert">Partial results: the run was interrupted (${esc(p?.reason ?? 'a signal')}) after ${p?.runsDone ?? runs.length} of ${p?.runsPlanned ?? '?'} runs (method × N). Only finished runs are shown${p?.notDone.length ? `; not run or not finished: ${esc(p.notDone.map((x) => `${x.label} N=${x.n}`).join(', '))}` : ''}.${p?.partial ? ` Kept in part: ${esc(p.partial.run)} N=${p.partial.of}, ${p.partial.editsDone} of ${p.partial.of} edits made and ${p.partial.casesEvaluated} evaluated (${p.partial.protocol === 'single' ? 'the cases done' : p.partial.phase === 'edit' ? `editing stopped at an edit boundary: a sequential result at N = ${p.partial.editsDone}` : 'interrupted while evaluating'}), in the table as N = ${p.partial.editsDone} (partial), not in the plots.` : ''}</p>`
     : '';
   return `<!DOCTYPE html>
 <html lang="en">

@@ -35,7 +35,7 @@ export function resultsTable(reports: readonly EvalReport[]): TableShape {
     const g = r.routing?.summary;
     return [
       r.label,
-      String(r.n),
+      r.partial ? `${r.n} of ${r.partial.of}*` : String(r.n),
       f2(s.rel),
       f2(s.gen),
       f2(s.loc),
@@ -63,6 +63,8 @@ export function legend(reports: readonly EvalReport[]): string[] {
   if (runs.some((r) => r.summary.ppl !== null)) out.push('PPL: exp(mean NLL of the target given the prompt), lower is better (the reference Rel for hallucination)');
   const basis = runs.find((r) => r.routing)?.routing?.basis;
   if (basis) out.push(`unrel→mem: share of unrelated (locality) prompts routed to a side memory; route-acc: share of edit prompts routed to the memory that holds their edit (${basis} inputs)`);
+  const cut = runs.find((r) => r.partial);
+  if (cut) out.push(`*: partial (interrupted): ${cut.partial!.editsDone} of ${cut.partial!.of} edits made, figures over the ${cut.partial!.casesEvaluated} case${cut.partial!.casesEvaluated === 1 ? '' : 's'} evaluated`);
   if (runs.length) {
     const pre = runs[0]!.summary.pre;
     out.push(`unedited model (first ${runs.reduce((m, r) => Math.max(m, r.n), 0)} records): Rel ${f2(pre.rel)}, Gen ${f2(pre.gen)}${pre.ppl !== null ? `, PPL ${f2(pre.ppl)}` : ''}${pre.ood !== null ? `, OOD ${f2(pre.ood)}` : ''}`);
