@@ -1,7 +1,8 @@
 // The CLI's shared conventions (issue 16), run as a user runs them (node dist/cli.js) on the shipped
 // stories260K: --json prints JSON on stdout and --json-file F writes the same JSON to F on every command
 // with output (eval's old `--json FILE` still works, with a warning); --config FILE (JSON or YAML) under
-// the command-line flags, checked by the API's validation (ERR_CONFIG naming the key); --print-config; a
+// the command-line flags, checked by the API's validation (ERR_CONFIG naming the key) on every command that
+// takes it (the load-only ones too); --print-config; a
 // memory file used with another model says which --model to pass; the edit table's per-edit figures for
 // REPAIR batches; and an interrupted eval (SIGINT, SIGTERM) writing its finished runs marked partial.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
@@ -184,6 +185,34 @@ describe.skipIf(!ready)('--config FILE and --print-config', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/^repair-edit: ERR_IO: cannot read the config file .*nope\.yaml: it does not exist/);
     expect(existsSync(join(tmp, 'x.safetensors'))).toBe(false);
+  });
+});
+
+describe.skipIf(!ready)('--config editor keys are validated on every command that takes --config', () => {
+  it('generate, explain, memory ls/show/rollback: ERR_CONFIG naming the file and the key, as the API validates', async () => {
+    const out = join(tmp, 'rolled.safetensors');
+    const cases: [string, string, string[], RegExp][] = [
+      ['g-typo.yaml', 'nIters: 3\n', ['generate', '--max-new-tokens', '2', 'x'], /ERR_CONFIG: .*g-typo\.yaml: key "nIters": unknown editor option 'nIters'/],
+      ['g-neg.json', '{"lr": -1}', ['generate', '--memory', mem, '--max-new-tokens', '2', 'x'], /ERR_CONFIG: .*g-neg\.json: key "lr": editor option lr must be a number > 0, got -1/],
+      ['g-print.yaml', 'layer: 99\n', ['generate', '--print-config', 'x'], /ERR_CONFIG: .*g-print\.yaml: key "layer": editor option layer must be an integer in \[0, \d\]/],
+      ['x-rep.yaml', 'method: repair\nrepair:\n  window: 0\n', ['explain', '--memory', mem, 'x'], /ERR_CONFIG: .*x-rep\.yaml: key "repair\.window": repair option window must be/],
+      ['ls-typo.yaml', 'saveFrq: 2\n', ['memory', 'ls', '--memory', mem], /ERR_CONFIG: .*ls-typo\.yaml: key "saveFrq": unknown editor option 'saveFrq'/],
+      ['show-freq.yaml', 'saveFreq: 3\nmergeFreq: 4\n', ['memory', 'show', '--memory', mem, 'zog'], /ERR_CONFIG: .*show-freq\.yaml: key "mergeFreq": editor option mergeFreq \(4\) must be a multiple of saveFreq \(3\)/],
+      ['rb-wise.yaml', 'repair:\n  window: 4\n', ['memory', 'rollback', '--memory', mem, 'zog', '--out', out], /ERR_CONFIG: .*rb-wise\.yaml: key "repair": editor option repair is only for method 'repair'/],
+    ];
+    const runs = await Promise.all(cases.map(([name, text, args]) => cli([...args, '--config', file(name, text)])));
+    for (const [i, r] of runs.entries()) {
+      const [name, , , re] = cases[i]!;
+      expect(r.code, `${name}: ${r.stderr}`).toBe(1);
+      expect(r.stderr.trim().split('\n'), name).toHaveLength(1);
+      expect(r.stderr, name).toMatch(re);
+      expect(r.stdout, name).toBe('');
+    }
+    expect(existsSync(out)).toBe(false); // the rollback did not run
+    // valid editor keys: checked, named as not applying to a saved memory, and the command runs
+    const ok = await cli(['memory', 'ls', '--memory', mem, '--config', file('ok.yaml', 'lr: 0.5\nnIter: 3\n')]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stderr).toMatch(/note: .*ok\.yaml: editor options lr, nIter do not apply here/);
   });
 });
 

@@ -2,7 +2,8 @@
 // (the API's EditorOptions, camelCase, `repair:` for the closed loop's options, as EasyEdit users keep a
 // hyper-parameter YAML per model) and the runtime keys model / backend / device / threads. Flags given on
 // the command line override the file; the file overrides the presets. Editor keys are checked by the same
-// validation as the API (Editor.create), reported as ERR_CONFIG naming the file and the key.
+// validation as the API (Editor.create), reported as ERR_CONFIG naming the file and the key, on every
+// command that takes --config (those that only load saved memories check them without using them).
 
 import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
@@ -10,7 +11,8 @@ import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { RepairError, toRepairError } from '../errors.js';
 import type { EditorOptions } from '../editor.js';
-import type { BackendChoice } from '../model.js';
+import { resolveConfig } from '../editor/config.js';
+import { loadModel, type BackendChoice, type Model } from '../model.js';
 import { parseSafetensorsHeader } from '../safetensors.js';
 import { givenOnCli, resolveModelDir, writeOut } from './common.js';
 
@@ -127,19 +129,55 @@ export function savedEditorConfig(file: string): Record<string, unknown> {
 }
 
 /**
+ * The editor keys of a config file checked as Editor.create resolves them on `model` (the model's preset,
+ * then the file's keys; the same validation as the API, no editor built): ERR_CONFIG naming the file and
+ * the key (`repair.<key>` for the closed loop's options).
+ */
+export function checkEditorConfig(cfg: ConfigFile | undefined, model: Model): void {
+  if (!cfg || Object.keys(cfg.editor).length === 0) return;
+  const opts = mergeEditor(cfg, {});
+  try {
+    resolveConfig(model, opts);
+  } catch (e) {
+    const err = toRepairError(e);
+    if (err.code !== 'ERR_INVALID_ARG') throw err;
+    const field = typeof err.details?.field === 'string' ? err.details.field : undefined;
+    const key = field === undefined ? undefined : field in cfg.editor ? field : `repair.${field}`;
+    throw configError(cfg.file, key, err.message, err);
+  }
+}
+
+/** What loadOnlyConfig resolves: the runtime options, and the check of the file's editor keys on the model. */
+export interface LoadOnlyConfig extends RuntimeOptions {
+  /** checkEditorConfig on the loaded model, then the note that the editor keys do not apply here. */
+  checkEditor(model: Model): void;
+}
+
+/**
  * --config / --print-config for the commands that only load saved memories (generate, explain, memory):
  * the runtime keys apply; editor keys do not (a memory file keeps the configuration it was saved with)
- * and are named on stderr. With --print-config, prints the resolved configuration and returns null.
+ * but are validated as Editor.create would (ERR_CONFIG naming the file and the key: checkEditor once the
+ * model is loaded; --print-config loads the model to check them) and named on stderr. With --print-config,
+ * prints the resolved configuration and returns null.
  */
-export async function loadOnlyConfig(cmd: Command, o: Partial<RuntimeOptions> & { config?: string; printConfig?: boolean; memory?: string }): Promise<RuntimeOptions | null> {
+export async function loadOnlyConfig(cmd: Command, o: Partial<RuntimeOptions> & { config?: string; printConfig?: boolean; memory?: string }): Promise<LoadOnlyConfig | null> {
   const cfg = o.config !== undefined ? readConfigFile(o.config) : undefined;
   const rt = mergeRuntime(cmd, o, cfg);
   const ignored = Object.keys(cfg?.editor ?? {});
   if (o.printConfig) {
+    if (ignored.length) {
+      await using model = await loadModel(resolveModelDir(rt.model), { backend: rt.backend, device: rt.device, threads: rt.threads });
+      checkEditorConfig(cfg, model);
+    }
     const editor = o.memory !== undefined ? savedEditorConfig(o.memory) : null;
     await writeOut(`${JSON.stringify({ configFile: cfg?.file ?? null, ...rt, model: resolveModelDir(rt.model), editor, ...(ignored.length ? { ignored } : {}) }, null, 2)}\n`);
     return null;
   }
-  if (ignored.length) process.stderr.write(`repair-edit: note: ${cfg!.file}: editor option${ignored.length === 1 ? '' : 's'} ${ignored.join(', ')} ${ignored.length === 1 ? 'does' : 'do'} not apply here (a saved memory keeps its configuration)\n`);
-  return rt;
+  return {
+    ...rt,
+    checkEditor(model: Model): void {
+      checkEditorConfig(cfg, model);
+      if (ignored.length) process.stderr.write(`repair-edit: note: ${cfg!.file}: editor option${ignored.length === 1 ? '' : 's'} ${ignored.join(', ')} ${ignored.length === 1 ? 'does' : 'do'} not apply here (a saved memory keeps its configuration)\n`);
+    },
+  };
 }

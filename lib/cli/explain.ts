@@ -43,6 +43,7 @@ export const explainCommand: CliCommand = {
         const intr = interruptSignal();
         try {
           await using model = await loadModel(dir, { backend: rt.backend, device: rt.device, threads: rt.threads, signal: intr.signal });
+          rt.checkEditor(model);
           await using editor = await loadEditor(model, o.memory, intr.signal);
           const prompt: Prompt = o.chat
             ? [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: promptText }]

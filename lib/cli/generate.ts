@@ -62,6 +62,7 @@ export const generateCommand: CliCommand = {
             contextLength: o.contextLength,
             signal: intr.signal,
           });
+          rt.checkEditor(model);
           const prompt: Prompt = o.chat
             ? [...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []), { role: 'user', content: promptText }]
             : promptText;

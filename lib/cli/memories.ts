@@ -37,6 +37,7 @@ async function withEditor<T>(o: MemoryCliOptions, cmd: Command, fn: (editor: Edi
   const intr = interruptSignal();
   try {
     await using model = await loadModel(resolveModelDir(rt.model), { backend: rt.backend, device: rt.device, threads: rt.threads, signal: intr.signal });
+    rt.checkEditor(model);
     await using editor = await loadEditor(model, o.memory, intr.signal);
     return await fn(editor, intr.signal);
   } finally {
