@@ -1,10 +1,10 @@
 // The CLI's shared conventions (issue 16), run as a user runs them (node dist/cli.js) on the shipped
 // stories260K: --json prints JSON on stdout and --json-file F writes the same JSON to F on every command
 // with output (eval's old `--json FILE` still works, with a warning); --config FILE (JSON or YAML) under
-// the command-line flags, checked by the API's validation (ERR_CONFIG naming the key) on every command that
-// takes it (the load-only ones too); --print-config; a
-// memory file used with another model says which --model to pass; the edit table's per-edit figures for
-// REPAIR batches; and an interrupted eval (SIGINT, SIGTERM) writing its finished runs marked partial.
+// the command-line flags, checked by the API's validation (ERR_CONFIG naming the key) on every command
+// that takes it, the load-only ones too; --print-config; a memory file used with another model says which
+// --model to pass; the edit table's per-edit figures for REPAIR batches; and an interrupted eval (SIGINT,
+// SIGTERM) writing its finished runs marked partial (the run in progress: test/cli_eval_interrupt.test.ts).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
