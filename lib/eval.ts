@@ -8,6 +8,8 @@
 // loaded model. Teacher-forced metrics run batched: many rows per logits call.
 // Routing scores [beyond the reference; option `routing`, off by default, on in the CLI]: lib/eval/routing.ts;
 // per case in run.routing.cases, routed fractions in run.routing.summary.
+// Abort: ERR_ABORTED; with option `keepPartial` (the CLI's) the run in progress is first handed to onRun
+// with what it has (run.partial: the edits made, the cases evaluated; lib/eval/protocols.ts).
 
 import { Editor, type EditMethod, type EditorConfig, type EditorOptions, type RepairEvent } from './editor.js';
 import { abortedError, RepairError } from './errors.js';

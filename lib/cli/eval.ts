@@ -350,6 +350,7 @@ export const evalCommand: CliCommand = {
         } finally {
           bar.stop();
         }
+        onSecond = undefined; // complete: a late second Ctrl-C must not replace these results with fewer
         await writeResults(o, runFile(config(), reports), `repair-edit eval: ${ds.name} (${records.length} record${records.length === 1 ? '' : 's'} from ${ds.file}), model ${model.dir} (${model.backend})`);
       } finally {
         intr.done();
