@@ -170,7 +170,7 @@ interface Sent {
 
 /**
  * `eval --n 1,10`: once the N = 1 run is reported (its line gives the seconds per edit), wait about two
- * edits into the N = 10 run and send SIGINT (`twice`: a second one 20 ms later).
+ * edits into the N = 10 run and send SIGINT (`twice`: a second one 5 ms later).
  */
 function interruptedEval(tag: string, extra: string[], twice = false): Promise<Sent> {
   const json = join(tmp, `${tag}.json`);
@@ -198,7 +198,7 @@ function interruptedEval(tag: string, extra: string[], twice = false): Promise<S
             setTimeout(() => {
               p.kill('SIGINT');
               last = performance.now();
-            }, 20);
+            }, 5);
         }, 2.2 * perEdit);
       }
     });
@@ -239,7 +239,7 @@ describe.skipIf(!ready)('repair-edit eval on SIGINT keeps the run in progress', 
   }
 
   it('a second Ctrl-C exits 130 at once, writing the finished runs only', async () => {
-    const r = await interruptedEval('twice', ['--metrics', 'tf'], true);
+    const r = await interruptedEval('twice', ['--metrics', 'tf,exact'], true);
     expect(r.code, r.stderr).toBe(130);
     expect(r.exitMs).toBeLessThan(budget(5_000));
     expect(r.stderr).toMatch(/repair-edit: ERR_ABORTED: interrupted twice after 1 of 2 runs; the finished runs are in .*\.json and .*\.html \(marked partial\)\n$/);
