@@ -137,6 +137,15 @@ export interface RepairOptions {
    * Off = the cadence of §1.7 with REPAIR's loss-aware merge. Default on.
    */
   keepShards: boolean;
+  /**
+   * Margin scale [ours]: the routing hinge's margins [α, β, γ] (EditorConfig.actMargin) are multiplied by
+   * this for repair's training calls. The reference margins (5, 20, 10) are constants tuned on 7B models;
+   * on facts-llama a trained memory's distances are ≈ 12 for unrelated tokens, ≈ 20 for edit prompts and
+   * ≈ 38 for answer tokens, so α = 5 never switches off and the hinge keeps pushing the background. Chosen
+   * by a sweep at N = 120 (×0.5, ×1, ×2; bench/results/repair12-margins.md): ×2 kept unrelated prompts on
+   * the main weights and lifted exact-match recall. 1 = the reference margins. Default 2.
+   */
+  marginScale: number;
 }
 
 /**
@@ -150,6 +159,7 @@ export const REPAIR_PAPER: Readonly<Partial<RepairOptions>> = Object.freeze({
   replay: 0,
   negatives: 0,
   correctness: 'token' as Correctness,
+  marginScale: 1,
 });
 
 export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = {
@@ -187,6 +197,7 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   replayRows: 2,
   negatives: 4,
   keepShards: true,
+  marginScale: 2,
 };
 
 /** Fill the defaults and validate every field (typed errors naming the field). */
@@ -229,6 +240,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   int('replay', 0, 1000);
   int('replayRows', 1, 1000);
   int('negatives', 0, 64);
+  num('marginScale', (x) => x > 0 && x <= 1000, 'a number in (0, 1000]');
   return r;
 }
 

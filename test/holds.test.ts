@@ -9,7 +9,8 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../lib/model.js';
-import { Editor, type EditRequest } from '../lib/editor.js';
+import { Editor, TRAIN_HOOK, type EditRequest } from '../lib/editor.js';
+import type { NativeEditHyper } from '../lib/native.js';
 import { calibrateThreshold, REPAIR_DEFAULTS, REPAIR_PAPER, resolveRepairOptions, topKMean } from '../lib/repair.js';
 import { packageRoot } from '../lib/paths.js';
 import { FACTS, haveFacts, loadZsreRecords, tfAcc, zsreEdit } from './helpers/setup.js';
@@ -38,6 +39,10 @@ describe('calibrateThreshold, topKMean, options', () => {
     expect(() => resolveRepairOptions({ calibrationPoint: 2 }, 10)).toThrow(/calibrationPoint/);
     expect(() => resolveRepairOptions({ recalibrate: 1 as unknown as boolean }, 10)).toThrow(/recalibrate/);
     expect(() => resolveRepairOptions({ negatives: 65 }, 10)).toThrow(/negatives/);
+    expect(() => resolveRepairOptions({ marginScale: 0 }, 10)).toThrow(/marginScale/);
+    expect(() => resolveRepairOptions({ marginScale: Number.NaN }, 10)).toThrow(/marginScale/);
+    expect(resolveRepairOptions({ ...REPAIR_PAPER }, 10).marginScale).toBe(1);
+    expect(REPAIR_DEFAULTS.marginScale).toBe(2);
     const on = resolveRepairOptions(undefined, 10);
     expect([on.recalibrate, on.routeContent, on.replay > 0, on.negatives > 0, on.correctness]).toEqual([true, true, true, true, 'exact']);
     const off = resolveRepairOptions({ ...REPAIR_PAPER }, 10);
@@ -61,6 +66,21 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     await model?.dispose();
   }, SLOW);
 
+  it('margin scale: repair trains with the margins × marginScale (2 by default), wise and marginScale 1 with the reference margins', async () => {
+    const margins = async (opts: Parameters<typeof Editor.create>[1]) => {
+      const ed = await Editor.create(model, { ...opts, nIter: 2 });
+      const seen: number[][] = [];
+      (ed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = (_ids: string[], h: NativeEditHyper) => (seen.push([h.alpha!, h.beta!, h.gamma!]), h);
+      await ed.edit(rec(0));
+      await ed.dispose();
+      return seen[0];
+    };
+    expect(await margins({ method: 'repair', repair: plain })).toEqual([10, 40, 20]);
+    expect(await margins({ method: 'repair', repair: { ...plain, marginScale: 1 } })).toEqual([5, 20, 10]);
+    expect(await margins({ method: 'repair', actMargin: [1, 2, 3], repair: { ...plain, marginScale: 3 } })).toEqual([3, 6, 9]);
+    expect(await margins({ method: 'wise' })).toEqual([5, 20, 10]);
+  }, SLOW);
+
   it('shard replay: after 5 edits in one shard every edit is still recalled (teacher-forced, every answer token); without replay some are not', async () => {
     const recs = Array.from({ length: 5 }, (_, i) => rec(i));
     const accs = async (replay: number) => {
@@ -76,10 +96,10 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     expect((await accs(0)).some((a) => a < 1)).toBe(true);
   }, SLOW);
 
-  it('recalibration: where the paper would merge (10 edits, save 5 / merge 10), the locality prompts of the edited records stay on the main weight; without it most route', async () => {
+  it('recalibration: where the paper would merge (10 edits, save 5 / merge 10), the locality prompts of the edited records stay on the main weight; without it most route (reference margins); ×2 margins alone keep them too', async () => {
     const recs = Array.from({ length: 10 }, (_, i) => rec(i));
-    const routed = async (recalibrate: boolean) => {
-      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, recalibrate } });
+    const routed = async (recalibrate: boolean, marginScale = 1) => {
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, recalibrate, marginScale } });
       await ed.editMany(recs);
       let n = 0;
       for (let i = 0; i < 10; i++) {
@@ -95,12 +115,15 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     expect(on.n).toBeLessThanOrEqual(3); // of 20 (teacher-forced rows and bare prompts)
     expect(on.own).toBe(10);
     expect((await routed(false)).n).toBeGreaterThanOrEqual(6);
+    // marginScale (issue 12 item 4): the hinge's margins scaled past this model's background distance keep the
+    // unrelated rows low even with the reference's thresholds
+    expect((await routed(false, 2)).n).toBeLessThanOrEqual(3);
   }, SLOW);
 
   it('recalibration after a merge (keepShards off): the merged memory gets a threshold set on its own weights, shown by explain() with both distributions', async () => {
     const recs = Array.from({ length: 10 }, (_, i) => rec(i));
     const make = async (recalibrate: boolean) => {
-      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, keepShards: false, recalibrate } });
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, keepShards: false, recalibrate, marginScale: 1 } });
       await ed.editMany(recs);
       expect(ed.memories().memories.map((m) => m.kind)).toEqual(['merged']);
       return ed;

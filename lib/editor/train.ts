@@ -52,6 +52,7 @@ export function shardSeed(seed: number, shard: number): number {
 export function editHyper(ed: EditorState, seed: number, kd = false): NativeEditHyper {
   const c = ed.config;
   const r = c.repair;
+  const ms = r ? r.marginScale : 1; // repair's margin scale [ours]; wise keeps the reference margins
   return {
     nIter: c.nIter,
     lr: c.lr,
@@ -60,9 +61,9 @@ export function editHyper(ed: EditorState, seed: number, kd = false): NativeEdit
     maskRatio: c.maskRatio,
     seed,
     margin: c.method !== 'ft',
-    alpha: c.actMargin[0],
-    beta: c.actMargin[1],
-    gamma: c.actMargin[2],
+    alpha: c.actMargin[0] * ms,
+    beta: c.actMargin[1] * ms,
+    gamma: c.actMargin[2] * ms,
     act: actCode(ed.model, c.scoreMode),
     earlyStop: c.earlyStop,
     fullForward: false,
