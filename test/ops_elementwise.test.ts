@@ -1,6 +1,7 @@
 // ops_elementwise — the elementwise family of native/ops.def (native/cpu/elementwise.cpp, cuda/elementwise.cu):
 // embedding (bit-exact, with f16/bf16 extremes), swiglu, add (bit-exact), gather_rows (bit-exact), with the
-// output aliasing an input. (The >2^31-element counts of swiglu/add and their gradients: elementwise_big.test.ts.)
+// output aliasing an input. (Element counts past 2^31 for add and swiglu, with gpt2's gelu / gelu_bwd and backward's
+// swiglu_bwd: elementwise_big.test.ts, one file for the size_t ops of three families.)
 //   always: the CPU backend on every ISA level against a float64 reference (guard sentinels, no NaN/Inf);
 //   with a CUDA device: CUDA vs CPU on the same inputs, plus GPU-only 2^20-element swiglu.
 // Error metric: rel = max_i |got_i − ref_i| / max_i |ref_i| (max-norm relative error; NMSE and ULPs are printed
