@@ -50,8 +50,11 @@ for a in "$@"; do
 done
 [ $ci -eq 1 ] && [ $dry -eq 0 ] && { echo "gpu-check: --ci needs --dry-run" >&2; exit 2; }
 
-# every test file with CUDA cases: those that branch on CUDA's availability (the e2e file has its own stage)
-discover() { grep -lE "cuda\.available|cudaAvailable" test/*.test.ts | grep -v 'test/e2e_cuda.test.ts' | sort; }
+# every test file with CUDA cases: each op family's file (test/ops_<family>.test.ts: CUDA vs CPU on every case, through
+# test/helpers/opsuite.ts) and every file that branches on CUDA's availability (the e2e file has its own stage)
+discover() {
+  { ls test/ops_*.test.ts; grep -lE "cuda\.available|cudaAvailable" test/*.test.ts; } | grep -v 'test/e2e_cuda.test.ts' | sort -u
+}
 if [ $list -eq 1 ]; then discover; exit 0; fi
 
 logdir="${GPU_LOGDIR:-$root/gpu-logs}"
@@ -183,10 +186,11 @@ if [ "${SKIP_TESTS:-0}" != "1" ]; then
   stage_end tests "$([ $bad -eq 0 ] && echo "ok (${#files[@]} files)" || echo "FAILED ($bad of ${#files[@]} files)")"
 fi
 
-# Worst measured CUDA-vs-CPU error per op (ops test prints one line per comparison with OPS_VERBOSE=1).
-if [ -f "$logdir/ops.log" ]; then
-  worst=$(grep -oE "\[ops\] cuda [a-z_]+ .*rel=[0-9.e+-]+" "$logdir/ops.log" |
-    sed -E 's/\[ops\] cuda ([a-z_]+)( (F32|F16|BF16))? .*rel=([0-9.e+-]+)/\1\2 \4/' |
+# Worst measured CUDA-vs-CPU error per op (with OPS_VERBOSE=1 the op-family tests print one line per comparison,
+# "[op] cuda <case> <output>: rel=…", test/helpers/optest.ts).
+if compgen -G "$logdir/ops_*.log" >/dev/null; then
+  worst=$(cat "$logdir"/ops_*.log | grep -oE "\[op\] cuda [a-z_]+ .*rel=[0-9.e+-]+" |
+    sed -E 's/\[op\] cuda ([a-z_]+)( (F32|F16|BF16))? .*rel=([0-9.e+-]+)/\1\2 \4/' |
     awk '{k=$1; if (NF==3) {k=$1" "$2; v=$3} else v=$2; if (!(k in m) || v+0 > m[k]+0) m[k]=v} END {for (k in m) printf "%s=%s; ", k, m[k]}')
   [ -n "$worst" ] && rows+=("| worst cuda-vs-cpu rel err | $worst | |")
 fi

@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../lib/paths.js';
+import { opFamilies } from './helpers/opsdef.js';
 
 const root = packageRoot();
 const script = join(root, 'scripts', 'gpu-check.sh');
@@ -26,7 +27,11 @@ describe('scripts/gpu-check.sh', () => {
     const r = spawnSync('bash', [script, '--list'], { cwd: root, encoding: 'utf8' });
     expect(r.status).toBe(0);
     const files = r.stdout.trim().split('\n');
-    for (const f of ['ops', 'ops_edit', 'ops_repair', 'ops_gpt2', 'parity', 'model', 'elementwise_big']) expect(files).toContain(`test/${f}.test.ts`);
+    // every op family's file (native/ops.def), whether or not it names CUDA itself, and the other CUDA-vs-CPU files
+    const families = opFamilies();
+    expect(families.length).toBeGreaterThan(0);
+    for (const f of families) expect(files).toContain(`test/ops_${f}.test.ts`);
+    for (const f of ['optest', 'parity', 'model', 'elementwise_big']) expect(files).toContain(`test/${f}.test.ts`);
     expect(files).not.toContain('test/e2e_cuda.test.ts'); // its own stage
     expect(files.every((f) => existsSync(join(root, f)))).toBe(true);
   });

@@ -1,6 +1,6 @@
 // isa.test.ts — the CPU kernels' ISA level is chosen by us (native/cpu/isa.h), reported by info(), and
 // can be forced with REPAIR_CPU_ISA; a level this CPU lacks or an unknown name is refused with a typed error.
-// (The op suites in ops.test.ts / ops_edit.test.ts run every supported level against float64.)
+// (The op-family suites test/ops_<family>.test.ts run every supported level against float64.)
 import { describe, it, expect, afterEach } from 'vitest';
 import { join } from 'node:path';
 import { info } from '../lib/info.js';

@@ -9,7 +9,7 @@
 //    fixture logits are rounded to 6 significant digits (≤ 5e-7·|ref|), hence the relative term.
 //  - BF16/F16 weights, CPU: the fixture references are computed from the rounded weights themselves, and
 //    the CPU backend widens stored weights to f32 exactly, so the F32 bound applies.
-//  - BF16/F16 weights, CUDA: derived from the CUDA-vs-CPU op bounds that test/ops.test.ts enforces
+//  - BF16/F16 weights, CUDA: derived from the CUDA-vs-CPU op bounds that the op tests enforce
 //    (test/helpers/tolerances.ts): the matmul keeps activations in split TF32 (~2^-22, not rounded to the
 //    weight dtype), so the logit error is the sum of the op bounds along one layer's chain times the layers,
 //    relative to the case's largest logit, on top of the F32 bound; see lowPrecisionGpuTol below.

@@ -1,6 +1,7 @@
-// optest.ts — the one op-test harness (ggml test-backend-ops style) behind test/ops*.test.ts and the other
-// op-level tests: seeded data, f16/bf16 codecs, comparison (max-norm relative error, NMSE, ULP), the runOp runner
-// that checks the guard sentinels, the float64-reference and CUDA-vs-CPU checks, finite differences.
+// optest.ts — the one op-test harness (ggml test-backend-ops style) behind the op-family tests
+// test/ops_<family>.test.ts (their shared runners: opsuite.ts), test/optest.test.ts and the other op-level tests:
+// seeded data, f16/bf16 codecs, comparison (max-norm relative error, NMSE, ULP), the runOp runner that checks the
+// guard sentinels, the float64-reference and CUDA-vs-CPU checks, finite differences.
 //
 // Guard sentinels: native/optest.cpp surrounds every output with 64 floats of a NaN bit pattern on both sides and
 // pre-fills the interior with another (an element the op forgot to write reads as NaN); runOp reports guardOk,
@@ -237,6 +238,18 @@ export function run(backend: string, op: string, args: Args, opts: { finite?: bo
     out[k] = v;
   }
   return out;
+}
+
+/** runOp knows `op`: an empty call is rejected as a missing argument (ERR_INVALID_ARG), not as an unknown op. */
+export function expectKnownOp(op: string): void {
+  let err: { code?: string; message?: string } = {};
+  try {
+    testing().runOp('cpu', op, {});
+  } catch (e) {
+    err = e as typeof err;
+  }
+  expect(err.code, op).toBe('ERR_INVALID_ARG');
+  expect(err.message, op).not.toMatch(/unknown op/);
 }
 
 /** The error code a call throws (undefined when it does not throw). */

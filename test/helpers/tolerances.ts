@@ -1,6 +1,7 @@
 // CUDA-vs-CPU error bounds of the forward ops (max-norm relative error of one op's output: max|cuda − cpu| /
-// max|cpu|), shared by test/ops.test.ts, which enforces them op by op, and test/parity.test.ts, which derives
-// its whole-model logit tolerance from them (so the two cannot drift apart).
+// max|cpu|), shared by the forward families' op tests (test/ops_matmul, ops_norm, ops_rope, ops_attention,
+// ops_elementwise .test.ts), which enforce them op by op, and test/parity.test.ts, which derives its whole-model
+// logit tolerance from them (so the two cannot drift apart).
 export const TOL_CUDA = {
   // F32 weights: SIMT / GEMV f32 FMA chains in another order than the CPU: ~1e-6 in practice.
   linear_F32: 2e-5,
