@@ -1,18 +1,16 @@
 // The CLI, run as a user runs it (tsx lib/cli.ts ...): exit codes, one-line errors, exact greedy text.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync, mkdirSync, copyFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
-import { budget } from './helpers/time.js';
+import { cliRunner } from './helpers/cli.js';
 
 const ROOT = packageRoot();
 const STORIES = join(ROOT, '..', 'shared', 'models', 'stories260K', 'hf');
 const haveStories = existsSync(join(STORIES, 'config.json'));
 const haveDemo = existsSync(join(ROOT, 'models', 'stories260K', 'config.json'));
-const TSX = join(ROOT, 'node_modules', '.bin', 'tsx');
 const haveAddon = (() => {
   try {
     native();
@@ -24,20 +22,7 @@ const haveAddon = (() => {
 if (!haveAddon) console.warn('[cli.test] the native addon is not built: CLI runs that load a model are skipped');
 if (!haveStories) console.warn(`[cli.test] ${STORIES} is absent: CLI runs on stories260K are skipped`);
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(TSX, ['lib/cli.ts', ...args], { cwd: ROOT, env: { ...process.env, ...env }, timeout: budget(60_000) }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const cli = cliRunner('source', { timeoutMs: 60_000 });
 
 let tmp: string;
 beforeAll(() => {

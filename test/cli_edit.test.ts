@@ -2,16 +2,14 @@
 // stories260K: `edit` (JSONL in, memory file out), `generate --memory`, `explain`, `demo`, and the
 // errors of bad edit files and missing options.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
-import { budget } from './helpers/time.js';
+import { cliRunner, type CliRun as Run } from './helpers/cli.js';
 
 const ROOT = packageRoot();
-const TSX = join(ROOT, 'node_modules', '.bin', 'tsx');
 const haveDemo = existsSync(join(ROOT, 'models', 'stories260K', 'config.json'));
 const haveAddon = (() => {
   try {
@@ -24,20 +22,7 @@ const haveAddon = (() => {
 if (!haveAddon) console.warn('[cli_edit.test] the native addon is not built: CLI runs that load a model are skipped');
 if (!haveDemo) console.warn('[cli_edit.test] models/stories260K is absent: CLI editing runs are skipped');
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(TSX, ['lib/cli.ts', ...args], { cwd: ROOT, env: { ...process.env, REPAIR_BACKEND: 'cpu' }, timeout: budget(90_000) }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const cli = cliRunner('source', { timeoutMs: 90_000, env: { REPAIR_BACKEND: 'cpu' } });
 
 const EDITS = [
   { prompt: 'The wizard Zog lived in', target: 'a purple castle' },

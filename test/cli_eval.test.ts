@@ -4,7 +4,6 @@
 // whose bars add up to the prompts routed), and the exit codes of bad arguments and data. The histogram
 // and line-plot renderers on hand-made inputs (bins, edges, the threshold line's position, escaping).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,10 +13,9 @@ import { sharedDataDir, NAMED_DATASETS } from '../lib/datasets.js';
 import { variantsOf } from '../lib/cli/eval.js';
 import { binValues, HIST, renderHtmlReport, routingPlot, svgHistogram, svgPlot } from '../lib/cli/eval_report.js';
 import { summarizeRouting, type EvalRun, type RoutePoint, type RoutingCase } from '../lib/eval.js';
-import { budget } from './helpers/time.js';
+import { cliRunner, type CliRun as Run } from './helpers/cli.js';
 
 const ROOT = packageRoot();
-const TSX = join(ROOT, 'node_modules', '.bin', 'tsx');
 const haveDemo = existsSync(join(ROOT, 'models', 'stories260K', 'config.json'));
 const haveAddon = (() => {
   try {
@@ -30,20 +28,7 @@ const haveAddon = (() => {
 const haveHall = existsSync(join(sharedDataDir(), NAMED_DATASETS.hallucination));
 if (!haveAddon || !haveDemo) console.warn('[cli_eval.test] the native addon or models/stories260K is missing: CLI runs that load a model are skipped');
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(TSX, ['lib/cli.ts', ...args], { cwd: ROOT, env: { ...process.env, REPAIR_BACKEND: 'cpu' }, timeout: budget(110_000) }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const cli = cliRunner('source', { timeoutMs: 110_000, env: { REPAIR_BACKEND: 'cpu' } });
 
 let tmp: string;
 let data: string;

@@ -1,24 +1,19 @@
 // `repair-edit memory ls | show ID | rollback ID` on a memory file written by `repair-edit edit`, run as
 // a user runs them (node dist/cli.js) on the shipped stories260K.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../lib/paths.js';
 import { TIME_FACTOR as factor } from './helpers/time.js';
+import { cliRunner } from './helpers/cli.js';
 
 const ROOT = packageRoot();
 const CLI = join(ROOT, 'dist', 'cli.js');
 const ready = existsSync(CLI) && existsSync(join(ROOT, 'models', 'stories260K', 'config.json'));
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, REPAIR_BACKEND: 'cpu' }, timeout: 120_000 * factor }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
-    });
-  });
-}
+const cli = cliRunner('dist', { timeoutMs: 120_000, env: { REPAIR_BACKEND: 'cpu' } });
 
 let tmp = '';
 let mem = '';

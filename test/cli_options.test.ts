@@ -6,12 +6,13 @@
 // --model to pass; the edit table's per-edit figures for REPAIR batches; and an interrupted eval (SIGINT,
 // SIGTERM) writing its finished runs marked partial (the run in progress: test/cli_eval_interrupt.test.ts).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../lib/paths.js';
 import { budget } from './helpers/time.js';
+import { cliRunner } from './helpers/cli.js';
 
 const ROOT = packageRoot();
 const CLI = join(ROOT, 'dist', 'cli.js');
@@ -20,19 +21,7 @@ const FACTS = join(ROOT, '..', 'shared', 'models', 'facts-llama');
 const ready = existsSync(CLI) && existsSync(join(DEMO, 'config.json'));
 if (!ready) console.warn('[cli_options.test] dist/cli.js (npx tsc) or models/stories260K is missing: skipped');
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, REPAIR_BACKEND: 'cpu' }, timeout: budget(120_000) }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
-    });
-  });
-}
+const cli = cliRunner('dist', { timeoutMs: 120_000, env: { REPAIR_BACKEND: 'cpu' } });
 
 let tmp = '';
 let edits = '';

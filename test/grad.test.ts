@@ -12,6 +12,7 @@ import { loadModel, modelInternals, type Model } from '../lib/model.js';
 import { native, type NativeEditBatch, type NativeEditHyper, type NativeEditResult } from '../lib/native.js';
 import { packageRoot } from '../lib/paths.js';
 import { EditLoss64, loadRef64, type KdHyper, type LossParts, type MarginHyper, type Ref64Weights } from './helpers/ref64.js';
+import { mulberry32 as rng } from './helpers/optest.js';
 
 const addonError = (() => {
   try {
@@ -30,18 +31,7 @@ const QWEN2 = join(FIX, 'tiny-qwen2');
 const GPT2 = join(FIX, 'tiny-gpt2');
 const STORIES = join(packageRoot(), 'models', 'stories260K');
 
-// ---- deterministic randomness ----
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    // mulberry32
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// ---- deterministic randomness (rng: mulberry32, test/helpers/optest.ts) ----
 function gauss(u: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
 }

@@ -16,6 +16,7 @@ import { loadModel } from '../lib/model.js';
 import { Editor } from '../lib/editor.js';
 import { packageRoot } from '../lib/paths.js';
 import { budget } from './helpers/time.js';
+import { mulberry32 as rng } from './helpers/optest.js';
 
 const ROOT = packageRoot();
 const CLI = join(ROOT, 'dist', 'cli.js');
@@ -30,17 +31,6 @@ if (!built) console.warn('[server_crash.test] dist/cli.js is absent (run npx tsc
 const tmp = mkdtempSync(join(tmpdir(), 'repair-serve-crash-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-/** mulberry32: a small seeded generator, so a failing trial sequence can be replayed with its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const children = new Set<ChildProcess>();
 afterAll(() => {

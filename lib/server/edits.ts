@@ -84,6 +84,11 @@ export interface EditStatus {
   error: { code: string; message: string } | null;
 }
 
+/** The status of an edit accepted (or replayed from the journal) and not yet trained. */
+function queuedStatus(id: string, r: { prompt: string; target: string }, at: number): EditStatus {
+  return { id, object: 'edit', state: 'queued', prompt: r.prompt, target: r.target, source: 'request', created_at: at, trained_at: null, latency_ms: null, memory: null, steps: null, loss: null, error: null };
+}
+
 type Op = { kind: 'edit'; id: string; request: EditRequest } | { kind: 'rollback'; id: string };
 
 export interface EditQueueOptions {
@@ -175,21 +180,7 @@ export class EditQueue {
     const held = (id: string) => this.editor.editInfo(id) !== undefined;
     for (const e of entries) {
       if (e.op === 'edit') {
-        const base: EditStatus = {
-          id: e.id,
-          object: 'edit',
-          state: 'queued',
-          prompt: e.request.prompt,
-          target: e.request.target,
-          source: 'request',
-          created_at: e.at,
-          trained_at: null,
-          latency_ms: null,
-          memory: null,
-          steps: null,
-          loss: null,
-          error: null,
-        };
+        const base = queuedStatus(e.id, e.request, e.at);
         if (failed.has(e.id)) {
           this.#status.set(e.id, { ...base, state: 'failed', error: failed.get(e.id)! });
         } else if (held(e.id)) {
@@ -262,21 +253,7 @@ export class EditQueue {
     const out: EditStatus[] = [];
     requests.forEach((r, i) => {
       const id = ids[i]!;
-      const st: EditStatus = {
-        id,
-        object: 'edit',
-        state: 'queued',
-        prompt: r.prompt,
-        target: r.target,
-        source: 'request',
-        created_at: at,
-        trained_at: null,
-        latency_ms: null,
-        memory: null,
-        steps: null,
-        loss: null,
-        error: null,
-      };
+      const st = queuedStatus(id, r, at);
       this.#status.set(id, st);
       this.#ops.push({ kind: 'edit', id, request: { ...r, id } });
       out.push({ ...st });
