@@ -15,6 +15,22 @@ import { EditQueue, Gate, type EditStatus } from '../lib/server/edits.js';
 import { Journal } from '../lib/server/journal.js';
 import { budget } from './helpers/time.js';
 
+/** Hold the edit queue's gate with a reader (the worker cannot train meanwhile); resolves once held, to the release. */
+async function holdGate(server: RepairServer): Promise<() => Promise<void>> {
+  let release!: () => void;
+  let held!: Promise<void>;
+  await new Promise<void>((acquired) => {
+    held = server.queue.gate.read(() => {
+      acquired();
+      return new Promise<void>((r) => (release = r));
+    });
+  });
+  return async () => {
+    release();
+    await held;
+  };
+}
+
 const STORIES = join(packageRoot(), 'models', 'stories260K');
 const FACTS = join(packageRoot(), '..', 'shared', 'models', 'facts-llama');
 const haveFacts = existsSync(join(FACTS, 'config.json'));
@@ -370,14 +386,7 @@ describe('serve: security and limits', () => {
     expect(batch.status).toBe(400);
     expect((await json(batch)).error.code).toBe('batch_too_large');
     // hold the gate with a reader so the worker cannot drain the queue while we fill it
-    let release!: () => void;
-    let held!: Promise<void>;
-    await new Promise<void>((acquired) => {
-      held = server.queue.gate.read(() => {
-        acquired();
-        return new Promise<void>((r) => (release = r));
-      });
-    });
+    const release = await holdGate(server);
     try {
       expect((await post(`${base}/v1/edits`, { edits: [{ ...EDIT, id: 'q1' }, { ...EDIT, id: 'q2' }] }, KEY)).status).toBe(202);
       expect(server.queue.depth).toBe(1); // q1 is with the worker, waiting for the gate
@@ -389,8 +398,7 @@ describe('serve: security and limits', () => {
       expect(dup.status).toBe(409);
       expect((await json(dup)).error.code).toBe('edit_exists');
     } finally {
-      release();
-      await held;
+      await release();
     }
   });
 });
@@ -450,18 +458,10 @@ describe('serve: clients that go away, an editor that goes away', () => {
     const server = await createServer(editor, { port: 0 });
     try {
       const base = await server.listen();
-      let release!: () => void;
-      let held!: Promise<void>;
-      await new Promise<void>((acquired) => {
-        held = server.queue.gate.read(() => {
-          acquired();
-          return new Promise<void>((r) => (release = r));
-        });
-      });
+      const release = await holdGate(server);
       const id = (await json(await post(`${base}/v1/edits`, EDIT))).data[0].id as string;
       await editor.dispose();
-      release();
-      await held;
+      await release();
       await waitFor(base, id, (s) => s.state === 'queued' && server.queue.training === undefined);
       const gen = await post(`${base}/v1/completions`, { prompt: 'Once', max_tokens: 2 });
       expect(gen.status).toBe(503);
