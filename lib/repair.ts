@@ -146,6 +146,16 @@ export interface RepairOptions {
    * the main weights and lifted exact-match recall. 1 = the reference margins. Default 2.
    */
   marginScale: number;
+  /**
+   * Dense shards [ours]: repair trains every shard without the Bernoulli gradient mask (density 1 instead of
+   * maskRatio, 0.2). The reference masks each shard so that a TIES merge of shards averages near-disjoint
+   * updates (§1.6); kept shards (keepShards) are never merged, so the mask only takes 80 % of the value
+   * matrix away from each edit. On facts-llama (N = 60, ZsRE, scratch measurement) dense shards answered
+   * 53 % of the rephrased questions exactly, against 22 % with the mask, and trained faster (fewer steps to
+   * the fit stop). With keepShards off the dense shards are still TIES-merged (trimmed to mergeDensity by
+   * magnitude, signs elected). Off = the editor's maskRatio, as wise. Default on.
+   */
+  denseShards: boolean;
 }
 
 /**
@@ -160,6 +170,7 @@ export const REPAIR_PAPER: Readonly<Partial<RepairOptions>> = Object.freeze({
   negatives: 0,
   correctness: 'token' as Correctness,
   marginScale: 1,
+  denseShards: false,
 });
 
 export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = {
@@ -198,6 +209,7 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   negatives: 4,
   keepShards: true,
   marginScale: 2,
+  denseShards: true,
 };
 
 /** Fill the defaults and validate every field (typed errors naming the field). */
@@ -206,7 +218,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   if (o && o.batchSize !== undefined && o.window === undefined) r.window = 2 * o.batchSize;
   const bad = (k: string, what: string) => new RepairError('ERR_INVALID_ARG', `repair option ${k} must be ${what}, got ${JSON.stringify((r as unknown as Record<string, unknown>)[k])}`, { field: k });
   for (const k of Object.keys(o ?? {})) if (!(k in REPAIR_DEFAULTS) && k !== 'tauE') throw new RepairError('ERR_INVALID_ARG', `unknown repair option '${k}'`, { field: k });
-  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge', 'kdLogits', 'recalibrate', 'routeContent', 'keepShards'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
+  for (const k of ['monitor', 'batching', 'kd', 'lossAwareMerge', 'kdLogits', 'recalibrate', 'routeContent', 'keepShards', 'denseShards'] as const) if (typeof r[k] !== 'boolean') throw bad(k, 'a boolean');
   const int = (k: keyof RepairOptions, lo: number, hi: number) => {
     const v = r[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) throw bad(k, `an integer in [${lo}, ${hi}]`);

@@ -58,7 +58,7 @@ export function editHyper(ed: EditorState, seed: number, kd = false): NativeEdit
     lr: c.lr,
     weightDecay: c.weightDecay,
     clamp: c.normConstraint,
-    maskRatio: c.maskRatio,
+    maskRatio: r?.denseShards ? 1 : c.maskRatio, // repair's dense shards [ours]: no gradient mask
     seed,
     margin: c.method !== 'ft',
     alpha: c.actMargin[0] * ms,
