@@ -156,6 +156,13 @@ export interface RepairOptions {
    * magnitude, signs elected). Off = the editor's maskRatio, as wise. Default on.
    */
   denseShards: boolean;
+  /**
+   * Paraphrase rows [ours]: each new edit also trains on this many variants of its prompt, each without one
+   * word of the question's frame (an interior lowercase word; see promptVariants in lib/editor/rows.ts), so
+   * the memory learns the answer for the fact rather than for one wording. The records' own rephrases are
+   * the Gen test set and are never trained on. 0 = off. Default 0.
+   */
+  paraphraseRows: number;
 }
 
 /**
@@ -171,6 +178,7 @@ export const REPAIR_PAPER: Readonly<Partial<RepairOptions>> = Object.freeze({
   correctness: 'token' as Correctness,
   marginScale: 1,
   denseShards: false,
+  paraphraseRows: 0,
 });
 
 export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = {
@@ -210,6 +218,7 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   keepShards: true,
   marginScale: 2,
   denseShards: true,
+  paraphraseRows: 0,
 };
 
 /** Fill the defaults and validate every field (typed errors naming the field). */
@@ -252,6 +261,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   int('replay', 0, 1000);
   int('replayRows', 1, 1000);
   int('negatives', 0, 64);
+  int('paraphraseRows', 0, 64);
   num('marginScale', (x) => x > 0 && x <= 1000, 'a number in (0, 1000]');
   return r;
 }

@@ -12,6 +12,7 @@ import { loadModel, type Model } from '../lib/model.js';
 import { Editor, TRAIN_HOOK, type EditRequest } from '../lib/editor.js';
 import type { NativeEditHyper } from '../lib/native.js';
 import { calibrateThreshold, REPAIR_DEFAULTS, REPAIR_PAPER, resolveRepairOptions, topKMean } from '../lib/repair.js';
+import { promptVariants } from '../lib/editor/rows.js';
 import { packageRoot } from '../lib/paths.js';
 import { FACTS, haveFacts, loadZsreRecords, tfAcc, zsreEdit } from './helpers/setup.js';
 
@@ -50,6 +51,26 @@ describe('calibrateThreshold, topKMean, options', () => {
     const off = resolveRepairOptions({ ...REPAIR_PAPER }, 10);
     expect([off.recalibrate, off.routeContent, off.replay, off.negatives, off.correctness]).toEqual([false, false, 0, 0, 'token']);
     expect(REPAIR_DEFAULTS.recalibrate).toBe(true);
+    expect(() => resolveRepairOptions({ paraphraseRows: -1 }, 10)).toThrow(/paraphraseRows/);
+    expect(() => resolveRepairOptions({ paraphraseRows: 1.5 }, 10)).toThrow(/paraphraseRows/);
+    expect(resolveRepairOptions({ ...REPAIR_PAPER }, 10).paraphraseRows).toBe(0);
+  });
+  it('promptVariants drops one interior lowercase word of the question frame, never the subject, the same on every call', () => {
+    const p = 'What is the product made by UniFirst?';
+    const v = promptVariants(p, 3);
+    expect(v).toHaveLength(3);
+    expect(new Set(v).size).toBe(3);
+    for (const x of v) {
+      expect(x.split(' ')).toHaveLength(p.split(' ').length - 1);
+      expect(x.startsWith('What ')).toBe(true);
+      expect(x.endsWith(' UniFirst?')).toBe(true);
+    }
+    expect(promptVariants(p, 3)).toEqual(v);
+    expect(promptVariants(p, 0)).toEqual([]);
+    // no frame word to drop: the prompt itself
+    expect(promptVariants('Founder of Acme Corp?', 2)).toEqual(['Founder Acme Corp?', 'Founder Acme Corp?']);
+    expect(promptVariants('Acme founder?', 2)).toEqual(['Acme founder?', 'Acme founder?']);
+    expect(promptVariants('Where is Émile Zola buried?', 1)[0]).toBe('Where Émile Zola buried?');
   });
 });
 

@@ -29,7 +29,7 @@ export async function rollbackEdit(ed: EditorState, editId: string, opts: { sign
     for (const e of part.edits) {
       if (signal?.aborted) throw abortedError('rollback');
       const st = ed.edits.get(e)!;
-      const r = await nm.sideEdit(ed.side, slot, buildRows(ed, [{ request: st.request, irrelevant: st.irrelevant }]), editHyper(ed, part.seed));
+      const r = await nm.sideEdit(ed.side, slot, buildRows(ed, [{ request: st.request, irrelevant: st.irrelevant, variants: ed.config.repair?.paraphraseRows ?? 0 }]), editHyper(ed, part.seed));
       rescored.set(e, { score: r.thresholdStat, promptScore: r.promptStat, loss: r.sampleCe[0] ?? st.loss });
       minAct = Math.min(minAct, r.thresholdStat);
       minPrompt = Math.min(minPrompt, r.promptStat);

@@ -92,24 +92,30 @@ export function promptText(ed: EditorState, template: string, prompt: string): s
  * Σ CE / (#target + 1)) [ours: a sum, not a mean, so each sample gets the gradient of a single edit at
  * the same lr — with a mean, a batch of b trains each edit b× more weakly in the same n_iter steps].
  */
-export function buildRows(ed: EditorState, samples: readonly { request: EditRequest; irrelevant: readonly string[]; templates?: readonly number[] }[], extra: readonly string[] = []): NativeEditBatch {
+export function buildRows(
+  ed: EditorState,
+  samples: readonly { request: EditRequest; irrelevant: readonly string[]; templates?: readonly number[]; variants?: number }[],
+  extra: readonly string[] = [],
+): NativeEditBatch {
   const tok = ed.model.tokenizer;
   const edit: { ids: number[]; p: number; sample: number; rows: number }[] = [];
-  samples.forEach(({ request: req, templates }, si) => {
-    const use = templates ? templates.map((i) => ed.templates[i]!) : ed.templates;
-    for (const t of use) {
+  samples.forEach(({ request: req, templates, variants }, si) => {
+    // each row: a context template and the prompt; repair's paraphraseRows add bare-template rows of prompt variants
+    const use: [string, string][] = (templates ? templates.map((i) => ed.templates[i]!) : ed.templates).map((t) => [t, req.prompt]);
+    for (const v of promptVariants(req.prompt, variants ?? 0)) use.push(['{}', v]);
+    for (const [t, prompt] of use) {
       let promptIds: number[];
       let ids: number[];
       if (ed.config.useChatTemplate) {
-        const pt = promptText(ed, t, req.prompt);
+        const pt = promptText(ed, t, prompt);
         promptIds = tok.encode(pt);
         ids = tok.encode(`${pt} ${req.target}`);
       } else {
         const i = t.lastIndexOf('{}');
         const pre = t.slice(0, i);
         const post = t.slice(i + 2);
-        promptIds = tok.encode(pre + req.prompt + post);
-        ids = tok.encode(pre + req.prompt + ' ' + req.target + post);
+        promptIds = tok.encode(pre + prompt + post);
+        ids = tok.encode(pre + prompt + ' ' + req.target + post);
       }
       if (ids.length <= promptIds.length) {
         throw new RepairError('ERR_EDIT_REQUEST', `the target ${JSON.stringify(req.target)} adds no token to the prompt`, { field: 'target' });
@@ -143,6 +149,25 @@ export function buildRows(ed: EditorState, samples: readonly { request: EditRequ
   });
   for (let i = edit.length; i < R; i++) kind[i] = 1;
   return { tokens, R, T, pad, labels, labelWeights, kind, ...(samples.length > 1 ? { sample } : {}) };
+}
+
+/**
+ * Prompt variants for repair `paraphraseRows` [ours]: k copies of the prompt, each without one word of the
+ * question's frame — an interior word that starts with a lowercase letter (the first and the last word
+ * and capitalised words, usually the subject's, are kept) — picked from a hash of the prompt, so the rows
+ * are the same on every run. A prompt with no such word is repeated as it is.
+ */
+export function promptVariants(prompt: string, k: number): string[] {
+  if (k <= 0) return [];
+  const words = prompt.split(' ');
+  const frame = words.map((_, i) => i).filter((i) => i > 0 && i < words.length - 1 && /^\p{Ll}/u.test(words[i]!));
+  let h = 2166136261;
+  for (let i = 0; i < prompt.length; i++) h = Math.imul(h ^ prompt.charCodeAt(i), 16777619) >>> 0;
+  return Array.from({ length: k }, (_, j) => {
+    if (!frame.length) return prompt;
+    const drop = frame[(h + j) % frame.length]!;
+    return words.filter((_, i) => i !== drop).join(' ');
+  });
 }
 
 /**

@@ -83,7 +83,8 @@ export async function train(
   opts: { signal?: AbortSignal; onProgress?: (p: EditProgress) => void } = {},
 ): Promise<{ results: EditResult[]; memory: string; res: NativeEditResult }> {
   const cursor = ed.irrCursor;
-  const samples = items.map((p) => ({ request: p.request, irrelevant: irrelevantFor(ed, p.request) }));
+  const variants = ed.config.repair?.paraphraseRows ?? 0;
+  const samples = items.map((p) => ({ request: p.request, irrelevant: irrelevantFor(ed, p.request), variants }));
   let batch: NativeEditBatch;
   try {
     batch = buildRows(ed, [...samples, ...replaySamples(ed, items)], extraNegatives(ed, items));
