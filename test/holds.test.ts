@@ -140,6 +140,36 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     expect(dense).toBeGreaterThanOrEqual(masked + 2); // 6 against 3 when written
   }, SLOW);
 
+  it('key routing: rephrased questions reach the memory that holds their edit more often than by the memories scores; explain() names the nearest edit', async () => {
+    const recs = Array.from({ length: 20 }, (_, i) => zsreEdit(zsre, i, { id: true, rephrase: true }));
+    const reached = async (keyRouting: boolean) => {
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { ...plain, keyRouting } });
+      await ed.editMany(recs);
+      const mem = ed.memories().memories;
+      expect(mem.length).toBe(4);
+      let n = 0;
+      for (const r of recs) {
+        const e = await ed.explain(r.rephrase!);
+        if (e.route !== 'main' && mem[e.route]?.edits.includes(r.id!)) n++;
+        if (keyRouting && e.route !== 'main') expect(e.key).toBeDefined();
+        if (!keyRouting) expect(e.key).toBeUndefined();
+      }
+      if (keyRouting) {
+        // an edit prompt's nearest key is its own (similarity 1), in the memory that holds it
+        const e = await ed.explain(recs[7]!.prompt);
+        expect(e.key!.edit).toBe('z7');
+        expect(e.key!.similarity).toBeCloseTo(1, 4);
+        expect(mem[e.route as number]!.edits).toContain('z7');
+      }
+      await ed.dispose();
+      return n;
+    };
+    const on = await reached(true);
+    const off = await reached(false);
+    console.log(`[holds.test] rephrases reaching their memory of 20: keys ${on}, scores ${off}`);
+    expect(on).toBeGreaterThan(off);
+  }, SLOW);
+
   it('shard replay: after 5 edits in one shard every edit is still recalled (teacher-forced, every answer token); without replay some are not', async () => {
     const recs = Array.from({ length: 5 }, (_, i) => rec(i));
     const accs = async (replay: number) => {

@@ -22,7 +22,7 @@ import { addConfigOptions, mergeEditor, mergeRuntime, readConfigFile, withConfig
 import { renderHtmlReport, type EvalRunFile } from './eval_report.js';
 import { f2, legend, resultsTable, routingLines } from './eval_table.js';
 
-export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact', 'shards', 'margins', 'dense', 'paraphrase'] as const;
+export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact', 'shards', 'margins', 'dense', 'paraphrase', 'keys'] as const;
 export type Ablation = (typeof ABLATIONS)[number];
 /** The REPAIR options of each ablation: a mechanism off, or ('bound') no bound on retraining (retrainShare). */
 const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
@@ -41,6 +41,7 @@ const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
   margins: { marginScale: 1 },
   dense: { denseShards: false },
   paraphrase: { paraphraseRows: 0 },
+  keys: { keyRouting: false },
 };
 /** 'repair-paper' = method 'repair' as the REPAIR paper specifies it (REPAIR_PAPER: every issue-12 mechanism off). */
 const METHODS = ['wise', 'repair', 'repair-paper', 'ft'] as const;

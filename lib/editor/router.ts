@@ -36,6 +36,12 @@ export interface Explanation {
   threshold: number;
   scores: RouteScore[];
   tokens: number;
+  /**
+   * With repair's `keyRouting` (issue 12), when the input goes to a memory: the stored edit whose key is
+   * nearest (cosine of the unedited layer's mean FFN activation); `route` is the memory holding it, and
+   * `score` / `threshold` are that memory's.
+   */
+  key?: { edit: string; similarity: number };
 }
 
 /**
@@ -211,6 +217,16 @@ export async function explain(ed: EditorState, prompt: Prompt, opts: { signal?: 
   return modelInternals(ed.model).enqueue(async (nm) => {
     const sc = await scores(ed, nm, Int32Array.from(ids), 1, ids.length, new Int32Array(1));
     const d = decide(ed, (s) => sc[s]![0]!, basis);
+    let key: { edit: string; similarity: number } | undefined;
+    if (ed.keyed && d.slot >= 0) {
+      // key routing: the memory holding the nearest stored edit, reported with its own score and threshold
+      const slot = [d.slot];
+      const near: { edit: string; similarity: number }[] = [];
+      await keyRoute(ed, nm, Int32Array.from(ids), ids.length, new Int32Array(1), basis, slot, near);
+      const x = slot[0] === 0 ? ed.working : ed.memories[slot[0]! - 1]!;
+      Object.assign(d, { slot: slot[0]!, score: sc[slot[0]!]![0]!, threshold: ed.thrOf(x, basis) });
+      if (near[0]) key = near[0];
+    }
     const all: RouteScore[] = [
       { memory: -1, kind: 'working', score: sc[0]![0]!, threshold: thrOf(ed.working), edits: ed.working.edits.length, ...cal(ed.working) },
       ...ed.memories.map((m, i) => ({ memory: i, kind: m.kind, score: sc[i + 1]![0]!, threshold: thrOf(m), edits: m.edits.length, ...cal(m) })),
@@ -222,6 +238,7 @@ export async function explain(ed: EditorState, prompt: Prompt, opts: { signal?: 
       threshold: d.slot === -1 ? best!.threshold : d.threshold,
       scores: all,
       tokens: ids.length,
+      ...(key ? { key } : {}),
     };
   }, opts.signal);
 }
@@ -242,5 +259,79 @@ export async function routingTokens(ed: EditorState, ids: readonly number[]): Pr
  */
 export async function routeRows(ed: EditorState, nm: NativeModel, tokens: Int32Array, B: number, T: number, pad: Int32Array, basis: 'full' | 'prompt'): Promise<number[]> {
   const sc = await scores(ed, nm, tokens, B, T, pad);
-  return Array.from({ length: B }, (_, b) => decide(ed, (s) => sc[s]![b]!, basis).slot);
+  const out = Array.from({ length: B }, (_, b) => decide(ed, (s) => sc[s]![b]!, basis).slot);
+  if (ed.keyed) await keyRoute(ed, nm, tokens, T, pad, basis, out);
+  return out;
+}
+
+/** Unit-norm copies of feature rows (the edited layer's mean FFN activation, [B * F]). */
+function unitRows(flat: Float32Array, B: number): Float32Array[] {
+  const F = flat.length / B;
+  return Array.from({ length: B }, (_, b) => {
+    const v = flat.slice(b * F, (b + 1) * F);
+    let n = 0;
+    for (let i = 0; i < F; i++) n += v[i]! * v[i]!;
+    n = Math.sqrt(n) || 1;
+    for (let i = 0; i < F; i++) v[i]! /= n;
+    return v;
+  });
+}
+
+/** The text of an edit's key row: its bare prompt ('prompt' basis) or prompt + " " + target ('full'). */
+function keyText(ed: EditorState, id: string, basis: 'full' | 'prompt'): string {
+  const r = ed.edits.get(id)!.request;
+  const p = promptText(ed, '{}', r.prompt);
+  return basis === 'full' ? `${p} ${r.target}` : p;
+}
+
+/**
+ * Key routing (repair `keyRouting`, issue 12) [ours]: the activation scores decide whether a row goes to a
+ * side memory at all (some memory above its recalibrated threshold: `decide`); which memory is decided by
+ * content — the memory holding the stored edit whose key row (same basis) is nearest to the row in cosine
+ * of the unedited layer's mean FFN activation (REPAIR's batching feature). A paraphrase shares its edit's
+ * subject and meaning but not its wording; the memories' scores, trained on the wording, often rank
+ * another memory first. Rows routed to the main weight stay there. `out` is updated in place.
+ */
+export async function keyRoute(
+  ed: EditorState,
+  nm: NativeModel,
+  tokens: Int32Array,
+  T: number,
+  pad: Int32Array,
+  basis: 'full' | 'prompt',
+  out: number[],
+  nearest?: { edit: string; similarity: number }[],
+): Promise<void> {
+  const routed = out.map((s, b) => (s >= 0 ? b : -1)).filter((b) => b >= 0);
+  if (!routed.length) return;
+  // the latest holder of every stored edit (a re-trained edit is listed again in a later memory)
+  const holder = new Map<string, number>();
+  for (const { slot, x } of ed.slots().slice(1)) for (const id of x.edits) if (ed.edits.has(id)) holder.set(id, slot);
+  for (const id of ed.working.edits) if (ed.edits.has(id)) holder.set(id, 0);
+  if (holder.size < 2) return;
+  // keys of the stored edits, computed once per text
+  const missing = [...new Set([...holder.keys()].map((id) => keyText(ed, id, basis)).filter((t) => !ed.keyCache.has(t)))];
+  for (let i = 0; i < missing.length; i += 64) {
+    const part = missing.slice(i, i + 64);
+    const k = leftPad(part.map((t) => tokensOf(ed, t)));
+    const f = unitRows(await nm.sideFeatures(ed.side, k.tokens, k.B, k.T, k.pad), k.B);
+    part.forEach((t, j) => ed.keyCache.set(t, f[j]!));
+  }
+  const keys = [...holder].map(([id, slot]) => ({ id, slot, key: ed.keyCache.get(keyText(ed, id, basis))! }));
+  // the routed rows' features (one call)
+  const sub = new Int32Array(routed.length * T);
+  const subPad = new Int32Array(routed.length);
+  routed.forEach((b, j) => (sub.set(tokens.subarray(b * T, (b + 1) * T), j * T), (subPad[j] = pad[b]!)));
+  const feats = unitRows(await nm.sideFeatures(ed.side, sub, routed.length, T, subPad), routed.length);
+  routed.forEach((b, j) => {
+    const f = feats[j]!;
+    let best = -Infinity;
+    let edit = '';
+    for (const { id, slot, key } of keys) {
+      let c = 0;
+      for (let i = 0; i < f.length; i++) c += f[i]! * key[i]!;
+      if (c > best) (best = c), (out[b] = slot), (edit = id);
+    }
+    if (nearest) nearest[b] = { edit, similarity: best };
+  });
 }

@@ -113,6 +113,12 @@ export class EditorState {
   dirty = new Set<string>();
   /** Token ids of texts scored for recalibration (negatives recur across calls). */
   tokCache = new Map<string, number[]>();
+  /**
+   * repair `keyRouting`: the unit-norm key (mean FFN activation of the unedited layer) of each stored edit's
+   * prompt row and prompt + target row, by row text. A function of the base model and the text alone, so
+   * it survives rollbacks and reloads (recomputed on demand), and is never part of a snapshot.
+   */
+  keyCache = new Map<string, Float32Array>();
   nonContent: Set<number> | undefined;
   /** The event callback of the editMany call in progress (merges run by the cadence report through it). */
   onEvent: ((e: RepairEvent) => void) | undefined;
@@ -149,6 +155,10 @@ export class EditorState {
   /** repair `recalibrate` (issue 12) is on (retrieve mode only: WISE-Merge keeps the reference thresholds). */
   get recal(): boolean {
     return this.config.method === 'repair' && this.config.repair!.recalibrate && this.config.retrieve;
+  }
+  /** repair `keyRouting` (issue 12): on with recalibrated thresholds only (it picks among memories above them). */
+  get keyed(): boolean {
+    return this.recal && this.config.repair!.keyRouting;
   }
   /** A memory's routing threshold: the recalibrated one (repair `recalibrate`), else act_ratio × its min statistic. */
   thrOf(x: { minAct: number; minPrompt: number; thr?: number; edits: string[] }, basis: 'full' | 'prompt'): number {
