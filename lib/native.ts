@@ -170,7 +170,7 @@ export interface NativeSideMemory {
   /** TIES-merge source slots against the base weight into dst (dst may be one of the sources). */
   ties(dst: number, srcs: Int32Array, weights: Float32Array, density: number): Promise<void>;
   /** Per-token routing distances of every slot, [slots * B*T] (slot-major); one stacked GEMM. */
-  score(tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number): Promise<Float32Array>;
+  score(tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number, slots?: Int32Array): Promise<Float32Array>;
   /** One whole edit (all steps) in one call; the slot is restored on any failure. */
   edit(slot: number, batch: NativeEditBatch, hyper: NativeEditHyper, onProgress?: (step: number, loss: number) => void): Promise<NativeEditResult>;
   /** REPAIR's loss-aware merge (Alg. 4) of source slots into dst with the given weights. */
@@ -237,8 +237,11 @@ export interface NativeModel extends NativeModelCore {
   sideWrite(side: number, slot: number, weights: Float32Array): Promise<void>;
   /** TIES-merge source slots against the base weight into dst (dst may be one of the sources). */
   sideTies(side: number, dst: number, srcs: Int32Array, weights: Float32Array, density: number): Promise<void>;
-  /** Per-token routing distances of every slot, [slots * B*T] (slot-major); one stacked GEMM. */
-  sideScore(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number): Promise<Float32Array>;
+  /**
+   * Per-token routing distances of every slot, [slots * B*T] (slot-major); one stacked GEMM. With `slots`,
+   * of those slots alone in that order, [slots.length * B*T] (one GEMM each).
+   */
+  sideScore(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number, slots?: Int32Array): Promise<Float32Array>;
   /** One whole edit (all steps) in one call; the slot is restored on any failure. */
   sideEdit(
     side: number,
@@ -315,8 +318,8 @@ function withSideIds(Core: new (spec: NativeModelSpec) => NativeModelCore): new 
     sideTies(side: number, dst: number, srcs: Int32Array, weights: Float32Array, density: number): Promise<void> {
       return this.#on(side, (s) => s.ties(dst, srcs, weights, density));
     }
-    sideScore(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number): Promise<Float32Array> {
-      return this.#on(side, (s) => s.score(tokens, B, T, pad, act));
+    sideScore(side: number, tokens: Int32Array, B: number, T: number, pad: Int32Array, act: number, slots?: Int32Array): Promise<Float32Array> {
+      return this.#on(side, (s) => s.score(tokens, B, T, pad, act, slots));
     }
     sideEdit(side: number, slot: number, batch: NativeEditBatch, hyper: NativeEditHyper, onProgress?: (step: number, loss: number) => void): Promise<NativeEditResult> {
       return this.#on(side, (s) => s.edit(slot, batch, hyper, onProgress));

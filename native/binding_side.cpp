@@ -205,7 +205,8 @@ Napi::Value NativeSideMemory::Ties(const Napi::CallbackInfo& info) {
   return o->run_async(env, [=](re::Model* m) { m->side_ties(id, dst, srcs, weights, density); }, nullptr);
 }
 
-// score(tokens, B, T, pad, act): per-token routing distances of every slot, [slots * B*T].
+// score(tokens, B, T, pad, act[, slots]): per-token routing distances of every slot, [slots * B*T]; with an
+// Int32Array of slots, of those alone in that order.
 Napi::Value NativeSideMemory::Score(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   NativeModel* o = owner(env);
@@ -213,9 +214,14 @@ Napi::Value NativeSideMemory::Score(const Napi::CallbackInfo& info) {
   const int B = int_arg(env, info[1], "B"), T = int_arg(env, info[2], "T"), id = id_;
   auto pad = int32_vec(env, info[3], "pad");
   const int act = int_arg(env, info[4], "act");
+  std::vector<int32_t> only;
+  if (info.Length() > 5 && !info[5].IsUndefined()) {
+    only = int32_vec(env, info[5], "slots");
+    if (only.empty()) throw_js(env, RE_ERR_ARG, "slots must name at least one slot");
+  }
   auto out = std::make_shared<std::vector<float>>();
   const std::atomic<bool>* ab = o->abort_flag();
-  return o->run_async(env, [=](re::Model* m) { *out = m->side_score(id, tokens, B, T, pad, act, ab); },
+  return o->run_async(env, [=](re::Model* m) { *out = m->side_score(id, tokens, B, T, pad, act, ab, only); },
                       [out](Napi::Env e) -> Napi::Value { return f32_array(e, *out); });
 }
 

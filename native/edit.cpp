@@ -234,7 +234,8 @@ void Model::mlp_act(int l, const float* x, float* act, int BT) {
 }
 
 std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens, int B, int T,
-                                     const std::vector<int32_t>& pad, int act, const std::atomic<bool>* abort) {
+                                     const std::vector<int32_t>& pad, int act, const std::atomic<bool>* abort,
+                                     const std::vector<int32_t>& only) {
   if (!loaded_) fail(RE_ERR_ARG, "the model is not loaded");
   const Arch& a = arch_;
   SideStore& st = store(id);
@@ -246,7 +247,9 @@ std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens,
   if (act < 0 || act > 2) fail(RE_ERR_ARG, "score: act must be 0, 1 or 2");
   check_tokens(tokens);
   const int BT = B * T, L = st.layer, nm = st.count;
-  std::vector<float> out((size_t)nm * BT);
+  for (int32_t s : only)
+    if (s < 0 || s >= nm) fail(RE_ERR_ARG, "score: slot " + std::to_string(s) + " out of range (" + std::to_string(nm) + " slots)");
+  std::vector<float> out((size_t)(only.empty() ? nm : (int)only.size()) * BT);
   if (nm == 0) return out;
   int32_t *d_ids, *d_pos, *d_pad;
   upload_ids(tokens, B, T, pad, &d_ids, &d_pos, &d_pad);
@@ -261,10 +264,23 @@ std::vector<float> Model::side_score(int id, const std::vector<int32_t>& tokens,
   if (st.target) norm(A, x, layers_[L].ln2, layers_[L].ln2b, BT);
   else mlp_act(L, x, A, BT);
   float* om = ensure(hrows_, (size_t)BT * N * 4);
-  float* os = ensure(logits_, (size_t)BT * nm * N * 4);
-  float* d = ensure(att_, (size_t)BT * nm * 4 + 4);
   const WeightRef bias = side_bias(st);  // GPT-2: o = x·Wᵀ + b on both the main and every side output
   be_->linear(om, A, side_base(st), bias, BT, N, K, false);
+  if (!only.empty()) {
+    // the chosen slots only (recalibration scores one or two memories among hundreds): os [BT, N] per slot
+    float* os = ensure(logits_, (size_t)BT * N * 4);
+    float* d = ensure(att_, (size_t)BT * only.size() * 4 + 4);
+    for (size_t j = 0; j < only.size(); ++j) {
+      be_->linear(os, A, WeightRef{st.buf + (size_t)only[j] * N * K, DType::F32}, WeightRef{}, BT, N, K, false);
+      if (bias.p) be_->add_bias(os, bias, BT, N);
+      be_->act_dist(d + j * BT, os, om, BT, 1, N, act);
+    }
+    be_->download(out.data(), d, out.size() * 4);
+    be_->sync();
+    return out;
+  }
+  float* os = ensure(logits_, (size_t)BT * nm * N * 4);
+  float* d = ensure(att_, (size_t)BT * nm * 4 + 4);
   be_->linear(os, A, WeightRef{st.buf, DType::F32}, WeightRef{}, BT, nm * N, K, false);  // all slots, one GEMM
   if (bias.p) be_->add_bias(os, bias, BT * nm, N);
   be_->act_dist(d, os, om, BT, nm, N, act);

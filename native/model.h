@@ -161,9 +161,11 @@ class Model {
   std::vector<float> side_features(int id, const std::vector<int32_t>& tokens, int B, int T,
                                    const std::vector<int32_t>& pad, const std::atomic<bool>* abort);
   uint64_t base_fingerprint(int layer, int target = 0);  // FNV-1a 64 over the base matrix bytes
-  // Per-token routing distances of every slot: [slots, B*T] (pads included; TS reduces per row).
+  // Per-token routing distances of every slot: [slots, B*T] (pads included; TS reduces per row); with a
+  // non-empty `only`, of those slots alone, in that order: [only.size(), B*T] (one GEMM per slot).
   std::vector<float> side_score(int id, const std::vector<int32_t>& tokens, int B, int T,
-                                const std::vector<int32_t>& pad, int act, const std::atomic<bool>* abort);
+                                const std::vector<int32_t>& pad, int act, const std::atomic<bool>* abort,
+                                const std::vector<int32_t>& only = {});
   // Trains slot `slot` on the batch for up to n_iter steps in one call (the editing hot path).
   // On any failure (abort, NaN/Inf loss) the slot is restored to its value before the call.
   EditResult side_edit(int id, int slot, const EditBatch& batch, const EditHyper& h, const std::atomic<bool>* abort,

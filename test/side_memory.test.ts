@@ -134,6 +134,37 @@ describe('NativeSideMemory', () => {
     }
   });
 
+  it('score(…, slots) gives the rows of those slots, in that order, equal to the all-slot call; bad slots are typed errors', async () => {
+    const nm = await loaded();
+    try {
+      const s = nm.createSideMemory(1);
+      for (let i = 0; i < 4; i++) await s.add(-1);
+      // make the four slots differ: slot i = base + i·δ on a few elements
+      for (let i = 0; i < 4; i++) {
+        const w = await s.read(i);
+        for (let k = 0; k < w.length; k += 7) w[k]! += 0.05 * (i + 1) * Math.sin(k);
+        await s.write(i, w);
+      }
+      const B = 2;
+      const T = 5;
+      const tokens = Int32Array.from([1, 5, 9, 13, 17, 0, 0, 2, 3, 4]);
+      const pad = Int32Array.from([0, 2]);
+      const all = await s.score(tokens, B, T, pad, 1);
+      expect(all.length).toBe(4 * B * T);
+      const some = await s.score(tokens, B, T, pad, 1, Int32Array.from([3, 0, 2]));
+      expect(some.length).toBe(3 * B * T);
+      [3, 0, 2].forEach((slot, j) => {
+        for (let t = 0; t < B * T; t++) expect(some[j * B * T + t]!).toBeCloseTo(all[slot * B * T + t]!, 4);
+      });
+      await expect(s.score(tokens, B, T, pad, 1, Int32Array.from([4]))).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+      await expect(s.score(tokens, B, T, pad, 1, Int32Array.from([-1]))).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+      expect(codeOf(() => s.score(tokens, B, T, pad, 1, new Int32Array(0)))).toBe('ERR_INVALID_ARG');
+      s.dispose();
+    } finally {
+      await nm.dispose();
+    }
+  });
+
   it('only for NativeModels: the class refuses anything else as its model', async () => {
     const nm = await loaded();
     try {

@@ -77,11 +77,12 @@ export async function recalibrate(ed: EditorState): Promise<void> {
   const promptIds = [...prompts];
   const rows = [...promptIds.map((id) => tokensOf(ed, promptText(ed, '{}', ed.edits.get(id)!.request.prompt))), ...pool.map((t) => tokensOf(ed, t))];
   const { tokens, pad, B, T } = leftPad(rows);
-  const sc = await modelInternals(ed.model).enqueue((nm) => scores(ed, nm, tokens, B, T, pad));
+  // only the memories being recalibrated are scored (one or two among hundreds of shards)
+  const sc = await modelInternals(ed.model).enqueue((nm) => scores(ed, nm, tokens, B, T, pad, work.map((w) => w.slot)));
   const rowOf = new Map(promptIds.map((id, i) => [id, i]));
-  for (const { slot, x } of work) {
-    const positives = x.edits.filter((id) => rowOf.has(id)).map((id) => sc[slot]![rowOf.get(id)!]!);
-    const negatives = pool.map((_, i) => sc[slot]![promptIds.length + i]!);
+  for (const [j, { x }] of work.entries()) {
+    const positives = x.edits.filter((id) => rowOf.has(id)).map((id) => sc[j]![rowOf.get(id)!]!);
+    const negatives = pool.map((_, i) => sc[j]![promptIds.length + i]!);
     const thr = calibrateThreshold(positives, negatives, ro.calibrationPoint);
     x.thr = Number.isFinite(thr) ? thr : ed.threshold(NO_ACT);
     x.cal = { positives, negatives };
@@ -113,12 +114,13 @@ export function isContent(ed: EditorState, id: number): boolean {
 }
 
 /**
- * Per-slot scores of each row, slot-major [slots][B]: the reference's mean over valid tokens (max past
+ * Per-slot scores of each row, slot-major [slots][B] (with `only`: [only.length][B], those slots in that
+ * order): the reference's mean over valid tokens (max past
  * maxMeanTokens), or with repair `routeContent` the mean of the distances over the
  * row's content tokens (every valid token when it has none).
  */
-export async function scores(ed: EditorState, nm: NativeModel, tokens: Int32Array, B: number, T: number, pad: Int32Array): Promise<number[][]> {
-  const raw = await nm.sideScore(ed.side, tokens, B, T, pad, actCode(ed.model, ed.config.scoreMode));
+export async function scores(ed: EditorState, nm: NativeModel, tokens: Int32Array, B: number, T: number, pad: Int32Array, only?: readonly number[]): Promise<number[][]> {
+  const raw = await nm.sideScore(ed.side, tokens, B, T, pad, actCode(ed.model, ed.config.scoreMode), only ? Int32Array.from(only) : undefined);
   const slots = raw.length / (B * T);
   const out: number[][] = [];
   const ro = ed.config.method === 'repair' ? ed.config.repair! : undefined;
