@@ -53,7 +53,8 @@ export const explainCommand: CliCommand = {
           const chosen = e.route === 'main' ? undefined : e.scores.find((s) => s.memory === e.route);
           const lines = [
             `route:     ${routeLabel(e.route)}${chosen ? ` (${chosen.kind}, ${chosen.edits} edit${chosen.edits === 1 ? '' : 's'})` : ' (the unedited weights)'}`,
-            `score:     ${fmtNum(e.score)} ${e.route === 'main' ? '<' : '>='} threshold ${fmtNum(e.threshold)}${e.route === 'main' ? ' (best memory)' : ''}`,
+            `score:     ${fmtNum(e.score)} ${e.score >= e.threshold ? '>=' : '<'} threshold ${fmtNum(e.threshold)}${e.route === 'main' ? ' (best memory)' : ''}`,
+            ...(e.key ? [`key:       nearest stored edit ${e.key.edit} (cosine ${e.key.similarity.toFixed(3)}; key routing picks its memory)`] : []),
             `basis:     ${basis} (${e.tokens} tokens)`,
             '',
             scoresTable(e),

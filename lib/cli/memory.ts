@@ -195,13 +195,15 @@ export function explanationJson(e: Explanation): Record<string, unknown> {
     threshold: e.threshold,
     tokens: e.tokens,
     scores: e.scores.map((s) => ({ memory: s.memory === -1 ? 'working' : s.memory, kind: s.kind, score: s.score, threshold: s.threshold, edits: s.edits })),
+    ...(e.key ? { key: e.key } : {}),
   };
 }
 
 /** One-line summary: `memory 2 (score 15.78 >= threshold 12.26)` / `main (best score 8.47 < threshold 11.25)`. */
 export function routeSummary(e: Explanation): string {
   if (e.route === 'main') return `main (best score ${fmtNum(e.score)} < threshold ${fmtNum(e.threshold)})`;
-  return `${routeLabel(e.route)} (score ${fmtNum(e.score)} >= threshold ${fmtNum(e.threshold)})`;
+  const key = e.key ? `, nearest edit ${e.key.edit}` : '';
+  return `${routeLabel(e.route)} (score ${fmtNum(e.score)} ${e.score >= e.threshold ? '>=' : '<'} threshold ${fmtNum(e.threshold)}${key})`;
 }
 
 /** The table of every memory's score, threshold and edit count; the chosen one is marked. */
