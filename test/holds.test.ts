@@ -13,6 +13,7 @@ import { Editor, TRAIN_HOOK, type EditRequest } from '../lib/editor.js';
 import type { NativeEditHyper } from '../lib/native.js';
 import { calibrateThreshold, REPAIR_DEFAULTS, REPAIR_PAPER, resolveRepairOptions, topKMean } from '../lib/repair.js';
 import { promptVariants } from '../lib/editor/rows.js';
+import { explanationJson, routeSummary } from '../lib/cli/memory.js';
 import { packageRoot } from '../lib/paths.js';
 import { FACTS, haveFacts, loadZsreRecords, tfAcc, zsreEdit } from './helpers/setup.js';
 
@@ -54,6 +55,14 @@ describe('calibrateThreshold, topKMean, options', () => {
     expect(() => resolveRepairOptions({ paraphraseRows: -1 }, 10)).toThrow(/paraphraseRows/);
     expect(() => resolveRepairOptions({ paraphraseRows: 1.5 }, 10)).toThrow(/paraphraseRows/);
     expect(resolveRepairOptions({ ...REPAIR_PAPER }, 10).paraphraseRows).toBe(0);
+  });
+  it('the CLI JSON and summary of an explanation carry the nearest edit under key routing, and the true score / threshold relation', () => {
+    const e = { route: 2, score: 30, threshold: 32, tokens: 9, scores: [], key: { edit: 'z7', similarity: 0.97 } } as unknown as Parameters<typeof explanationJson>[0];
+    expect(explanationJson(e).key).toEqual({ edit: 'z7', similarity: 0.97 });
+    expect(routeSummary(e)).toBe('memory 2 (score 30.00 < threshold 32.00, nearest edit z7)');
+    const plainE = { ...e, score: 35, key: undefined };
+    expect(explanationJson(plainE)).not.toHaveProperty('key');
+    expect(routeSummary(plainE)).toBe('memory 2 (score 35.00 >= threshold 32.00)');
   });
   it('promptVariants drops one interior lowercase word of the question frame, never the subject, the same on every call', () => {
     const p = 'What is the product made by UniFirst?';
