@@ -392,7 +392,9 @@ export class EditQueue {
     const history: JournalEntry[] = [];
     const outcomes: JournalEntry[] = [];
     for (const s of this.#status.values()) {
-      if (s.source !== 'request' || (s.state !== 'failed' && s.state !== 'rolled_back')) continue;
+      // every rolled-back or failed edit, from a request or from the memory file it started on: once this
+      // checkpoint drops it from the file, the journal is the only record that it existed
+      if (s.state !== 'failed' && s.state !== 'rolled_back') continue;
       const at = s.created_at ?? 0;
       history.push({ op: 'edit', id: s.id, request: { prompt: s.prompt, target: s.target, id: s.id }, at });
       outcomes.push(s.state === 'failed' ? { op: 'failed', id: s.id, code: s.error!.code, message: s.error!.message, at } : { op: 'rollback', id: s.id, at });
