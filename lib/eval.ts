@@ -363,7 +363,10 @@ export interface TooLongRecord {
  * rows (rephrase, locality, OOD) need no check: scoring truncates them to the context (ScoredRow.truncated).
  */
 export async function recordsTooLong(model: Model, records: readonly EditRecord[], editorOptions: EditorOptions = {}): Promise<TooLongRecord[]> {
-  const ed = await Editor.create(model, { ...editorOptions, method: 'wise' });
+  // the rows are the same for every method; a `repair` section (eval --config with --method repair) is
+  // not an option of the wise editor that measures them
+  const { repair: _repair, ...rows } = editorOptions;
+  const ed = await Editor.create(model, { ...rows, method: 'wise' });
   try {
     const out: TooLongRecord[] = [];
     records.forEach((r, index) => {

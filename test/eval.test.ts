@@ -36,6 +36,7 @@ import {
   routingScores,
   scoreRows,
   summarize,
+  recordsTooLong,
   summarizeRouting,
   textRow,
   tokenAccuracy,
@@ -173,6 +174,10 @@ describe.skipIf(!haveStories)('rows and batched metrics on stories260K', () => {
     { id: 'blix', index: 1, prompt: 'The dragon Blix liked to eat', target: 'blue cheese', locality: [{ prompt: 'Lily and Tom went to the', answer: 'park to play' }] },
     { id: 'pim', index: 2, prompt: 'Captain Pim sailed', target: 'a silver boat', oodRephrase: 'Captain Pim was a sailor. He sailed a silver boat on the big sea every day.' },
   ];
+
+  it('recordsTooLong takes the options of a repair run (eval --config with a repair section and --method repair)', async () => {
+    expect(await recordsTooLong(model, RECORDS, { saveFreq: 5, repair: { negatives: 0 } })).toEqual([]);
+  });
 
   /** Hand computation, one row per logits call with every position: argmax and NLL on the scored span. */
   async function byHand(src: LogitsSource, ids: number[], start: number): Promise<{ pred: number[]; nll: number[] }> {
