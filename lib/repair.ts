@@ -123,7 +123,10 @@ export interface RepairOptions {
    * Negatives that generalise [ours]: extra irrelevant (negative) rows per training call — half the prompts
    * + targets of edits held by other memories (WISE's memory separation: other memories' edits stay below α
    * on the current shard), half earlier edits' irrelevant rows — on top of the request's own irrelevant row.
-   * 0 = off. Default 4.
+   * 0 = off. Default 0 [ours, measured]: on facts-llama at N = 997 (ZsRE), with dense shards and key routing,
+   * 4 extra negatives per call cost 1.9× the CPU time (1711 s against 915 s) and bought nothing (OP .96 both,
+   * EM-Gen .49 against .51, unrelated prompts routed 7 % against 2 %; bench/results/repair12-holds-2026-12-05.md).
+   * On masked shards (denseShards off) they cut unrelated routing at N = 120 from 17 % to 7 %.
    */
   negatives: number;
   /**
@@ -228,7 +231,7 @@ export const REPAIR_DEFAULTS: Omit<RepairOptions, 'tauE'> & { tauE?: number } = 
   routeTopK: 0,
   replay: 4,
   replayRows: 2,
-  negatives: 4,
+  negatives: 0,
   keepShards: true,
   marginScale: 2,
   denseShards: true,

@@ -35,7 +35,7 @@ const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
   recalibrate: { recalibrate: false },
   content: { routeContent: false },
   replay: { replay: 0 },
-  negatives: { negatives: 0 },
+  negatives: { negatives: 4 }, // off by default since N = 997: this row switches them on ('repair +negatives')
   exact: { correctness: 'token' },
   shards: { keepShards: false },
   margins: { marginScale: 1 },
@@ -111,7 +111,7 @@ export function variantsOf(methods: readonly (EditMethod | 'repair-paper')[], ab
   const v: EvalVariant[] = methods.map((m) =>
     m === 'repair-paper' ? { label: m, method: 'repair' as const, editorOptions: withRepair(REPAIR_PAPER) } : { label: m, method: m, editorOptions: m === 'repair' ? withRepair() : { ...rest } },
   );
-  for (const a of ablate) v.push({ label: `repair -${a}`, method: 'repair', editorOptions: withRepair(ABLATION_OPTIONS[a]) });
+  for (const a of ablate) v.push({ label: a === 'negatives' ? 'repair +negatives' : `repair -${a}`, method: 'repair', editorOptions: withRepair(ABLATION_OPTIONS[a]) });
   return v;
 }
 
