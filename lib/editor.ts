@@ -61,6 +61,16 @@ export class Editor {
   get editCount(): number {
     return this.#ed.editCount;
   }
+  /**
+   * The scale on the routing hinge's margins that repair trains with (issue 12): the configured number, or
+   * with `repair.marginScale: 'auto'` the one measured on the first training call (undefined before it).
+   * 1 for wise and ft (the reference margins).
+   */
+  get marginScale(): number | undefined {
+    const r = this.config.method === 'repair' ? this.config.repair : undefined;
+    if (!r) return 1;
+    return r.marginScale === 'auto' ? this.#ed.marginScale : r.marginScale;
+  }
   /** The context templates used to build edit rows ("prefix {}"). */
   get templates(): readonly string[] {
     return this.#ed.templates;

@@ -98,6 +98,8 @@ export interface EvalRun {
   retriggers: number;
   /** The editor after the run ('sequential'): its memories. */
   memories: { working: number; memories: number } | null;
+  /** repair, 'sequential': the margin scale the editor trained with (measured, under marginScale 'auto'). */
+  marginScale?: number;
   truncatedRows: number;
   /**
    * Routing scores of the edit, rephrase and locality prompts on the final edited model (the one Rel/Gen/Loc

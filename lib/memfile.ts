@@ -318,6 +318,10 @@ export function validateMemoryMeta(path: string, meta: unknown, tensorCount: num
   num(m.globalMinPrompt, 'globalMinPrompt');
   int(m.nextId, 'nextId', 0, 1e15);
   if (m.irrCursor !== undefined) int(m.irrCursor, 'irrCursor', 0, 1e15);
+  if (m.marginScale !== undefined) {
+    const v = num(m.marginScale, 'marginScale');
+    if (!(v > 0 && v <= 1000)) fail('marginScale', 'must be a number in (0, 1000]');
+  }
 
   const edits = obj(m.edits, 'edits');
   for (const [id, e] of Object.entries(edits)) {

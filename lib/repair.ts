@@ -144,11 +144,16 @@ export interface RepairOptions {
    * Margin scale [ours]: the routing hinge's margins [α, β, γ] (EditorConfig.actMargin) are multiplied by
    * this for repair's training calls. The reference margins (5, 20, 10) are constants tuned on 7B models;
    * on facts-llama a trained memory's distances are ≈ 12 for unrelated tokens, ≈ 20 for edit prompts and
-   * ≈ 38 for answer tokens, so α = 5 never switches off and the hinge keeps pushing the background. Chosen
-   * by a sweep at N = 120 (×0.5, ×1, ×2; bench/results/repair12-margins.md): ×2 kept unrelated prompts on
-   * the main weights and lifted exact-match recall. 1 = the reference margins. Default 2.
+   * ≈ 38 for answer tokens, so α = 5 never switches off and the hinge keeps pushing the background.
+   * A number: that scale (1 = the reference margins; a sweep at N = 120 chose 2 on facts-llama,
+   * bench/results/repair12-margins-n997.md). 'auto': measured once per editor, on its first training call
+   * — a probe trains that call's rows with the reference margins, scores unrelated texts (the call's
+   * irrelevant rows and the irrelevant pool) on the probe's weights, and sets the scale so that α equals
+   * their median routing score (the background distance an edit gives unrelated inputs on this model); the
+   * probe is undone and the call trains with the measured scale, which the memory file keeps
+   * (Editor.marginScale reports it). Default 2.
    */
-  marginScale: number;
+  marginScale: number | 'auto';
   /**
    * Dense shards [ours]: repair trains every shard without the Bernoulli gradient mask (density 1 instead of
    * maskRatio, 0.2). The reference masks each shard so that a TIES merge of shards averages near-disjoint
@@ -280,7 +285,7 @@ export function resolveRepairOptions(o: Partial<RepairOptions> | undefined, merg
   int('replayRows', 1, 1000);
   int('negatives', 0, 64);
   int('paraphraseRows', 0, 64);
-  num('marginScale', (x) => x > 0 && x <= 1000, 'a number in (0, 1000]');
+  if (r.marginScale !== 'auto') num('marginScale', (x) => x > 0 && x <= 1000, "a number in (0, 1000] or 'auto'");
   return r;
 }
 

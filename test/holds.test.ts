@@ -6,7 +6,8 @@
 // before these mechanisms existed (test/fixtures/repair-paper-golden.json, written by
 // scripts/repair-paper-golden.ts at commit eb80718).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../lib/model.js';
 import { Editor, TRAIN_HOOK, type EditRequest } from '../lib/editor.js';
@@ -45,6 +46,8 @@ describe('calibrateThreshold, topKMean, options', () => {
     expect(() => resolveRepairOptions({ marginScale: Number.NaN }, 10)).toThrow(/marginScale/);
     expect(resolveRepairOptions({ ...REPAIR_PAPER }, 10).marginScale).toBe(1);
     expect(REPAIR_DEFAULTS.marginScale).toBe(2);
+    expect(resolveRepairOptions({ marginScale: 'auto' }, 10).marginScale).toBe('auto');
+    expect(() => resolveRepairOptions({ marginScale: 'Auto' as unknown as number }, 10)).toThrow(/marginScale/);
     expect(() => resolveRepairOptions({ denseShards: 'yes' as unknown as boolean }, 10)).toThrow(/denseShards/);
     expect([REPAIR_DEFAULTS.denseShards, resolveRepairOptions({ ...REPAIR_PAPER }, 10).denseShards]).toEqual([true, false]);
     const on = resolveRepairOptions(undefined, 10);
@@ -111,6 +114,67 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     expect(await margins({ method: 'repair', repair: { ...plain, marginScale: 1 } })).toEqual([5, 20, 10]);
     expect(await margins({ method: 'repair', actMargin: [1, 2, 3], repair: { ...plain, marginScale: 3 } })).toEqual([3, 6, 9]);
     expect(await margins({ method: 'wise' })).toEqual([5, 20, 10]);
+  }, SLOW);
+
+  it("margin scale 'auto': measured on the first training call (α = the background score of its irrelevant rows under the reference margins), the probe undone, kept by save/load, not kept by a failed call", async () => {
+    const opts = { method: 'repair' as const, nIter: 8, repair: { ...plain, marginScale: 'auto' as const } };
+    const hooked = (ed: Editor) => {
+      const seen: number[][] = [];
+      (ed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = (_ids: string[], h: NativeEditHyper) => (seen.push([h.alpha!, h.beta!, h.gamma!]), h);
+      return seen;
+    };
+    // a first call that fails measures nothing that stays
+    const failed = await Editor.create(model, opts);
+    // (the training hook throws: after the probe, before the training proper)
+    (failed as unknown as Record<symbol, unknown>)[TRAIN_HOOK] = () => {
+      throw new Error('stop here');
+    };
+    await expect(failed.edit(rec(0))).rejects.toThrow('stop here');
+    expect(failed.marginScale).toBeUndefined();
+    await failed.dispose();
+
+    const ed = await Editor.create(model, opts);
+    expect(ed.marginScale).toBeUndefined();
+    const seen = hooked(ed);
+    await ed.edit(rec(0));
+    const s = ed.marginScale!;
+    expect(s).toBeGreaterThanOrEqual(0.25);
+    expect(s).toBeLessThanOrEqual(20);
+    expect(s).not.toBe(1); // this model's background is not the 7B models' α = 5
+    expect(seen[0]![0]).toBeCloseTo(5 * s, 9);
+    expect(seen[0]![1]).toBeCloseTo(20 * s, 9);
+    await ed.edit(rec(1));
+    expect(ed.marginScale).toBe(s); // measured once
+    expect(seen[1]![0]).toBeCloseTo(5 * s, 9);
+
+    // the probe leaves no trace: the same edits with the measured scale as a number give the same memory
+    const fixed = await Editor.create(model, { ...opts, repair: { ...plain, marginScale: s } });
+    await fixed.edit(rec(0));
+    await fixed.edit(rec(1));
+    const probe = rec(2).prompt;
+    const [a, b] = [await ed.explain(probe), await fixed.explain(probe)];
+    expect(a.scores.map((x) => x.score)).toEqual(b.scores.map((x) => x.score));
+    await fixed.dispose();
+
+    // save / load keeps the measured scale (no new probe on the loaded editor's next call)
+    const dir = mkdtempSync(join(tmpdir(), 'repair-auto-'));
+    try {
+      await ed.save(join(dir, 'm.safetensors'));
+      const back = await Editor.load(model, join(dir, 'm.safetensors'));
+      expect(back.marginScale).toBe(s);
+      const seen2 = hooked(back);
+      await back.edit(rec(3));
+      expect(seen2[0]![0]).toBeCloseTo(5 * s, 9);
+      expect(back.marginScale).toBe(s);
+      await back.dispose();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    await ed.dispose();
+    // wise and a numeric scale report what they train with
+    const w = await Editor.create(model, { method: 'wise' });
+    expect(w.marginScale).toBe(1);
+    await w.dispose();
   }, SLOW);
 
   it('dense shards: repair trains without the gradient mask (density 1); with denseShards off, REPAIR_PAPER and wise under the mask (maskRatio)', async () => {

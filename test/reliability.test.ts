@@ -167,6 +167,8 @@ describe('side-memory files, save and load', () => {
       ['config.method', (m) => (m.config.method = 'magic')],
       ['memories[0].weights', (m) => (m.memories[0].weights = [])],
       ['memories', (m) => m.memories.pop()],
+      ['marginScale', (m) => (m.marginScale = -2)],
+      ['marginScale', (m) => (m.marginScale = 'auto')],
     ];
     for (const [field, edit] of cases) {
       const f = rewriteMemoryFile(file, join(tmpDir(), 'struct.mem'), (_h, m) => edit(m));

@@ -34,6 +34,8 @@ export interface Metadata {
   edits: Record<string, StoredEdit>;
   nextId: number;
   irrCursor: number;
+  /** repair marginScale 'auto': the scale measured on the editor's first training call (absent until then). */
+  marginScale?: number;
 }
 
 /** The editor JSON of the current state. */
@@ -56,6 +58,7 @@ export function metadata(ed: EditorState): Metadata {
     edits: Object.fromEntries(ed.edits),
     nextId: ed.nextId,
     irrCursor: ed.irrCursor,
+    ...(ed.marginScale !== undefined ? { marginScale: ed.marginScale } : {}),
   };
 }
 
@@ -135,4 +138,5 @@ export async function restoreMemoryFile(ed: EditorState, file: EditorFile, signa
   ed.edits = new Map(Object.entries(meta.edits));
   ed.nextId = meta.nextId;
   ed.irrCursor = meta.irrCursor ?? 0;
+  ed.marginScale = meta.marginScale;
 }

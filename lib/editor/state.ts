@@ -108,6 +108,8 @@ export class EditorState {
   edits = new Map<string, StoredEdit>();
   nextId = 1;
   irrCursor = 0;
+  /** repair marginScale 'auto': the margin scale measured on the first training call (undefined until then). */
+  marginScale: number | undefined;
   loop: LoopState = { queue: [], residual: [], feedback: [], status: {}, attempts: {}, gaveUp: [], uidCounter: 1 };
   /** repair `recalibrate`: memories (uids) whose weights changed since their threshold was set. */
   dirty = new Set<string>();
@@ -199,6 +201,7 @@ export async function saveState(ed: EditorState): Promise<Snapshot> {
     edits: ed.edits,
     nextId: ed.nextId,
     irrCursor: ed.irrCursor,
+    marginScale: ed.marginScale,
     loop: ed.loop,
   });
   const slots = await modelInternals(ed.model).enqueue(async (nm) => {
@@ -220,7 +223,7 @@ export async function restoreState(ed: EditorState, saved: Snapshot): Promise<vo
   });
   const j = structuredClone(saved.js) as {
     editCount: number; shardCount: number; globalMinAct: number; globalMinPrompt: number; working: WorkingState;
-    memories: MemoryState[]; edits: Map<string, StoredEdit>; nextId: number; irrCursor: number; loop: LoopState;
+    memories: MemoryState[]; edits: Map<string, StoredEdit>; nextId: number; irrCursor: number; marginScale: number | undefined; loop: LoopState;
   };
   ed.editCount = j.editCount;
   ed.shardCount = j.shardCount;
@@ -231,6 +234,7 @@ export async function restoreState(ed: EditorState, saved: Snapshot): Promise<vo
   ed.edits = j.edits;
   ed.nextId = j.nextId;
   ed.irrCursor = j.irrCursor;
+  ed.marginScale = j.marginScale;
   ed.loop = j.loop;
 }
 

@@ -8,8 +8,8 @@ import type { NativeEditBatch, NativeEditHyper, NativeEditResult } from '../nati
 import { lossAwareWeights } from '../repair.js';
 import type { RepairEvent } from '../repair/loop.js';
 import { actCode } from './config.js';
-import { recalibrate } from './router.js';
-import { buildRows, extraNegatives, irrelevantFor, replaySamples } from './rows.js';
+import { recalibrate, scores } from './router.js';
+import { buildRows, extraNegatives, irrelevantFor, leftPad, replaySamples, tokensOf } from './rows.js';
 import { NO_ACT, type EditorState, type MemoryState, type Pending } from './state.js';
 
 /**
@@ -48,11 +48,53 @@ export function shardSeed(seed: number, shard: number): number {
   return Number(x & ((1n << 52n) - 1n));
 }
 
+/**
+ * repair's margin scale for the next training call: the configured number, or with 'auto' the scale measured
+ * on the editor's first training call (1, the reference margins, before it: the probe's own setting).
+ */
+export function marginScaleOf(ed: EditorState): number {
+  const r = ed.config.repair;
+  if (!r) return 1;
+  return r.marginScale === 'auto' ? (ed.marginScale ?? 1) : r.marginScale;
+}
+
+/** The bounds of a measured margin scale (a background far outside them means the probe measured nothing useful). */
+export const AUTO_SCALE_RANGE = [0.25, 20] as const;
+
+/**
+ * repair marginScale 'auto' (issue 12 item 4): the scale that puts α at this model's background distance.
+ * Trains `batch` into the working memory with the reference margins (× 1), scores unrelated texts (the
+ * call's irrelevant rows, then the irrelevant pool; up to calibrationNegatives) on those weights with the
+ * routing score, and restores the working memory. Scale = median background score / α, clamped to
+ * AUTO_SCALE_RANGE (1 when α is 0 or nothing was scored). One queued native sequence: no other call sees
+ * the probe's weights.
+ */
+async function probeMarginScale(ed: EditorState, batch: NativeEditBatch, hyper: NativeEditHyper, irrelevant: readonly string[], signal?: AbortSignal): Promise<number> {
+  const c = ed.config;
+  const alpha = c.actMargin[0];
+  const texts = [...new Set(irrelevant)];
+  if (!(alpha > 0) || texts.length === 0) return 1;
+  const { tokens, pad, B, T } = leftPad(texts.map((t) => tokensOf(ed, t)));
+  const bg = await modelInternals(ed.model).enqueue(async (nm) => {
+    const before = await nm.sideRead(ed.side, 0);
+    try {
+      await nm.sideEdit(ed.side, 0, batch, { ...hyper, alpha, beta: c.actMargin[1], gamma: c.actMargin[2] });
+      return (await scores(ed, nm, tokens, B, T, pad, [0]))[0]!;
+    } finally {
+      await nm.sideWrite(ed.side, 0, before);
+    }
+  }, signal);
+  const sorted = [...bg].sort((a, b) => a - b);
+  const median = sorted.length % 2 ? sorted[(sorted.length - 1) / 2]! : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
+  const s = median / alpha;
+  return Number.isFinite(s) ? Math.min(AUTO_SCALE_RANGE[1], Math.max(AUTO_SCALE_RANGE[0], s)) : 1;
+}
+
 /** The native hyper-parameters of one training call (kd: intra-batch distillation, REPAIR §2.5). */
-export function editHyper(ed: EditorState, seed: number, kd = false): NativeEditHyper {
+export function editHyper(ed: EditorState, seed: number, kd = false, scale?: number): NativeEditHyper {
   const c = ed.config;
   const r = c.repair;
-  const ms = r ? r.marginScale : 1; // repair's margin scale [ours]; wise keeps the reference margins
+  const ms = r ? (scale ?? marginScaleOf(ed)) : 1; // repair's margin scale [ours]; wise keeps the reference margins
   return {
     nIter: c.nIter,
     lr: c.lr,
@@ -94,9 +136,20 @@ export async function train(
   }
   const fresh = ed.working.edits.length === 0;
   const seed = fresh ? shardSeed(ed.config.seed, ed.shardCount) : ed.working.seed;
-  let hyper = editHyper(ed, seed, kd && items.length > 1);
-  const hook = ed.hook<(ids: string[], h: NativeEditHyper) => NativeEditHyper>(TRAIN_HOOK);
-  if (hook) hyper = hook(items.map((p) => p.id), hyper);
+  // repair marginScale 'auto': measured on the first training call; kept only if the call succeeds
+  let measured: number | undefined;
+  let hyper: NativeEditHyper;
+  try {
+    if (ed.config.repair?.marginScale === 'auto' && ed.marginScale === undefined) {
+      measured = await probeMarginScale(ed, batch, editHyper(ed, seed, false, 1), samples.flatMap((s) => s.irrelevant), opts.signal);
+    }
+    hyper = editHyper(ed, seed, kd && items.length > 1, measured);
+    const hook = ed.hook<(ids: string[], h: NativeEditHyper) => NativeEditHyper>(TRAIN_HOOK);
+    if (hook) hyper = hook(items.map((p) => p.id), hyper);
+  } catch (e) {
+    ed.irrCursor = cursor;
+    throw e;
+  }
   const nIter = ed.config.nIter;
   let res: NativeEditResult;
   // A progress callback that throws stops the edit (through an abort) and the call rejects with its error.
@@ -133,6 +186,7 @@ export async function train(
     if (userErr) throw userErr.e;
     throw e;
   }
+  if (measured !== undefined) ed.marginScale = measured; // kept once the call's training succeeded
   if (fresh) {
     ed.working.seed = seed; // a new shard starts with a fresh mask (§1.6)
     ed.shardCount++;

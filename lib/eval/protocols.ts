@@ -223,6 +223,7 @@ export async function runSequential({ model, records, label, method, editorOptio
       gaveUp: res.gaveUp,
       retriggers: res.retriggers,
       memories: { working: mem.working.edits.length, memories: mem.memories.length },
+      ...(method === 'repair' && editor.marginScale !== undefined ? { marginScale: editor.marginScale } : {}),
       truncatedRows: post.truncatedRows,
       routing,
       ...(partial ? { partial: { editsDone: k, of: n, casesEvaluated: cs.length, phase: stopped ? ('edit' as const) : ('eval' as const) } } : {}),
