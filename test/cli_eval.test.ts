@@ -557,4 +557,9 @@ describe('variantsOf: the rows of the results table', () => {
     expect(v[4]!.editorOptions).toEqual({ saveFreq: 5, repair: { retrainShare: 1e9 } });
     expect(v.every((x, i) => (i === 0 ? x.method === 'wise' : x.method === 'repair'))).toBe(true);
   });
+  it('rows that switch an option on are labelled +X', () => {
+    const v = variantsOf([], ['negatives', 'auto', 'margins'], {});
+    expect(v.map((x) => x.label)).toEqual(['repair +negatives', 'repair +auto-margins', 'repair -margins']);
+    expect(v.map((x) => x.editorOptions)).toEqual([{ repair: { negatives: 4 } }, { repair: { marginScale: 'auto' } }, { repair: { marginScale: 1 } }]);
+  });
 });

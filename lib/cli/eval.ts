@@ -22,7 +22,7 @@ import { addConfigOptions, mergeEditor, mergeRuntime, readConfigFile, withConfig
 import { renderHtmlReport, type EvalRunFile } from './eval_report.js';
 import { f2, legend, resultsTable, routingLines } from './eval_table.js';
 
-export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact', 'shards', 'margins', 'dense', 'paraphrase', 'keys'] as const;
+export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact', 'shards', 'margins', 'auto', 'dense', 'paraphrase', 'keys'] as const;
 export type Ablation = (typeof ABLATIONS)[number];
 /** The REPAIR options of each ablation: a mechanism off, or ('bound') no bound on retraining (retrainShare). */
 const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
@@ -39,10 +39,13 @@ const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
   exact: { correctness: 'token' },
   shards: { keepShards: false },
   margins: { marginScale: 1 },
+  auto: { marginScale: 'auto' }, // the margins from the measured background distance instead of × 2 ('repair +auto-margins')
   dense: { denseShards: false },
   paraphrase: { paraphraseRows: 0 },
   keys: { keyRouting: false },
 };
+/** The rows that switch an option on instead of off. */
+const ADDED: Partial<Record<Ablation, string>> = { negatives: 'repair +negatives', auto: 'repair +auto-margins' };
 /** 'repair-paper' = method 'repair' as the REPAIR paper specifies it (REPAIR_PAPER: every issue-12 mechanism off). */
 const METHODS = ['wise', 'repair', 'repair-paper', 'ft'] as const;
 type CliMethod = (typeof METHODS)[number];
@@ -111,7 +114,7 @@ export function variantsOf(methods: readonly (EditMethod | 'repair-paper')[], ab
   const v: EvalVariant[] = methods.map((m) =>
     m === 'repair-paper' ? { label: m, method: 'repair' as const, editorOptions: withRepair(REPAIR_PAPER) } : { label: m, method: m, editorOptions: m === 'repair' ? withRepair() : { ...rest } },
   );
-  for (const a of ablate) v.push({ label: a === 'negatives' ? 'repair +negatives' : `repair -${a}`, method: 'repair', editorOptions: withRepair(ABLATION_OPTIONS[a]) });
+  for (const a of ablate) v.push({ label: ADDED[a] ?? `repair -${a}`, method: 'repair', editorOptions: withRepair(ABLATION_OPTIONS[a]) });
   return v;
 }
 
@@ -179,7 +182,7 @@ export const evalCommand: CliCommand = {
       )
       .addOption(new Option('--method <list>', "methods, comma-separated: wise, repair, repair-paper (repair with every issue-12 mechanism off: the paper's REPAIR), ft").argParser(listOption(choiceItem(METHODS), 'methods')).default(['wise'], 'wise'))
       .addOption(
-        new Option('--ablate <list>', `REPAIR ablations, comma-separated (${ABLATIONS.join(', ')}): each adds a 'repair -X' row with that mechanism off (merge = the loss-aware merge; bound = no bound on retraining, retrainShare unlimited)`)
+        new Option('--ablate <list>', `REPAIR ablations, comma-separated (${ABLATIONS.join(', ')}): each adds a 'repair -X' row with that mechanism off (merge = the loss-aware merge; bound = no bound on retraining, retrainShare unlimited), or for negatives and auto a 'repair +X' row with it on (4 extra negatives; margins from the measured background distance)`)
           .argParser(listOption(choiceItem(ABLATIONS), 'ablations'))
           .default([], 'none'),
       )
