@@ -9,6 +9,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, extname, join, resolve } from 'node:path';
 import { RepairError } from './errors.js';
+import { mentions } from './editor/subject.js';
 import type { EditRequest } from './editor.js';
 import { packageRoot } from './paths.js';
 
@@ -126,6 +127,17 @@ function str(o: Obj, k: string, required: boolean): string | undefined {
   return v;
 }
 
+/**
+ * An optional subject field, which EditRequest.subject needs to be a span of the prompt (whole words, any
+ * case). JSONL (`strict`): a subject elsewhere is an error in the record. The published sets: the record
+ * is kept without it (its edit then routes as an edit without a subject).
+ */
+function subjectOf(o: Obj, k: string, prompt: string, strict = false): string | undefined {
+  const v = str(o, k, false);
+  if (v === undefined || mentions(prompt, v)) return v;
+  if (strict) throw new RecordError(`field "${k}" (${JSON.stringify(v)}) does not occur in the prompt`, k);
+  return undefined;
+}
 function strList(o: Obj, k: string): string[] | undefined {
   const v = o[k];
   if (v === undefined) return undefined;
@@ -192,7 +204,7 @@ export function loadZsre(file: string, opts: LoadOptions = {}): Dataset {
       const rephrase = str(o, 'rephrase', true);
       const loc = str(o, 'loc', true);
       const locAns = str(o, 'loc_ans', true);
-      const subject = str(o, 'subject', false);
+      const subject = subjectOf(o, 'subject', prompt);
       str(o, 'pred', false);
       const answers = strList(o, 'answers');
       return {
@@ -234,7 +246,7 @@ export function loadCounterFact(file: string, opts: LoadOptions = {}): Dataset {
       const rephrase = str(o, 'rephrase_prompt', true);
       const lp = str(o, 'locality_prompt', true);
       const la = str(o, 'locality_ground_truth', true);
-      const subject = str(o, 'subject', false);
+      const subject = subjectOf(o, 'subject', prompt);
       const groundTruth = str(o, 'ground_truth', false);
       return {
         id,
@@ -264,7 +276,7 @@ export function loadHallucination(file: string, opts: LoadOptions = {}): Dataset
       const target = str(o, 'target_new', true);
       const lp = str(o, 'locality_prompt', true);
       const la = str(o, 'locality_ground_truth', true);
-      const subject = str(o, 'subject', false);
+      const subject = subjectOf(o, 'subject', prompt);
       return { id: `hallucination-${index}`, index, prompt, target, locality: [{ prompt: lp, answer: la }], ...(subject !== undefined ? { subject } : {}) };
     },
     opts,
@@ -285,7 +297,7 @@ export function loadTemporal(file: string, opts: LoadOptions = {}): Dataset {
       const oodRephrase = str(o, 'ood_rephrase', true);
       const lp = str(o, 'locality_prompt', true);
       const la = str(o, 'locality_ground_truth', true);
-      const subject = str(o, 'subject', false);
+      const subject = subjectOf(o, 'subject', prompt);
       return { id: `temporal-${index}`, index, prompt, target, oodRephrase, locality: [{ prompt: lp, answer: la }], ...(subject !== undefined ? { subject } : {}) };
     },
     opts,
@@ -322,10 +334,12 @@ export function loadJsonl(file: string, opts: LoadOptions = {}): Dataset {
         if (!(JSONL_FIELDS as readonly string[]).includes(k)) throw new RecordError(`unknown field "${k}" (allowed: ${JSONL_FIELDS.join(', ')})`, k);
       }
       const out: EditRecord = { id: str(rec, 'id', false) ?? `line-${line}`, index, line, prompt: str(rec, 'prompt', true), target: str(rec, 'target', true) };
-      for (const k of ['rephrase', 'irrelevant', 'subject'] as const) {
+      for (const k of ['rephrase', 'irrelevant'] as const) {
         const v = str(rec, k, false);
         if (v !== undefined) out[k] = v;
       }
+      const subject = subjectOf(rec, 'subject', out.prompt, true);
+      if (subject !== undefined) out.subject = subject;
       if (rec.locality !== undefined) {
         if (!Array.isArray(rec.locality)) throw new RecordError(`field "locality" must be an array of {prompt, answer}, got ${typeName(rec.locality)}`, 'locality');
         out.locality = rec.locality.map((l: unknown, i: number) => {

@@ -286,7 +286,7 @@ export function validateMemoryMeta(path: string, meta: unknown, tensorCount: num
     const r = obj(v, f);
     str(r.prompt, `${f}.prompt`);
     str(r.target, `${f}.target`);
-    for (const k of ['rephrase', 'irrelevant', 'id'] as const) {
+    for (const k of ['rephrase', 'irrelevant', 'id', 'subject'] as const) {
       if (r[k] === undefined) continue;
       if (k === 'irrelevant' && Array.isArray(r[k])) strs(r[k], `${f}.${k}`);
       else str(r[k], `${f}.${k}`);

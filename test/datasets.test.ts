@@ -111,6 +111,8 @@ describe('good records: field mapping', () => {
     });
     expect(ds.records[1]!.id).toBe('zsre-1');
     expect(ds.records[1]!.groundTruth).toBeUndefined();
+    // a subject that is not a span of the prompt (record 1: "Q2?") is left off the record, which stays
+    expect(ds.records[1]!.subject).toBeUndefined();
   });
 
   it('CounterFact: target = target_new, rephrase = rephrase_prompt, locality, ground truth, id from case_id', () => {
@@ -232,6 +234,7 @@ describe('bad records → ERR_DATASET naming file, index and field', () => {
       ['{"prompt": "x", "target": "y", "locality": [{"prompt": " ", "answer": "b"}]}', 'locality[0].prompt', /non-empty/],
       ['{"prompt": "x", "target": "y", "locality": [{"prompt": "a", "answer": "b", "x": 1}]}', 'locality[0].x', /unknown field "locality\[0\]\.x"/],
       ['{"id": "line-1", "prompt": "x", "target": "y"}', 'id', /duplicate id "line-1"/],
+      ['{"prompt": "Who founded Acme?", "target": "y", "subject": "Acmeco"}', 'subject', /"subject" \("Acmeco"\) does not occur in the prompt/],
     ];
     for (const [line, field, msg] of cases) {
       const f = write(`${good}\n\n${line}\n`, 'jsonl');

@@ -14,9 +14,11 @@ import { Editor, TRAIN_HOOK, type EditRequest } from '../lib/editor.js';
 import type { NativeEditHyper } from '../lib/native.js';
 import { calibrateThreshold, REPAIR_DEFAULTS, REPAIR_PAPER, resolveRepairOptions, topKMean } from '../lib/repair.js';
 import { promptVariants } from '../lib/editor/rows.js';
+import { mentions } from '../lib/editor/subject.js';
+import { editSlice, loadDataset } from '../lib/datasets.js';
 import { explanationJson, routeSummary } from '../lib/cli/memory.js';
 import { packageRoot } from '../lib/paths.js';
-import { FACTS, haveFacts, loadZsreRecords, tfAcc, zsreEdit } from './helpers/setup.js';
+import { FACTS, haveFacts, loadZsreRecords, rejects, tfAcc, zsreEdit } from './helpers/setup.js';
 
 /** Each facts-model test trains 8–20 edits: minutes on a loaded 2-core machine. */
 const SLOW = 900_000;
@@ -251,6 +253,51 @@ describe.skipIf(!haveFacts)('edits that hold (issue 12) on the facts model', () 
     console.log(`[holds.test] rephrases reaching their memory of 30: keys ${byKey}, scores ${byScore}`);
     expect(byKey).toBeGreaterThanOrEqual(byScore + 2);
   }, SLOW);
+
+  it('subject routing: CounterFact edits naming their subject — locality prompts (another subject, the same relation) stay on the main weight and every rephrase reaches its memory; without it neither holds; edits without a subject route as before', async () => {
+    const cf = editSlice(loadDataset('counterfact'), 10);
+    const reqs = cf.map((r, i) => ({ id: `c${i}`, prompt: r.prompt, target: r.target, rephrase: r.rephrase, irrelevant: r.irrelevant, subject: r.subject }));
+    const run = async (subjectRouting: boolean, withSubject = true) => {
+      const ed = await Editor.create(model, { method: 'repair', saveFreq: 5, mergeFreq: 10, repair: { subjectRouting } });
+      await ed.editMany(reqs.map((r) => (withSubject ? r : { ...r, subject: undefined })));
+      const holder = new Map(ed.memories().memories.flatMap((m, i) => m.edits.map((e) => [e, i] as const)));
+      const loc: (number | 'main')[] = [];
+      const reph: boolean[] = [];
+      const keys: (string | undefined)[] = [];
+      for (const [i, r] of cf.entries()) {
+        if (!cf.some((o) => mentions(r.locality![0]!.prompt, o.subject!))) loc.push((await ed.explain(r.locality![0]!.prompt)).route);
+        const x = await ed.explain(r.rephrase!);
+        reph.push(x.route === holder.get(`c${i}`));
+        keys.push(x.key?.subject);
+      }
+      await ed.dispose();
+      return { loc, reph, keys };
+    };
+    const on = await run(true);
+    expect(on.loc.length).toBeGreaterThan(5);
+    expect(on.loc.every((r) => r === 'main')).toBe(true);
+    expect(on.reph.every(Boolean)).toBe(true);
+    expect(on.keys).toEqual(cf.map((r) => r.subject));
+    const off = await run(false);
+    expect(off.loc.some((r) => r !== 'main') || off.reph.filter(Boolean).length < on.reph.length).toBe(true);
+    expect(off.reph.filter(Boolean).length).toBeLessThan(on.reph.length);
+    // no subject named: subject routing changes nothing
+    const [bare, bareOff] = [await run(true, false), await run(false, false)];
+    expect(bare).toEqual(bareOff);
+    // a subject must be a span of the prompt
+    const ed = await Editor.create(model, { method: 'repair' });
+    await rejects(ed.edit({ ...reqs[0]!, subject: 'Nobody Here' }), 'ERR_EDIT_REQUEST', /subject/);
+    await rejects(ed.edit({ ...reqs[0]!, subject: ' ' }), 'ERR_EDIT_REQUEST', /subject/);
+    await ed.dispose();
+  }, SLOW);
+
+  it('mentions: whole words, any case, any white space', () => {
+    expect(mentions('The mother tongue of danielle  darrieux is', 'Danielle Darrieux')).toBe(true);
+    expect(mentions('Applebee is', 'Apple')).toBe(false);
+    expect(mentions('Zolana', 'Zola')).toBe(false);
+    expect(mentions('Émile Zola wrote', 'Zola')).toBe(true);
+    expect(mentions('C++ (the language)', 'C++')).toBe(true);
+  });
 
   it('shard replay: after 5 edits in one (masked) shard every edit is still recalled (teacher-forced, every answer token); without replay some are not', async () => {
     const recs = Array.from({ length: 5 }, (_, i) => rec(i));

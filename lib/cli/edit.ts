@@ -139,7 +139,7 @@ export const editCommand: CliCommand = {
   register(program: Command): void {
     const c = program
       .command('edit')
-      .description('apply the edits of a JSONL file ({prompt, target, rephrase?, irrelevant?, locality?, id?} per line) and save the side memories')
+      .description('apply the edits of a JSONL file ({prompt, target, rephrase?, irrelevant?, locality?, id?, subject?} per line) and save the side memories')
       .option('--edits <file>', 'the edits, one JSON object per line (blank lines are skipped); required')
       .option('--out <file>', 'where to save the side memories (safetensors; written atomically); required')
       .option('--model <dir>', 'Hugging Face model folder (default: the shipped stories260K demo model)')

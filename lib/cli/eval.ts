@@ -22,7 +22,7 @@ import { addConfigOptions, mergeEditor, mergeRuntime, readConfigFile, withConfig
 import { renderHtmlReport, type EvalRunFile } from './eval_report.js';
 import { f2, legend, resultsTable, routingLines } from './eval_table.js';
 
-export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact', 'shards', 'margins', 'auto', 'dense', 'paraphrase', 'keys'] as const;
+export const ABLATIONS = ['monitor', 'batching', 'kd', 'merge', 'bound', 'recalibrate', 'content', 'replay', 'negatives', 'exact', 'shards', 'margins', 'auto', 'dense', 'paraphrase', 'keys', 'subject'] as const;
 export type Ablation = (typeof ABLATIONS)[number];
 /** The REPAIR options of each ablation: a mechanism off, or ('bound') no bound on retraining (retrainShare). */
 const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
@@ -43,6 +43,7 @@ const ABLATION_OPTIONS: Record<Ablation, Partial<RepairOptions>> = {
   dense: { denseShards: false },
   paraphrase: { paraphraseRows: 0 },
   keys: { keyRouting: false },
+  subject: { subjectRouting: false },
 };
 /** The rows that switch an option on instead of off. */
 const ADDED: Partial<Record<Ablation, string>> = { negatives: 'repair +negatives', auto: 'repair +auto-margins' };

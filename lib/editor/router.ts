@@ -7,6 +7,7 @@ import type { NativeModel } from '../native.js';
 import { calibrateThreshold, topKMean } from '../repair.js';
 import { actCode } from './config.js';
 import { leftPad, promptText, tokensOf } from './rows.js';
+import { mentions } from './subject.js';
 import { NO_ACT, type EditorState } from './state.js';
 
 export interface RouteScore {
@@ -41,7 +42,7 @@ export interface Explanation {
    * nearest (cosine of the unedited layer's mean FFN activation); `route` is the memory holding it, and
    * `score` / `threshold` are that memory's.
    */
-  key?: { edit: string; similarity: number };
+  key?: { edit: string; similarity: number; subject?: string };
 }
 
 /**
@@ -220,14 +221,17 @@ export async function explain(ed: EditorState, prompt: Prompt, opts: { signal?: 
     const sc = await scores(ed, nm, Int32Array.from(ids), 1, ids.length, new Int32Array(1));
     const d = decide(ed, (s) => sc[s]![0]!, basis);
     let key: { edit: string; similarity: number } | undefined;
-    if (ed.keyed && d.slot >= 0) {
+    if (ed.keyed && (d.slot >= 0 || ed.subjectKeyed)) {
       // key routing: the memory holding the nearest stored edit, reported with its own score and threshold
+      // (subject routing: also an input below every threshold that mentions a stored edit's subject)
       const slot = [d.slot];
-      const near: { edit: string; similarity: number }[] = [];
+      const near: { edit: string; similarity: number; subject?: string }[] = [];
       await keyRoute(ed, nm, Int32Array.from(ids), ids.length, new Int32Array(1), basis, slot, near);
-      const x = slot[0] === 0 ? ed.working : ed.memories[slot[0]! - 1]!;
-      Object.assign(d, { slot: slot[0]!, score: sc[slot[0]!]![0]!, threshold: ed.thrOf(x, basis) });
-      if (near[0]) key = near[0];
+      if (slot[0]! >= 0) {
+        const x = slot[0] === 0 ? ed.working : ed.memories[slot[0]! - 1]!;
+        Object.assign(d, { slot: slot[0]!, score: sc[slot[0]!]![0]!, threshold: ed.thrOf(x, basis) });
+        if (near[0]) key = near[0];
+      } else d.slot = -1;
     }
     const all: RouteScore[] = [
       { memory: -1, kind: 'working', score: sc[0]![0]!, threshold: thrOf(ed.working), edits: ed.working.edits.length, ...cal(ed.working) },
@@ -302,15 +306,32 @@ export async function keyRoute(
   pad: Int32Array,
   basis: 'full' | 'prompt',
   out: number[],
-  nearest?: { edit: string; similarity: number }[],
+  nearest?: { edit: string; similarity: number; subject?: string }[],
 ): Promise<void> {
-  const routed = out.map((s, b) => (s >= 0 ? b : -1)).filter((b) => b >= 0);
-  if (!routed.length) return;
   // the latest holder of every stored edit (a re-trained edit is listed again in a later memory)
   const holder = new Map<string, number>();
   for (const { slot, x } of ed.slots().slice(1)) for (const id of x.edits) if (ed.edits.has(id)) holder.set(id, slot);
   for (const id of ed.working.edits) if (ed.edits.has(id)) holder.set(id, 0);
-  if (holder.size < 2) return;
+  // subject routing: which stored edits each row mentions the subject of (every row, routed or not)
+  const bySubject = ed.subjectKeyed ? subjectEdits(ed, [...holder.keys()]) : undefined;
+  const candidates: (string[] | undefined)[] = out.map(() => undefined); // undefined = every stored edit
+  if (bySubject && bySubject.size) {
+    const tok = ed.model.tokenizer;
+    for (let b = 0; b < out.length; b++) {
+      const text = tok.decode(Array.from(tokens.subarray(b * T + pad[b]!, (b + 1) * T)), { skipSpecialTokens: true });
+      const lower = text.toLowerCase();
+      const hit = [...bySubject].filter(([s, { needle }]) => lower.includes(needle) && mentions(text, s)).flatMap(([, { ids }]) => ids);
+      if (hit.length) candidates[b] = hit;
+      else if (out[b]! >= 0) {
+        const loose = [...holder.keys()].filter((id) => ed.edits.get(id)!.request.subject === undefined);
+        candidates[b] = loose;
+        if (!loose.length) out[b] = -1; // every stored edit names a subject and the row mentions none
+      }
+      if (hit.length && out[b]! < 0) out[b] = holder.get(hit[0]!)!;
+    }
+  }
+  const routed = out.map((s, b) => (s >= 0 && (candidates[b] === undefined ? holder.size >= 2 : candidates[b]!.length > 0) ? b : -1)).filter((b) => b >= 0);
+  if (!routed.length) return;
   // keys of the stored edits, computed once per text
   const missing = [...new Set([...holder.keys()].map((id) => keyText(ed, id, basis)).filter((t) => !ed.keyCache.has(t)))];
   for (let i = 0; i < missing.length; i += 64) {
@@ -327,13 +348,30 @@ export async function keyRoute(
   const feats = unitRows(await nm.sideFeatures(ed.side, sub, routed.length, T, subPad), routed.length);
   routed.forEach((b, j) => {
     const f = feats[j]!;
+    const allowed = candidates[b] ? new Set(candidates[b]) : undefined;
     let best = -Infinity;
     let edit = '';
     for (const { id, slot, key } of keys) {
+      if (allowed && !allowed.has(id)) continue;
       let c = 0;
       for (let i = 0; i < f.length; i++) c += f[i]! * key[i]!;
       if (c > best) (best = c), (out[b] = slot), (edit = id);
     }
-    if (nearest) nearest[b] = { edit, similarity: best };
+    const subject = allowed ? ed.edits.get(edit)?.request.subject : undefined;
+    if (nearest) nearest[b] = { edit, similarity: best, ...(subject !== undefined && bySubject ? { subject } : {}) };
   });
+}
+
+/** The stored edits (among `ids`) by the subject they name (repair `subjectRouting`). */
+function subjectEdits(ed: EditorState, ids: readonly string[]): Map<string, { needle: string; ids: string[] }> {
+  const out = new Map<string, { needle: string; ids: string[] }>();
+  for (const id of ids) {
+    const s = ed.edits.get(id)?.request.subject;
+    if (s === undefined) continue;
+    // a cheap pre-test before the whole-word pattern: the subject's longest word, lower-cased
+    const e = out.get(s) ?? { needle: s.trim().split(/\s+/).reduce((a, w) => (w.length > a.length ? w : a), '').toLowerCase(), ids: [] };
+    e.ids.push(id);
+    out.set(s, e);
+  }
+  return out;
 }

@@ -6,6 +6,7 @@ import { RepairError } from '../errors.js';
 import type { Model } from '../model.js';
 import type { NativeEditBatch } from '../native.js';
 import type { EditorState, Pending } from './state.js';
+import { mentions } from './subject.js';
 
 /** One edit: make `target` the answer to `prompt`. */
 export interface EditRequest {
@@ -22,6 +23,11 @@ export interface EditRequest {
   locality?: { prompt: string; answer: string }[];
   /** Caller-chosen id (default e1, e2, ...). Must be unique within the editor. */
   id?: string;
+  /**
+   * The subject the edit is about (a span of the prompt, as in ROME-style records: "Danielle Darrieux").
+   * Optional; with repair's subjectRouting an input that mentions it goes to the memory holding the edit.
+   */
+  subject?: string;
 }
 
 const TEMPLATE_SEEDS = ['I', 'You', 'Because', 'Yes', 'Q: '];
@@ -228,9 +234,10 @@ export function validateRequest(ed: EditorState, req: EditRequest, where = 'the 
   for (const k of ['prompt', 'target'] as const) {
     if (typeof req[k] !== 'string' || req[k].trim() === '') fail(`${k} must be a non-empty string`, k);
   }
-  for (const k of ['rephrase', 'irrelevant', 'id'] as const) {
+  for (const k of ['rephrase', 'irrelevant', 'id', 'subject'] as const) {
     if (req[k] !== undefined && (typeof req[k] !== 'string' || req[k] === '')) fail(`${k} must be a non-empty string`, k);
   }
+  if (req.subject !== undefined && (req.subject.trim() === '' || !mentions(req.prompt, req.subject))) fail(`subject ${JSON.stringify(req.subject)} must occur in the prompt (whole words, any case)`, 'subject');
   if (req.id !== undefined && (ed.edits.has(req.id) || ed.loop.queue.some((p) => p.id === req.id))) fail(`an edit with id ${req.id} already exists`, 'id');
   if (req.locality !== undefined && (!Array.isArray(req.locality) || !req.locality.every((l) => l && typeof l.prompt === 'string' && typeof l.answer === 'string')))
     fail('locality must be an array of {prompt, answer} strings', 'locality');

@@ -162,6 +162,10 @@ export class EditorState {
   get keyed(): boolean {
     return this.recal && this.config.repair!.keyRouting;
   }
+  /** repair `subjectRouting` (issue 12): within key routing, inputs that mention a stored edit's subject. */
+  get subjectKeyed(): boolean {
+    return this.keyed && this.config.repair!.subjectRouting;
+  }
   /** A memory's routing threshold: the recalibrated one (repair `recalibrate`), else act_ratio × its min statistic. */
   thrOf(x: { minAct: number; minPrompt: number; thr?: number; edits: string[] }, basis: 'full' | 'prompt'): number {
     if (this.recal && x.thr !== undefined) return x.thr;

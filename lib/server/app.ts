@@ -152,6 +152,7 @@ const editRecord = {
     target: { type: 'string', minLength: 1, maxLength: 4096, pattern: '\\S' },
     rephrase: { type: 'string', maxLength: 4096 },
     irrelevant: { type: 'string', minLength: 1, maxLength: 4096, pattern: '\\S' },
+    subject: { type: 'string', minLength: 1, maxLength: 1024, pattern: '\\S' },
     locality: {
       type: 'array',
       maxItems: 16,
