@@ -230,6 +230,9 @@ describe('serve: OpenAI API, edits, rollbacks (stories260K)', () => {
     expect((await post(`${base}/v1/edits`, { prompt: 'x' })).status).toBe(400);
     expect((await post(`${base}/v1/edits`, { prompt: 'x', target: '   ' })).status).toBe(400);
     expect((await post(`${base}/v1/edits`, { ...EDIT, edits: [EDIT] })).status).toBe(400);
+    const subj = await post(`${base}/v1/edits`, { ...EDIT, subject: 'Nobody Here' });
+    expect(subj.status).toBe(400);
+    expect((await json(subj)).error).toMatchObject({ code: 'invalid_edit', param: 'subject' });
     const long = await post(`${base}/v1/edits`, { prompt: 'very '.repeat(600), target: 'x' });
     expect(long.status).toBe(400);
     expect((await json(long)).error.code).toBe('context_length_exceeded');

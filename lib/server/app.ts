@@ -27,6 +27,7 @@ import type { ChatMessage } from '../tokenizer.js';
 import { EditQueue, HttpError, type EditStatus } from './edits.js';
 import { ServerMetrics } from './metrics.js';
 import { registerOpenAI, routeJson } from './openai.js';
+import { mentions } from '../editor/subject.js';
 
 export interface ServerOptions {
   /** Bind address (default 127.0.0.1). A non-loopback address needs apiKey. */
@@ -263,6 +264,9 @@ export async function createServer(editor: Editor, options: ServerOptions = {}):
       const n = model.tokenizer.encode(`${r.prompt} ${r.target}`).length;
       if (n >= model.contextLength) {
         throw new HttpError(400, 'context_length_exceeded', `edit ${i}: prompt and target are ${n} tokens; the model's context is ${model.contextLength}`, 'invalid_request_error', b.edits ? `edits.${i}` : 'prompt');
+      }
+      if (r.subject !== undefined && !mentions(r.prompt, r.subject)) {
+        throw new HttpError(400, 'invalid_edit', `edit ${i}: subject ${JSON.stringify(r.subject)} must occur in the prompt (whole words, any case)`, 'invalid_request_error', b.edits ? `edits.${i}.subject` : 'subject');
       }
     });
     const accepted = queue.accept(records);
