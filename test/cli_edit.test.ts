@@ -53,6 +53,7 @@ describe('CLI edit: bad input', () => {
       [['{"prompt": "The cat sat on", "target": "   "}'], 1, /field "target" must be a non-empty string/],
       [[good, good.replace('{', '{"target2": 1, ')], 2, /unknown field "target2"/],
       [[good, '{"prompt": "p", "target": "t", "locality": [{"prompt": "q"}]}'], 2, /locality\[0\]\.answer/],
+      [[good, '{"prompt": "The cat sat on", "target": "t", "subject": "dog"}'], 2, /field "subject" \("dog"\) does not occur in the prompt/],
     ];
     const runs = await Promise.all(cases.map(([lines], i) => cli(['edit', '--edits', writeJsonl(`bad${i}.jsonl`, lines), '--out', join(tmp, `bad${i}.safetensors`)])));
     for (const [i, r] of runs.entries()) {

@@ -68,6 +68,7 @@ describe('calibrateThreshold, topKMean, options', () => {
     const plainE = { ...e, score: 35, key: undefined };
     expect(explanationJson(plainE)).not.toHaveProperty('key');
     expect(routeSummary(plainE)).toBe('memory 2 (score 35.00 >= threshold 32.00)');
+    expect(routeSummary({ ...e, key: { edit: 'c1', similarity: 0.5, subject: 'Danielle Darrieux' } })).toBe('memory 2 (score 30.00 < threshold 32.00, nearest edit c1, subject "Danielle Darrieux")');
   });
   it('promptVariants drops one interior lowercase word of the question frame, never the subject, the same on every call', () => {
     const p = 'What is the product made by UniFirst?';

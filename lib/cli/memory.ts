@@ -7,6 +7,7 @@ import { Editor, type EditRequest, type EditorOptions, type Explanation, type Ro
 import type { Model } from '../model.js';
 import { parseSafetensorsHeader } from '../safetensors.js';
 import { formatTable } from './common.js';
+import { mentions } from '../editor/subject.js';
 
 /** One validated record of an edits file, with the line it came from (1-based). */
 export interface EditRecord {
@@ -14,7 +15,7 @@ export interface EditRecord {
   request: EditRequest;
 }
 
-const RECORD_FIELDS = ['prompt', 'target', 'rephrase', 'irrelevant', 'locality', 'id'] as const;
+const RECORD_FIELDS = ['prompt', 'target', 'rephrase', 'irrelevant', 'locality', 'id', 'subject'] as const;
 
 function recordError(file: string, line: number, msg: string, field?: string): RepairError {
   return new RepairError('ERR_EDIT_REQUEST', `${file} line ${line}: ${msg}`, { file, line, ...(field ? { field } : {}) });
@@ -29,7 +30,7 @@ export function parseEditRecord(value: unknown, file: string, line: number): Edi
   for (const k of Object.keys(o)) {
     if (!(RECORD_FIELDS as readonly string[]).includes(k)) throw recordError(file, line, `unknown field "${k}" (allowed: ${RECORD_FIELDS.join(', ')})`, k);
   }
-  const str = (k: 'prompt' | 'target' | 'rephrase' | 'irrelevant' | 'id', required: boolean): string | undefined => {
+  const str = (k: 'prompt' | 'target' | 'rephrase' | 'irrelevant' | 'id' | 'subject', required: boolean): string | undefined => {
     const v = o[k];
     if (v === undefined) {
       if (required) throw recordError(file, line, `missing field "${k}"`, k);
@@ -40,10 +41,11 @@ export function parseEditRecord(value: unknown, file: string, line: number): Edi
     return v;
   };
   const req: EditRequest = { prompt: str('prompt', true)!, target: str('target', true)! };
-  for (const k of ['rephrase', 'irrelevant', 'id'] as const) {
+  for (const k of ['rephrase', 'irrelevant', 'id', 'subject'] as const) {
     const v = str(k, false);
     if (v !== undefined) req[k] = v;
   }
+  if (req.subject !== undefined && !mentions(req.prompt, req.subject)) throw recordError(file, line, `field "subject" (${JSON.stringify(req.subject)}) does not occur in the prompt`, 'subject');
   if (o.locality !== undefined) {
     if (!Array.isArray(o.locality)) throw recordError(file, line, 'field "locality" must be an array of {prompt, answer}', 'locality');
     req.locality = o.locality.map((l: unknown, i: number) => {
@@ -202,7 +204,7 @@ export function explanationJson(e: Explanation): Record<string, unknown> {
 /** One-line summary: `memory 2 (score 15.78 >= threshold 12.26)` / `main (best score 8.47 < threshold 11.25)`. */
 export function routeSummary(e: Explanation): string {
   if (e.route === 'main') return `main (best score ${fmtNum(e.score)} < threshold ${fmtNum(e.threshold)})`;
-  const key = e.key ? `, nearest edit ${e.key.edit}` : '';
+  const key = e.key ? `, nearest edit ${e.key.edit}${e.key.subject !== undefined ? `, subject "${e.key.subject}"` : ''}` : '';
   return `${routeLabel(e.route)} (score ${fmtNum(e.score)} ${e.score >= e.threshold ? '>=' : '<'} threshold ${fmtNum(e.threshold)}${key})`;
 }
 
