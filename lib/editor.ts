@@ -14,7 +14,7 @@ import { rollbackEdit } from './editor/rollback.js';
 import { explain, routeRows, routingTokens, type Calibration, type Explanation } from './editor/router.js';
 import { buildRows, contextTexts, validateRequest, type EditRequest } from './editor/rows.js';
 import { attach, EditorState, NO_ACT, restoreState, saveState, type EditInfo } from './editor/state.js';
-import { shardSeed, train, type EditProgress, type EditResult } from './editor/train.js';
+import { marginScaleOf, shardSeed, train, type EditProgress, type EditResult } from './editor/train.js';
 
 export { presetFor, looksInstruct } from './editor/config.js';
 export type { EditMethod, ScoreMode, EditorConfig, EditorOptions } from './editor/config.js';
@@ -67,9 +67,8 @@ export class Editor {
    * 1 for wise and ft (the reference margins).
    */
   get marginScale(): number | undefined {
-    const r = this.config.method === 'repair' ? this.config.repair : undefined;
-    if (!r) return 1;
-    return r.marginScale === 'auto' ? this.#ed.marginScale : r.marginScale;
+    const auto = this.config.method === 'repair' && this.config.repair?.marginScale === 'auto';
+    return auto ? this.#ed.marginScale : marginScaleOf(this.#ed);
   }
   /** The context templates used to build edit rows ("prefix {}"). */
   get templates(): readonly string[] {

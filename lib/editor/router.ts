@@ -317,13 +317,14 @@ export async function keyRoute(
   const candidates: (string[] | undefined)[] = out.map(() => undefined); // undefined = every stored edit
   if (bySubject && bySubject.size) {
     const tok = ed.model.tokenizer;
+    // the stored edits that name no subject: the only candidates of a row that names none
+    const loose = [...holder.keys()].filter((id) => ed.edits.get(id)!.request.subject === undefined);
     for (let b = 0; b < out.length; b++) {
       const text = tok.decode(Array.from(tokens.subarray(b * T + pad[b]!, (b + 1) * T)), { skipSpecialTokens: true });
       const lower = text.toLowerCase();
       const hit = [...bySubject].filter(([s, { needle }]) => lower.includes(needle) && mentions(text, s)).flatMap(([, { ids }]) => ids);
       if (hit.length) candidates[b] = hit;
       else if (out[b]! >= 0) {
-        const loose = [...holder.keys()].filter((id) => ed.edits.get(id)!.request.subject === undefined);
         candidates[b] = loose;
         if (!loose.length) out[b] = -1; // every stored edit names a subject and the row mentions none
       }

@@ -63,22 +63,22 @@ export const AUTO_SCALE_RANGE = [0.25, 20] as const;
 
 /**
  * repair marginScale 'auto' (issue 12 item 4): the scale that puts α at this model's background distance.
- * Trains `batch` into the working memory with the reference margins (× 1), scores unrelated texts (the
- * call's irrelevant rows, then the irrelevant pool; up to calibrationNegatives) on those weights with the
- * routing score, and restores the working memory. Scale = median background score / α, clamped to
+ * Trains `batch` into the working memory under `hyper` (the reference margins, × 1), scores the call's
+ * irrelevant rows on those weights with the routing score, and restores the working memory (the
+ * recalibration pool and the irrelevant pool are no background: the first is empty on a first call, the
+ * second holds the context-template texts every edit row starts with). Scale = median score / α, clamped to
  * AUTO_SCALE_RANGE (1 when α is 0 or nothing was scored). One queued native sequence: no other call sees
  * the probe's weights.
  */
 async function probeMarginScale(ed: EditorState, batch: NativeEditBatch, hyper: NativeEditHyper, irrelevant: readonly string[], signal?: AbortSignal): Promise<number> {
-  const c = ed.config;
-  const alpha = c.actMargin[0];
+  const alpha = ed.config.actMargin[0];
   const texts = [...new Set(irrelevant)];
   if (!(alpha > 0) || texts.length === 0) return 1;
   const { tokens, pad, B, T } = leftPad(texts.map((t) => tokensOf(ed, t)));
   const bg = await modelInternals(ed.model).enqueue(async (nm) => {
     const before = await nm.sideRead(ed.side, 0);
     try {
-      await nm.sideEdit(ed.side, 0, batch, { ...hyper, alpha, beta: c.actMargin[1], gamma: c.actMargin[2] });
+      await nm.sideEdit(ed.side, 0, batch, hyper);
       return (await scores(ed, nm, tokens, B, T, pad, [0]))[0]!;
     } finally {
       await nm.sideWrite(ed.side, 0, before);
